@@ -1,0 +1,345 @@
+//! Read-only introspection of a node: who we are there, what pgtwin already installed, and the synced
+//! tables' columns, keys and key sequences.
+
+use anyhow::{bail, Result};
+use tokio_postgres::Client;
+
+use crate::config::Table;
+use crate::db::on_node;
+use crate::sql::ident::{Ident, QualName, SqlType};
+use crate::sql::names;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Column {
+    pub name: Ident,
+    #[serde(rename = "type")]
+    pub ty: SqlType,
+    pub not_null: bool,
+    /// `GENERATED ALWAYS AS (...) STORED`: computed on each node, never shipped.
+    pub generated: bool,
+    /// Enum labels in order, for enum-typed columns (they must match on both nodes).
+    pub enum_labels: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KeySequence {
+    pub column: Ident,
+    pub sequence: QualName,
+    pub increment: i64,
+    /// The value the next `nextval` returns.
+    pub next_value: i64,
+    pub may_alter: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TableInfo {
+    pub name: QualName,
+    pub columns: Vec<Column>,
+    pub key: Vec<Ident>,
+    pub key_sequences: Vec<KeySequence>,
+    /// Table privileges the connecting role lacks (the apply side needs all of them).
+    pub missing_privileges: Vec<&'static str>,
+}
+
+impl TableInfo {
+    pub fn column(&self, name: &Ident) -> Option<&Column> {
+        self.columns.iter().find(|c| &c.name == name)
+    }
+
+    /// Columns that are shipped to the peer: all but generated ones.
+    pub fn shipped_columns(&self) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(|c| !c.generated)
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Installed {
+    pub version: String,
+    pub node: String,
+    pub peer: String,
+    pub plan_hash: String,
+    pub created_extension: bool,
+    pub tables: Vec<String>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeInfo {
+    pub current_user: String,
+    pub database: String,
+    pub superuser: bool,
+    pub server_version_num: i32,
+    pub fdw_installed: bool,
+    pub fdw_available: bool,
+    pub fdw_usage: bool,
+    pub can_create_schema: bool,
+    pub installed: Option<Installed>,
+    /// `pgtwin` exists but holds no installation record: someone else's schema.
+    pub foreign_schema: bool,
+}
+
+pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
+    let row = db
+        .query_one(
+            "SELECT current_user::text, current_database()::text,
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                    current_setting('server_version_num')::int,
+                    EXISTS (SELECT FROM pg_extension WHERE extname = 'postgres_fdw'),
+                    EXISTS (SELECT FROM pg_available_extensions WHERE name = 'postgres_fdw'),
+                    EXISTS (SELECT FROM pg_foreign_data_wrapper WHERE fdwname = 'postgres_fdw'
+                            AND has_foreign_data_wrapper_privilege(oid, 'USAGE')),
+                    has_database_privilege(current_database(), 'CREATE'),
+                    to_regclass($1) IS NOT NULL,
+                    EXISTS (SELECT FROM pg_namespace WHERE nspname = $2)",
+            &[&names::installation_table().to_string(), &names::SCHEMA],
+        )
+        .await
+        .map_err(on_node(node, "reading the catalog"))?;
+    let has_state: bool = row.get(8);
+    let installed = if has_state {
+        read_installed(node, db).await?
+    } else {
+        None
+    };
+    Ok(NodeInfo {
+        current_user: row.get(0),
+        database: row.get(1),
+        superuser: row.get(2),
+        server_version_num: row.get(3),
+        fdw_installed: row.get(4),
+        fdw_available: row.get(5),
+        fdw_usage: row.get(6),
+        can_create_schema: row.get(7),
+        installed,
+        foreign_schema: row.get::<_, bool>(9) && !has_state,
+    })
+}
+
+async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
+    let sql = format!(
+        "SELECT version, node, peer, plan_hash, created_extension, tables FROM {}",
+        names::installation_table()
+    );
+    let row = db
+        .query_opt(&sql, &[])
+        .await
+        .map_err(on_node(node, "reading pgtwin's installation record"))?;
+    Ok(row.map(|r| Installed {
+        version: r.get(0),
+        node: r.get(1),
+        peer: r.get(2),
+        plan_hash: r.get(3),
+        created_extension: r.get(4),
+        tables: r.get(5),
+    }))
+}
+
+/// Reads one configured table. A missing table, or one without a usable key, is an error naming the
+/// node and the table.
+pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableInfo> {
+    let name = &table.name;
+    let rel = db
+        .query_opt(
+            "SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2",
+            &[&name.schema.as_str(), &name.name.as_str()],
+        )
+        .await
+        .map_err(on_node(node, "reading the catalog"))?;
+    let Some(rel) = rel else {
+        bail!("table {name} does not exist on node {node}: create it there with the same columns, or leave it out of pgtwin.toml");
+    };
+    let oid: u32 = rel.get(0);
+    let kind: String = rel.get(1);
+    if kind != "r" && kind != "p" {
+        bail!("{name} on node {node} is not a table (relkind {kind}): only tables can be synced");
+    }
+    let columns = db
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> '',
+                    (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e
+                      WHERE e.enumtypid = a.atttypid)
+             FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+             ORDER BY a.attnum",
+            &[&oid],
+        )
+        .await
+        .map_err(on_node(node, "reading columns"))?
+        .into_iter()
+        .map(|r| Column {
+            name: Ident::new(r.get::<_, String>(0)),
+            ty: SqlType(r.get(1)),
+            not_null: r.get(2),
+            generated: r.get(3),
+            enum_labels: r.get(4),
+        })
+        .collect::<Vec<_>>();
+    let unique_keys: Vec<(bool, Vec<String>)> = db
+        .query(
+            "SELECT i.indisprimary,
+                    array(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.ord)
+             FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indimmediate
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+             ORDER BY NOT i.indisprimary",
+            &[&oid],
+        )
+        .await
+        .map_err(on_node(node, "reading indexes"))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let key = choose_key(node, table, &columns, &unique_keys)?;
+    let key_sequences = key_sequences(node, db, oid, &key).await?;
+    let mut missing_privileges = Vec::new();
+    for privilege in [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER",
+    ] {
+        let ok: bool = db
+            .query_one(
+                "SELECT has_table_privilege($1::oid, $2)",
+                &[&oid, &privilege],
+            )
+            .await
+            .map_err(on_node(node, "checking privileges"))?
+            .get(0);
+        if !ok {
+            missing_privileges.push(privilege);
+        }
+    }
+    Ok(TableInfo {
+        name: name.clone(),
+        columns,
+        key,
+        key_sequences,
+        missing_privileges,
+    })
+}
+
+/// The key is the primary key unless the config names columns, which must be exactly the columns of a
+/// unique index and NOT NULL (ON CONFLICT needs that index, and NULLs are never equal).
+fn choose_key(
+    node: &str,
+    table: &Table,
+    columns: &[Column],
+    unique_keys: &[(bool, Vec<String>)],
+) -> Result<Vec<Ident>> {
+    let name = &table.name;
+    match &table.key {
+        None => match unique_keys.iter().find(|(primary, _)| *primary) {
+            Some((_, cols)) => Ok(cols.iter().map(Ident::new).collect()),
+            None => bail!("table {name} has no primary key on node {node}: add one, or set key = [...] to columns with a unique index in pgtwin.toml"),
+        },
+        Some(key) => {
+            for k in key {
+                match columns.iter().find(|c| &c.name == k) {
+                    None => bail!("table {name} on node {node} has no column {k} named in key: fix key in pgtwin.toml"),
+                    Some(c) if !c.not_null => bail!("column {k} of table {name} on node {node} is in key but allows NULL: make it NOT NULL"),
+                    Some(_) => {}
+                }
+            }
+            let mut wanted: Vec<&str> = key.iter().map(Ident::as_str).collect();
+            wanted.sort_unstable();
+            let found = unique_keys.iter().any(|(_, cols)| {
+                let mut have: Vec<&str> = cols.iter().map(String::as_str).collect();
+                have.sort_unstable();
+                have == wanted
+            });
+            if !found {
+                bail!("table {name} on node {node} has no unique index on exactly the key columns ({}): create one", crate::sql::ident::comma_list(key));
+            }
+            Ok(key.clone())
+        }
+    }
+}
+
+/// Sequences behind key columns: serial/bigserial (dependency 'a') and identity (dependency 'i').
+async fn key_sequences(
+    node: &str,
+    db: &Client,
+    table_oid: u32,
+    key: &[Ident],
+) -> Result<Vec<KeySequence>> {
+    let rows = db
+        .query(
+            "SELECT a.attname::text, n.nspname::text, s.relname::text, pg_has_role(s.relowner, 'USAGE')
+             FROM pg_depend d
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+             JOIN pg_namespace n ON n.oid = s.relnamespace
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+               AND d.refobjid = $1 AND d.deptype IN ('a', 'i')
+             ORDER BY a.attnum",
+            &[&table_oid],
+        )
+        .await
+        .map_err(on_node(node, "reading sequences"))?;
+    let mut out = Vec::new();
+    for r in rows {
+        let column = Ident::new(r.get::<_, String>(0));
+        if !key.contains(&column) {
+            continue;
+        }
+        let sequence = QualName::new(r.get::<_, String>(1), r.get::<_, String>(2));
+        let state = db
+            .query_one(
+                &format!(
+                    "SELECT s.last_value + CASE WHEN s.is_called THEN p.increment_by ELSE 0 END, p.increment_by
+                     FROM {sequence} s, pg_sequences p WHERE p.schemaname = $1 AND p.sequencename = $2"
+                ),
+                &[&sequence.schema.as_str(), &sequence.name.as_str()],
+            )
+            .await
+            .map_err(on_node(node, &format!("reading sequence {sequence}")))?;
+        out.push(KeySequence {
+            column,
+            sequence,
+            next_value: state.get(0),
+            increment: state.get(1),
+            may_alter: r.get(3),
+        });
+    }
+    Ok(out)
+}
+
+/// Largest value of an integer column, or None for an empty table.
+pub async fn max_value(
+    node: &str,
+    db: &Client,
+    table: &QualName,
+    column: &Ident,
+) -> Result<Option<i64>> {
+    let row = db
+        .query_one(&format!("SELECT max({column})::bigint FROM {table}"), &[])
+        .await
+        .map_err(on_node(node, &format!("reading max({column}) of {table}")))?;
+    Ok(row.get(0))
+}
+
+/// Tables that carry pgtwin's capture triggers on this node (found by the trigger function's schema, so
+/// even objects left from an older config are found).
+pub async fn captured_tables(node: &str, db: &Client) -> Result<Vec<(QualName, Vec<Ident>)>> {
+    let rows = db
+        .query(
+            "SELECT n.nspname::text, c.relname::text, array_agg(t.tgname::text ORDER BY t.tgname)
+             FROM pg_trigger t
+             JOIN pg_proc p ON p.oid = t.tgfoid
+             JOIN pg_class c ON c.oid = t.tgrelid
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
+               AND n.nspname <> $1
+             GROUP BY 1, 2 ORDER BY 1, 2",
+            &[&names::SCHEMA],
+        )
+        .await
+        .map_err(on_node(node, "reading triggers"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let triggers: Vec<String> = r.get(2);
+            (
+                QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                triggers.into_iter().map(Ident::new).collect(),
+            )
+        })
+        .collect())
+}

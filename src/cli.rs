@@ -1,0 +1,63 @@
+//! Command-line types only; their doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Keeps tables in two PostgreSQL databases identical in both directions, using postgres_fdw and
+/// triggers installed from one config file.
+#[derive(Debug, Parser)]
+#[command(name = "pgtwin", version, about)]
+pub struct Cli {
+    /// Config file.
+    #[arg(
+        short,
+        long,
+        global = true,
+        default_value = "pgtwin.toml",
+        env = "PGTWIN_CONFIG"
+    )]
+    pub config: PathBuf,
+    /// More log output on stderr (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the SQL that `up` would run on each node (passwords masked); changes nothing.
+    Plan(JsonFlag),
+    /// Install or upgrade the sync on both nodes (idempotent).
+    Up(JsonFlag),
+    /// Remove every object pgtwin installed on both nodes; table data is untouched.
+    Down(DownArgs),
+    /// Link health, installed version, tables, triggers and sequence settings per node.
+    Status(JsonFlag),
+    /// Compare every synced table on both nodes; exit 0 equal, 1 different, 2 error.
+    Check(JsonFlag),
+    /// Start two throwaway local PostgreSQL servers and show two-way sync working.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Print the SQL that would run on each node; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Leave the servers running and print how to connect to them.
+    #[arg(long)]
+    pub keep: bool,
+}

@@ -1,0 +1,295 @@
+//! `pgtwin.toml`: serde types, `${VAR}` expansion and validation. Everything here is checked before any
+//! node is contacted, and every error names the key at fault.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+use crate::sql::ident::{Ident, QualName};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    nodes: BTreeMap<String, RawNode>,
+    #[serde(default)]
+    tables: Vec<RawTable>,
+    #[serde(default)]
+    options: Options,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    name: String,
+    key: Option<Vec<String>>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Sync,
+    Async,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPeerDown {
+    Queue,
+    Fail,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Sequences {
+    Interleave,
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Options {
+    pub mode: Mode,
+    pub on_peer_down: OnPeerDown,
+    pub sequences: Sequences,
+    /// How long a write applied on the peer may wait for a row lock there. Cross-server lock waits are
+    /// deadlocks no server can detect, so this is what turns them into an error instead of a hang.
+    pub lock_timeout_ms: u32,
+    /// How long a trigger (or pgtwin) waits for the peer to accept a connection.
+    pub connect_timeout_s: u32,
+    /// Rows per remote INSERT when shipping a statement's changes (postgres_fdw `batch_size`).
+    pub batch_size: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            mode: Mode::Sync,
+            on_peer_down: OnPeerDown::Queue,
+            sequences: Sequences::Interleave,
+            lock_timeout_ms: 2000,
+            connect_timeout_s: 5,
+            batch_size: 1000,
+        }
+    }
+}
+
+/// One node: its name and its parsed connection URL.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub conn: crate::db::ConnInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub name: QualName,
+    /// Key columns named in the config; `None` means the primary key.
+    pub key: Option<Vec<Ident>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Exactly two nodes, in name order (which is also their order for sequence interleaving).
+    pub nodes: [Node; 2],
+    pub tables: Vec<Table>,
+    pub options: Options,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        Config::parse(&text, |var| std::env::var(var).ok())
+            .with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parses and validates config text; `env` resolves `${VAR}` references.
+    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines with a source excerpt; keep the first, which names the key.
+            let msg = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_string();
+            anyhow::anyhow!("{msg}")
+        })?;
+        if raw.nodes.len() != 2 {
+            bail!(
+                "[nodes] must name exactly two nodes, found {}: add [nodes.NAME] sections with a url",
+                raw.nodes.len()
+            );
+        }
+        let mut nodes = Vec::new();
+        for (name, node) in raw.nodes {
+            if !is_node_name(&name) {
+                bail!("[nodes.{name}]: a node name must be lower-case letters, digits and _, starting with a letter");
+            }
+            let url = expand_env(&node.url, &env)
+                .map_err(|e| anyhow::anyhow!("[nodes.{name}] url: {e}"))?;
+            let conn = crate::db::ConnInfo::parse(&url)
+                .map_err(|e| anyhow::anyhow!("[nodes.{name}] url: {e}"))?;
+            nodes.push(Node { name, conn });
+        }
+        let mut tables: Vec<Table> = Vec::new();
+        for (i, t) in raw.tables.into_iter().enumerate() {
+            let name = QualName::parse(&t.name)
+                .map_err(|e| anyhow::anyhow!("[[tables]] #{}: name {e}", i + 1))?;
+            if tables.iter().any(|other| other.name == name) {
+                bail!("[[tables]] lists {name} twice: keep one entry");
+            }
+            let key = match t.key {
+                None => None,
+                Some(cols) if cols.is_empty() => {
+                    bail!("[[tables]] {name}: key is empty: name its columns or leave key out")
+                }
+                Some(cols) => Some(
+                    cols.iter()
+                        .map(|c| {
+                            Ident::parse(c)
+                                .map_err(|e| anyhow::anyhow!("[[tables]] {name}: key {e}"))
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                ),
+            };
+            tables.push(Table { name, key });
+        }
+        if tables.is_empty() {
+            bail!("no [[tables]] to sync: add at least one [[tables]] entry with a name");
+        }
+        let o = &raw.options;
+        if o.lock_timeout_ms == 0 {
+            bail!("[options] lock_timeout_ms must be above 0: without it, cross-server lock waits can hang forever");
+        }
+        if o.connect_timeout_s == 0 {
+            bail!("[options] connect_timeout_s must be above 0: without it, a silent peer blocks writers");
+        }
+        if o.batch_size == 0 {
+            bail!("[options] batch_size must be above 0");
+        }
+        let [a, b]: [Node; 2] = nodes.try_into().expect("two nodes checked above");
+        Ok(Config {
+            nodes: [a, b],
+            tables,
+            options: raw.options,
+        })
+    }
+
+    /// The node with the given name.
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes.iter().find(|n| n.name == name).with_context(|| {
+            format!(
+                "no node named {name:?}: the nodes are {} and {}",
+                self.nodes[0].name, self.nodes[1].name
+            )
+        })
+    }
+}
+
+fn is_node_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 40
+}
+
+/// Replaces every `${VAR}` with the variable's value; a missing variable is an error naming it.
+fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed ${ (write ${VAR})".to_string())?;
+        let var = &after[..end];
+        let value = env(var).ok_or_else(|| format!("environment variable {var} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(var: &str) -> Option<String> {
+        (var == "LEGACY_URL").then(|| "postgres://u:p@db:5433/legacy?sslmode=disable".to_string())
+    }
+
+    const GOOD: &str = r#"
+        [nodes.shop]
+        url = "postgres://app:secret@127.0.0.1:5432/shop"
+        [nodes.legacy]
+        url = "${LEGACY_URL}"
+
+        [[tables]]
+        name = "products"
+        [[tables]]
+        name = '"Sales Data"."Order Items"'
+        key = ["order_id", '"Line"']
+    "#;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let c = Config::parse(GOOD, env).unwrap();
+        assert_eq!(c.nodes[0].name, "legacy");
+        assert_eq!(c.nodes[1].name, "shop");
+        assert_eq!(c.nodes[0].conn.port, 5433);
+        assert_eq!(c.tables[0].name, QualName::new("public", "products"));
+        assert_eq!(c.tables[1].name, QualName::new("Sales Data", "Order Items"));
+        assert_eq!(
+            c.tables[1].key,
+            Some(vec![Ident::new("order_id"), Ident::new("Line")])
+        );
+        assert_eq!(c.options.mode, Mode::Sync);
+        assert_eq!(c.options.sequences, Sequences::Interleave);
+    }
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text, env).unwrap_err())
+    }
+
+    #[test]
+    fn errors_name_the_key_at_fault() {
+        assert!(err(&GOOD.replace(
+            "[[tables]]\n        name = \"products\"",
+            "[[tables]]\n        name = \"products\"\n        colour = 1"
+        ))
+        .contains("colour"));
+        assert!(err(&format!("{GOOD}\n[options]\nmode = \"eventually\"")).contains("eventually"));
+        assert!(err(&GOOD.replace("${LEGACY_URL}", "${NOPE}")).contains("NOPE"));
+        assert!(
+            err(&GOOD.replace("[nodes.legacy]\n        url = \"${LEGACY_URL}\"", ""))
+                .contains("exactly two")
+        );
+        assert!(err(&GOOD.replace("nodes.shop", "nodes.Shop")).contains("[nodes.Shop]"));
+        assert!(err(&GOOD.replace("\"products\"", "\"a b\"")).contains("quote"));
+        assert!(err(&format!("{GOOD}\n[[tables]]\nname = \"PRODUCTS\"")).contains("twice"));
+    }
+
+    #[test]
+    fn errors_never_show_the_password() {
+        let e = err(&GOOD.replace("127.0.0.1:5432", "127.0.0.1:notaport"));
+        assert!(e.contains("[nodes.shop]"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn env_expansion() {
+        assert_eq!(expand_env("a${LEGACY_URL}b", &env).unwrap().len(), 47 + 2);
+        assert!(expand_env("${OPEN", &env).is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! Connections to a node: URL parsing (libpq URL form), connecting with bounded waits, and the session
+//! settings every pgtwin connection runs with.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use tokio_postgres::{Client, NoTls};
+
+/// A libpq connection URL, split into the parts pgtwin needs. Query parameters other than the ones named
+/// here pass through to postgres_fdw unchanged (sslmode, sslrootcert, target_session_attrs, ...).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub params: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for ConnInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnInfo({self})")
+    }
+}
+
+/// Shows the URL with the password masked: safe for any output or log.
+impl fmt::Display for ConnInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pw = if self.password.is_some() {
+            ":********"
+        } else {
+            ""
+        };
+        write!(
+            f,
+            "postgres://{}{pw}@{}:{}/{}",
+            self.user, self.host, self.port, self.dbname
+        )
+    }
+}
+
+impl ConnInfo {
+    /// Parses `postgres://user:password@host:port/dbname?param=value`. Errors never echo the URL (it
+    /// may hold a password).
+    pub fn parse(text: &str) -> Result<ConnInfo, String> {
+        let url =
+            url::Url::parse(text).map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
+        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+            return Err(format!(
+                "scheme {:?} is not postgres:// or postgresql://",
+                url.scheme()
+            ));
+        }
+        let decode =
+            |s: &str| percent_decode(s).ok_or_else(|| "bad %-escape in the URL".to_string());
+        let mut params = BTreeMap::new();
+        for (k, v) in url.query_pairs() {
+            params.insert(k.into_owned(), v.into_owned());
+        }
+        let host = match params.remove("host") {
+            Some(h) => h,
+            None => decode(url.host_str().unwrap_or("localhost"))?,
+        };
+        let port = match params.remove("port") {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("port {p:?} is not a number"))?,
+            None => url.port().unwrap_or(5432),
+        };
+        let user = match params.remove("user") {
+            Some(u) => u,
+            None if !url.username().is_empty() => decode(url.username())?,
+            None => return Err("no user: write postgres://USER:PASSWORD@HOST/DB".into()),
+        };
+        let password = match params.remove("password") {
+            Some(p) => Some(p),
+            None => url.password().map(decode).transpose()?,
+        };
+        let dbname = match params.remove("dbname") {
+            Some(d) => d,
+            None => decode(url.path().trim_start_matches('/'))?,
+        };
+        if dbname.is_empty() {
+            return Err("no database name: write postgres://USER:PASSWORD@HOST/DB".into());
+        }
+        for reserved in ["client_encoding", "fallback_application_name"] {
+            if params.contains_key(reserved) {
+                return Err(format!("parameter {reserved} is set by pgtwin: remove it"));
+            }
+        }
+        Ok(ConnInfo {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+            params,
+        })
+    }
+
+    fn pg_config(&self, connect_timeout: Duration) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .dbname(&self.dbname)
+            .application_name("pgtwin")
+            .connect_timeout(connect_timeout);
+        if let Some(p) = &self.password {
+            c.password(p);
+        }
+        if let Some(o) = self.params.get("options") {
+            c.options(o);
+        }
+        c
+    }
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Settings on every pgtwin session. `search_path` is pinned so catalog output (format_type, regclass)
+/// comes back fully qualified; UTC makes timestamptz text comparable; `pgtwin.origin` marks the session so
+/// the capture triggers do not ship pgtwin's own writes (repair, merge) to the peer a second time.
+const SESSION_SETUP: &str = "SET search_path = pg_catalog, pg_temp; SET TimeZone = 'UTC'; \
+     SET extra_float_digits = 3; SET lock_timeout = '5s'; SET pgtwin.origin = 'pgtwin'";
+
+/// Connects to a node, bounded in time even against a peer that accepts TCP but never answers.
+pub async fn connect(node: &str, info: &ConnInfo, timeout: Duration) -> Result<Client> {
+    let cfg = info.pg_config(timeout);
+    let (client, connection) = tokio::time::timeout(timeout, cfg.connect(NoTls))
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "node {node}: no answer from {info} within {}s: check host and port",
+                timeout.as_secs()
+            )
+        })?
+        .map_err(|e| anyhow!("node {node}: cannot connect to {info}: {}", pg_message(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("connection closed: {e}");
+        }
+    });
+    tokio::time::timeout(timeout, client.batch_execute(SESSION_SETUP))
+        .await
+        .map_err(|_| anyhow!("node {node}: no answer within {}s", timeout.as_secs()))?
+        .with_context(|| format!("node {node}: session setup"))?;
+    Ok(client)
+}
+
+/// One line from a tokio-postgres error: the server's message plus its detail and hint, if any.
+pub fn pg_message(e: &tokio_postgres::Error) -> String {
+    use std::error::Error as _;
+    if let Some(db) = e.as_db_error() {
+        let mut s = db.message().to_string();
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("; hint: {h}"));
+        }
+        return s;
+    }
+    match e.source() {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
+/// Wraps a tokio-postgres error with the node and what was being done, in one line.
+pub fn on_node<'a>(
+    node: &'a str,
+    what: &str,
+) -> impl FnOnce(tokio_postgres::Error) -> anyhow::Error + 'a {
+    let what = what.to_string();
+    move |e| anyhow!("node {node}: {what}: {}", pg_message(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_and_keeps_libpq_params() {
+        let c = ConnInfo::parse(
+            "postgres://app:s%40cret@db.example:5433/shop?sslmode=require&connect_timeout=3",
+        )
+        .unwrap();
+        assert_eq!(c.host, "db.example");
+        assert_eq!(c.port, 5433);
+        assert_eq!(c.user, "app");
+        assert_eq!(c.password.as_deref(), Some("s@cret"));
+        assert_eq!(c.dbname, "shop");
+        assert_eq!(c.params.get("sslmode").map(String::as_str), Some("require"));
+        let sock = ConnInfo::parse("postgresql://app@/shop?host=/var/run/postgresql").unwrap();
+        assert_eq!(sock.host, "/var/run/postgresql");
+        assert_eq!(sock.password, None);
+    }
+
+    #[test]
+    fn display_masks_the_password() {
+        let c = ConnInfo::parse("postgres://app:secret@h/db").unwrap();
+        assert_eq!(c.to_string(), "postgres://app:********@h:5432/db");
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echo() {
+        for bad in [
+            "mysql://a:secret@h/db",
+            "postgres://a:secret@h",
+            "postgres://:secret@h/db",
+            "postgres://a:secret@h:xx/db",
+        ] {
+            let e = ConnInfo::parse(bad).unwrap_err();
+            assert!(!e.contains("secret"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! `plan`, `up` and `down` as one path: read both nodes, check what must hold before anything changes,
+//! build each node's steps, then print them or run them.
+
+use anyhow::{bail, Result};
+use tokio_postgres::Client;
+
+use crate::apply;
+use crate::catalog::{self, NodeInfo, TableInfo};
+use crate::config::Config;
+use crate::data::{self, Diff};
+use crate::db::on_node;
+use crate::plan::{plan_hash, Step};
+use crate::sql::gen::{self, Install, SequenceChange};
+use crate::sql::ident::{Ident, QualName};
+use crate::sql::names;
+use crate::twin::{self, Connected};
+
+#[derive(Debug, serde::Serialize)]
+pub struct NodePlan {
+    pub node: String,
+    pub url: String,
+    pub up_to_date: bool,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct TableDiff {
+    pub table: QualName,
+    #[serde(flatten)]
+    pub diff: Diff,
+}
+
+/// Both nodes connected, checked and read: the input of every plan.
+pub struct Prepared {
+    pub nodes: [Connected; 2],
+    pub tables: Vec<[TableInfo; 2]>,
+}
+
+/// Connects, checks privileges and extension on both nodes, and reads every configured table. Fails
+/// before anything is changed anywhere.
+pub async fn prepare(cfg: &Config) -> Result<Prepared> {
+    let nodes = twin::connect_both(cfg).await?;
+    for (i, n) in nodes.iter().enumerate() {
+        let peer = &nodes[1 - i];
+        preflight(
+            n.name(),
+            &n.info,
+            peer.name(),
+            peer.node.conn.password.is_some(),
+        )?;
+    }
+    let tables = twin::inspect_tables(cfg, &nodes).await?;
+    Ok(Prepared { nodes, tables })
+}
+
+/// What must hold on a node before `up` may change it (POSTGRES-NOTES 4 and 10).
+pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: bool) -> Result<()> {
+    let (user, db) = (&info.current_user, &info.database);
+    if info.server_version_num < 130000 {
+        bail!(
+            "node {node} runs PostgreSQL {}; pgtwin needs 13 or later",
+            info.server_version_num
+        );
+    }
+    if !info.fdw_available {
+        bail!("node {node}: postgres_fdw is not available on the server: install PostgreSQL's contrib package (Debian: postgresql-contrib)");
+    }
+    if !info.superuser {
+        if !info.fdw_installed {
+            bail!("node {node}: extension postgres_fdw is not installed in database {db} and role {user} is not a superuser: run CREATE EXTENSION postgres_fdw; there as a superuser once");
+        }
+        if !info.fdw_usage {
+            bail!("node {node}: role {user} may not use postgres_fdw: run GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {}; as a superuser", Ident::new(user.as_str()));
+        }
+        if !peer_has_password {
+            bail!("node {node}: role {user} is not a superuser, so postgres_fdw must log in to node {peer} with a password: put it in [nodes.{peer}] url");
+        }
+    }
+    if info.foreign_schema {
+        bail!("node {node}: schema pgtwin exists but was not created by pgtwin: rename or drop it");
+    }
+    if info.installed.is_none() && !info.can_create_schema && !info.superuser {
+        bail!("node {node}: role {user} cannot create schema pgtwin in database {db}: run GRANT CREATE ON DATABASE {} TO {}; as a superuser", Ident::new(db.as_str()), Ident::new(user.as_str()));
+    }
+    Ok(())
+}
+
+/// Compares every table on both nodes.
+pub async fn diffs(p: &Prepared) -> Result<Vec<TableDiff>> {
+    let mut out = Vec::new();
+    for pair in &p.tables {
+        let diff = data::compare(
+            [
+                (p.nodes[0].name(), &p.nodes[0].db),
+                (p.nodes[1].name(), &p.nodes[1].db),
+            ],
+            &pair[0],
+        )
+        .await?;
+        out.push(TableDiff {
+            table: pair[0].name.clone(),
+            diff,
+        });
+    }
+    Ok(out)
+}
+
+/// Builds both nodes' steps. Reads the largest keys (for sequence interleaving): call it with the
+/// tables locked when the steps are going to run.
+pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
+    let sequences = twin::sequence_changes(cfg, &p.nodes, &p.tables).await?;
+    let mut plans = Vec::new();
+    for (i, n) in p.nodes.iter().enumerate() {
+        let peer = &p.nodes[1 - i];
+        let tables: Vec<TableInfo> = p.tables.iter().map(|pair| pair[i].clone()).collect();
+        let stale = twin::stale_tables(cfg, n).await?;
+        let steps = gen::install_steps(&Install {
+            node: n.name(),
+            peer: peer.name(),
+            peer_conn: &peer.node.conn,
+            options: &cfg.options,
+            tables: &tables,
+            create_extension: !n.info.fdw_installed,
+            stale_tables: &stale,
+            sequences: &sequences[i],
+        });
+        let hash = plan_hash(&steps);
+        let up_to_date = is_up_to_date(n, &hash, &tables, &sequences[i]).await?;
+        let mut steps = steps;
+        steps.push(gen::record_step(
+            n.name(),
+            peer.name(),
+            &hash,
+            !n.info.fdw_installed,
+            &tables,
+        ));
+        plans.push(NodePlan {
+            node: n.name().to_string(),
+            url: n.node.conn.to_string(),
+            up_to_date,
+            steps,
+        });
+    }
+    let [a, b]: [NodePlan; 2] = plans.try_into().expect("two nodes");
+    Ok([a, b])
+}
+
+/// Installed from the same plan, with every capture trigger still in place and sequences interleaved.
+async fn is_up_to_date(
+    n: &Connected,
+    hash: &str,
+    tables: &[TableInfo],
+    seqs: &[SequenceChange],
+) -> Result<bool> {
+    let Some(installed) = &n.info.installed else {
+        return Ok(false);
+    };
+    if installed.plan_hash != hash || !seqs.is_empty() {
+        return Ok(false);
+    }
+    let captured = catalog::captured_tables(n.name(), &n.db).await?;
+    Ok(tables.iter().all(|t| {
+        captured.iter().any(|(name, triggers)| {
+            name == &t.name && triggers.len() == names::TRIGGER_EVENTS.len()
+        })
+    }))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct UpReport {
+    pub nodes: Vec<NodePlan>,
+    pub tables: Vec<TableDiff>,
+}
+
+/// Installs on both nodes. Both transactions stay open, with the synced tables locked against writes,
+/// from the data comparison until both commit, so no write can slip between "compared" and "synced".
+pub async fn up(cfg: &Config) -> Result<UpReport> {
+    let p = prepare(cfg).await?;
+    let result = up_locked(cfg, &p).await;
+    if result.is_err() {
+        for n in &p.nodes {
+            apply::rollback(&n.db).await;
+        }
+    }
+    result
+}
+
+async fn up_locked(cfg: &Config, p: &Prepared) -> Result<UpReport> {
+    for n in &p.nodes {
+        apply::begin(n.name(), &n.db).await?;
+    }
+    for (i, n) in p.nodes.iter().enumerate() {
+        for pair in &p.tables {
+            lock_table(n.name(), &n.db, &pair[i].name).await?;
+        }
+    }
+    let tables = diffs(p).await?;
+    if let Some(d) = tables.iter().find(|d| !d.diff.is_equal()) {
+        bail!(
+            "table {} differs between the nodes: {} rows only on {}, {} only on {}, {} different (keys {}): make them equal before up (pgtwin check lists them)",
+            d.table,
+            d.diff.only_on[0],
+            p.nodes[0].name(),
+            d.diff.only_on[1],
+            p.nodes[1].name(),
+            d.diff.different,
+            d.diff.sample_keys.iter().take(5).cloned().collect::<Vec<_>>().join(" ")
+        );
+    }
+    let plans = build(cfg, p).await?;
+    if plans.iter().all(|pl| pl.up_to_date) {
+        for n in &p.nodes {
+            apply::rollback(&n.db).await;
+        }
+        return Ok(UpReport {
+            nodes: plans.into(),
+            tables,
+        });
+    }
+    for (n, plan) in p.nodes.iter().zip(&plans) {
+        apply::run(n.name(), &n.db, &plan.steps).await?;
+    }
+    // No two-phase commit across servers: if the second commit fails, the first node is installed
+    // alone, and running `up` again completes the other (every step is idempotent).
+    for n in &p.nodes {
+        apply::commit(n.name(), &n.db).await?;
+    }
+    Ok(UpReport {
+        nodes: plans.into(),
+        tables,
+    })
+}
+
+/// SHARE ROW EXCLUSIVE: readers go on, writers wait until `up` commits (bounded by their lock_timeout
+/// or ours).
+async fn lock_table(node: &str, db: &Client, table: &QualName) -> Result<()> {
+    db.batch_execute(&format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
+        .await
+        .map_err(on_node(node, &format!("locking {table}")))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct DownOutcome {
+    pub node: String,
+    pub steps: Vec<Step>,
+    pub error: Option<String>,
+}
+
+/// Removes pgtwin from each node independently: an unreachable node does not stop the other's cleanup.
+pub async fn down(cfg: &Config, dry_run: bool) -> Vec<DownOutcome> {
+    let mut out = Vec::new();
+    for node in &cfg.nodes {
+        let mut outcome = DownOutcome {
+            node: node.name.clone(),
+            steps: Vec::new(),
+            error: None,
+        };
+        if let Err(e) = down_node(cfg, node, dry_run, &mut outcome.steps).await {
+            outcome.error = Some(format!("{e:#}"));
+        }
+        out.push(outcome);
+    }
+    out
+}
+
+async fn down_node(
+    cfg: &Config,
+    node: &crate::config::Node,
+    dry_run: bool,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
+    let n = twin::connect(cfg, node).await?;
+    apply::begin(n.name(), &n.db).await?;
+    // Re-read inside the lock: another run may have changed the node meanwhile.
+    let info = catalog::node_info(n.name(), &n.db).await?;
+    let captured: Vec<QualName> = catalog::captured_tables(n.name(), &n.db)
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    let sequences = if info.installed.is_some() {
+        recorded_sequences(n.name(), &n.db).await?
+    } else {
+        Vec::new()
+    };
+    let drop_extension = match &info.installed {
+        Some(i) if i.created_extension => other_fdw_servers(n.name(), &n.db).await? == 0,
+        _ => false,
+    };
+    *steps = gen::uninstall_steps(&captured, &sequences, drop_extension);
+    if dry_run {
+        apply::rollback(&n.db).await;
+        return Ok(());
+    }
+    apply::run(n.name(), &n.db, steps).await?;
+    apply::commit(n.name(), &n.db).await
+}
+
+/// Sequences whose increment `up` changed, with the increment to restore (those that still exist).
+async fn recorded_sequences(node: &str, db: &Client) -> Result<Vec<(QualName, i64)>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT schema_name, sequence_name, original_increment FROM {}
+                 WHERE to_regclass(quote_ident(schema_name) || '.' || quote_ident(sequence_name)) IS NOT NULL",
+                names::sequences_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading recorded sequences"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                r.get(2),
+            )
+        })
+        .collect())
+}
+
+async fn other_fdw_servers(node: &str, db: &Client) -> Result<i64> {
+    Ok(db
+        .query_one(
+            "SELECT count(*) FROM pg_foreign_server s JOIN pg_foreign_data_wrapper w ON w.oid = s.srvfdw
+             WHERE w.fdwname = 'postgres_fdw' AND s.srvname <> $1",
+            &[&names::SERVER],
+        )
+        .await
+        .map_err(on_node(node, "reading foreign servers"))?
+        .get(0))
+}

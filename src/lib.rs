@@ -1,0 +1,16 @@
+//! pgtwin: two-way sync of tables between two PostgreSQL servers, built from postgres_fdw and
+//! statement-level triggers. See README.md for how it works.
+
+pub mod apply;
+pub mod catalog;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod data;
+pub mod db;
+pub mod install;
+pub mod localpg;
+pub mod plan;
+pub mod sql;
+pub mod status;
+pub mod twin;

@@ -1,0 +1,66 @@
+//! Steps: what pgtwin runs on a node, in order. `plan` prints them and `up`/`down` run the same list, so
+//! what a user reviews is what runs.
+
+use crate::sql::names::fnv1a64;
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Step {
+    /// Stable id, e.g. `table "public"."products": capture function`.
+    pub id: String,
+    /// The SQL that runs.
+    #[serde(skip)]
+    pub sql: String,
+    /// The SQL as shown to people: `sql` with secrets masked.
+    #[serde(rename = "sql")]
+    pub shown: String,
+    /// Steps whose SQL depends on live data (sequence restarts, the installation record) are left out of
+    /// the plan hash, so that an unchanged config reads as "up to date".
+    #[serde(skip)]
+    pub hashed: bool,
+}
+
+impl Step {
+    pub fn new(id: impl Into<String>, sql: impl Into<String>) -> Step {
+        let sql = sql.into();
+        Step {
+            id: id.into(),
+            shown: sql.clone(),
+            sql,
+            hashed: true,
+        }
+    }
+
+    /// A step whose SQL holds a secret: `shown` is the same SQL with the secret masked.
+    pub fn with_secret(id: impl Into<String>, sql: String, shown: String) -> Step {
+        Step {
+            id: id.into(),
+            sql,
+            shown,
+            hashed: true,
+        }
+    }
+
+    pub fn unhashed(mut self) -> Step {
+        self.hashed = false;
+        self
+    }
+}
+
+/// Hash of the steps that describe the installed objects; recorded by `up` on each node.
+pub fn plan_hash(steps: &[Step]) -> String {
+    let mut text = String::new();
+    for s in steps.iter().filter(|s| s.hashed) {
+        text.push_str(&s.sql);
+        text.push('\0');
+    }
+    format!("{:016x}", fnv1a64(text.as_bytes()))
+}
+
+/// Renders steps for people: a comment with each step's id, then its (masked) SQL.
+pub fn render(steps: &[Step]) -> String {
+    let mut out = String::new();
+    for s in steps {
+        out.push_str(&format!("-- {}\n{};\n\n", s.id, s.shown.trim_end()));
+    }
+    out
+}

@@ -1,0 +1,388 @@
+//! Pure SQL generators: (config, catalog facts) → ordered steps for one node. Nothing here talks to a
+//! server, so every statement can be reviewed by `plan` and tested without one.
+
+use crate::catalog::TableInfo;
+use crate::config::Options;
+use crate::db::ConnInfo;
+use crate::plan::Step;
+use crate::sql::ident::{comma_list, dollar_quote, Ident, Literal, QualName};
+use crate::sql::names;
+
+const CAPTURE_TEMPLATE: &str = include_str!("templates/capture.sql");
+const APPLY_TEMPLATE: &str = include_str!("templates/apply.sql");
+
+/// Everything that decides what `up` installs on one node.
+pub struct Install<'a> {
+    pub node: &'a str,
+    pub peer: &'a str,
+    pub peer_conn: &'a ConnInfo,
+    pub options: &'a Options,
+    /// The synced tables as read on this node.
+    pub tables: &'a [TableInfo],
+    pub create_extension: bool,
+    /// Tables that carry pgtwin triggers but are no longer in the config.
+    pub stale_tables: &'a [QualName],
+    pub sequences: &'a [SequenceChange],
+}
+
+/// Interleaving of one key sequence: node i of n hands out i, i+n, i+2n, ...
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SequenceChange {
+    pub sequence: QualName,
+    pub original_increment: i64,
+    pub increment: i64,
+    pub restart: i64,
+}
+
+/// Where the next value lies: the smallest v above `floor` with v ≡ position (mod count), position 1-based.
+pub fn interleaved_start(floor: i64, position: i64, count: i64) -> i64 {
+    let v = floor + 1;
+    v + (position - v).rem_euclid(count)
+}
+
+pub fn install_steps(i: &Install) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let schema = names::schema();
+    if i.create_extension {
+        steps.push(Step::new(
+            "extension",
+            "CREATE EXTENSION IF NOT EXISTS postgres_fdw",
+        ));
+    }
+    steps.push(Step::new(
+        "schema",
+        format!("CREATE SCHEMA IF NOT EXISTS {schema};\nREVOKE ALL ON SCHEMA {schema} FROM PUBLIC"),
+    ));
+    steps.push(Step::new(
+        "state tables",
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} (\n    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),\n    version text NOT NULL, node text NOT NULL, peer text NOT NULL, plan_hash text NOT NULL,\n    created_extension boolean NOT NULL, tables text[] NOT NULL, installed_at timestamptz NOT NULL\n);\nCREATE TABLE IF NOT EXISTS {} (\n    schema_name text NOT NULL, sequence_name text NOT NULL, original_increment bigint NOT NULL,\n    PRIMARY KEY (schema_name, sequence_name)\n)",
+            names::installation_table(),
+            names::sequences_table()
+        ),
+    ));
+    for stale in i.stale_tables {
+        steps.push(Step::new(
+            format!("stale table {stale}: drop triggers"),
+            drop_capture_triggers(stale),
+        ));
+    }
+    // Recreating the server drops (CASCADE) the user mapping and the foreign tables that depend on it, so
+    // a changed peer address or password takes effect everywhere at once.
+    let server = names::server();
+    steps.push(Step::new(
+        "foreign server",
+        format!(
+            "DROP SERVER IF EXISTS {server} CASCADE;\nCREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw\n    OPTIONS ({})",
+            server_options(i)
+        ),
+    ));
+    let mapping = |password: &str| {
+        format!(
+            "CREATE USER MAPPING FOR CURRENT_USER SERVER {server}\n    OPTIONS (user {}{password})",
+            Literal(&i.peer_conn.user)
+        )
+    };
+    let (secret, masked) = match &i.peer_conn.password {
+        Some(p) => (
+            format!(", password {}", Literal(p)),
+            ", password '********'".to_string(),
+        ),
+        None => (String::new(), String::new()),
+    };
+    steps.push(Step::with_secret(
+        "user mapping",
+        mapping(&secret),
+        mapping(&masked),
+    ));
+    for t in i.tables {
+        steps.extend(table_steps(t));
+    }
+    for s in i.sequences {
+        steps.push(
+            Step::new(
+                format!("sequence {}", s.sequence),
+                format!(
+                    "INSERT INTO {} VALUES ({}, {}, {}) ON CONFLICT DO NOTHING;\nALTER SEQUENCE {} INCREMENT BY {} RESTART WITH {}",
+                    names::sequences_table(),
+                    Literal(s.sequence.schema.as_str()),
+                    Literal(s.sequence.name.as_str()),
+                    s.original_increment,
+                    s.sequence,
+                    s.increment,
+                    s.restart
+                ),
+            )
+            .unhashed(),
+        );
+    }
+    steps
+}
+
+/// The installation record, written last: its presence means the node's install completed.
+pub fn record_step(
+    node: &str,
+    peer: &str,
+    plan_hash: &str,
+    created_extension: bool,
+    tables: &[TableInfo],
+) -> Step {
+    let table_names = comma_list(
+        tables
+            .iter()
+            .map(|t| Literal(&t.name.to_string()).to_string()),
+    );
+    Step::new(
+        "installation record",
+        format!(
+            "INSERT INTO {t} AS i VALUES (true, {}, {}, {}, {}, {created_extension}, ARRAY[{table_names}]::text[], now())\n    ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, node = EXCLUDED.node, peer = EXCLUDED.peer,\n    plan_hash = EXCLUDED.plan_hash, tables = EXCLUDED.tables, installed_at = EXCLUDED.installed_at,\n    created_extension = i.created_extension OR EXCLUDED.created_extension",
+            Literal(env!("CARGO_PKG_VERSION")),
+            Literal(node),
+            Literal(peer),
+            Literal(plan_hash),
+            t = names::installation_table(),
+        ),
+    )
+    .unhashed()
+}
+
+/// libpq options for the connection from this node to its peer. `options` marks the session as pgtwin's
+/// (so the peer's triggers do not echo) and bounds its lock waits: a lock wait that crosses servers is a
+/// deadlock neither server can see (POSTGRES-NOTES 9).
+fn server_options(i: &Install) -> String {
+    let c = i.peer_conn;
+    let mut session = format!(
+        "-c {}={} -c lock_timeout={}",
+        names::ORIGIN_SETTING,
+        i.node,
+        i.options.lock_timeout_ms
+    );
+    let mut opts: Vec<(String, String)> = vec![
+        ("host".into(), c.host.clone()),
+        ("port".into(), c.port.to_string()),
+        ("dbname".into(), c.dbname.clone()),
+        ("application_name".into(), format!("pgtwin from {}", i.node)),
+    ];
+    for (k, v) in &c.params {
+        match k.as_str() {
+            "options" => {
+                session = format!("{v} {session}");
+            }
+            "application_name" => {}
+            _ => opts.push((k.clone(), v.clone())),
+        }
+    }
+    if !c.params.contains_key("connect_timeout") {
+        opts.push((
+            "connect_timeout".into(),
+            i.options.connect_timeout_s.to_string(),
+        ));
+    }
+    opts.push(("options".into(), session));
+    opts.push(("batch_size".into(), i.options.batch_size.to_string()));
+    opts.push(("fetch_size".into(), "10000".into()));
+    comma_list(
+        opts.iter()
+            .map(|(k, v)| format!("{} {}", Ident::new(k.as_str()), Literal(v))),
+    )
+}
+
+fn table_steps(t: &TableInfo) -> Vec<Step> {
+    let name = &t.name;
+    let inbox = names::inbox(name);
+    let peer = names::peer_inbox(name);
+    let op = Ident::new(names::OP_COLUMN);
+    let column_defs = {
+        let mut defs = vec![format!("{op} \"char\" NOT NULL")];
+        defs.extend(t.shipped_columns().map(|c| format!("{} {}", c.name, c.ty)));
+        defs.join(",\n    ")
+    };
+    let capture = names::capture_function(name);
+    let apply = names::apply_function(name);
+    let mut steps = vec![
+        // Unlogged: rows live in the inbox only for the length of the statement that applies them.
+        Step::new(
+            format!("table {name}: inbox"),
+            format!("DROP TABLE IF EXISTS {inbox};\nCREATE UNLOGGED TABLE {inbox} (\n    {column_defs}\n)"),
+        ),
+        Step::new(format!("table {name}: apply function"), function_sql(&apply, &apply_body(t), false)),
+        Step::new(
+            format!("table {name}: apply trigger"),
+            format!(
+                "CREATE TRIGGER {} AFTER INSERT ON {inbox}\n    REFERENCING NEW TABLE AS {} FOR EACH STATEMENT EXECUTE FUNCTION {apply}()",
+                Ident::new(names::APPLY_TRIGGER),
+                Ident::new(names::BATCH_ROWS)
+            ),
+        ),
+        Step::new(
+            format!("table {name}: peer inbox"),
+            format!(
+                "CREATE FOREIGN TABLE {peer} (\n    {column_defs}\n) SERVER {} OPTIONS (schema_name {}, table_name {})",
+                names::server(),
+                Literal(inbox.schema.as_str()),
+                Literal(inbox.name.as_str())
+            ),
+        ),
+        // SECURITY DEFINER: application roles that write the table need no access to the foreign server
+        // or the stored password; the function runs as the role that installed it.
+        Step::new(format!("table {name}: capture function"), function_sql(&capture, &capture_body(t), true)),
+    ];
+    let mut triggers = drop_capture_triggers(name);
+    for (trigger, event) in names::TRIGGER_EVENTS {
+        let referencing = match event {
+            "INSERT" => format!("REFERENCING NEW TABLE AS {} ", Ident::new(names::NEW_ROWS)),
+            "UPDATE" => format!(
+                "REFERENCING OLD TABLE AS {} NEW TABLE AS {} ",
+                Ident::new(names::OLD_ROWS),
+                Ident::new(names::NEW_ROWS)
+            ),
+            "DELETE" => format!("REFERENCING OLD TABLE AS {} ", Ident::new(names::OLD_ROWS)),
+            _ => String::new(),
+        };
+        triggers.push_str(&format!(
+            ";\nCREATE TRIGGER {} AFTER {event} ON {name}\n    {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {capture}()",
+            Ident::new(trigger)
+        ));
+    }
+    steps.push(Step::new(
+        format!("table {name}: capture triggers"),
+        triggers,
+    ));
+    steps
+}
+
+fn drop_capture_triggers(table: &QualName) -> String {
+    names::TRIGGER_EVENTS
+        .iter()
+        .map(|(trigger, _)| format!("DROP TRIGGER IF EXISTS {} ON {table}", Ident::new(*trigger)))
+        .collect::<Vec<_>>()
+        .join(";\n")
+}
+
+fn function_sql(name: &QualName, body: &str, security_definer: bool) -> String {
+    let definer = if security_definer {
+        " SECURITY DEFINER"
+    } else {
+        ""
+    };
+    // search_path is pinned: postgres_fdw's remote sessions run with search_path = pg_catalog, and a
+    // SECURITY DEFINER function must never resolve names through a caller-controlled path.
+    format!(
+        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql{definer}\n    SET search_path = pg_catalog, pg_temp AS {};\nREVOKE ALL ON FUNCTION {name}() FROM PUBLIC",
+        dollar_quote(&format!("\n{body}"))
+    )
+}
+
+fn key_match(t: &TableInfo, left: &str, right: &str) -> String {
+    t.key
+        .iter()
+        .map(|k| format!("{left}.{k} = {right}.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+fn capture_body(t: &TableInfo) -> String {
+    let cols = comma_list(t.shipped_columns().map(|c| &c.name));
+    render(
+        CAPTURE_TEMPLATE,
+        &[
+            ("table", t.name.to_string()),
+            ("peer", names::peer_inbox(&t.name).to_string()),
+            ("op", Ident::new(names::OP_COLUMN).to_string()),
+            ("cols", cols),
+            ("keys", comma_list(&t.key)),
+            (
+                "old_keys",
+                comma_list(t.key.iter().map(|k| format!("o.{k}"))),
+            ),
+            ("key_match", key_match(t, "n", "o")),
+            ("new", Ident::new(names::NEW_ROWS).to_string()),
+            ("old", Ident::new(names::OLD_ROWS).to_string()),
+        ],
+    )
+}
+
+fn apply_body(t: &TableInfo) -> String {
+    let non_key: Vec<&Ident> = t
+        .shipped_columns()
+        .map(|c| &c.name)
+        .filter(|c| !t.key.contains(c))
+        .collect();
+    let conflict_action = if non_key.is_empty() {
+        "NOTHING".to_string()
+    } else {
+        format!(
+            "UPDATE SET {}",
+            comma_list(non_key.iter().map(|c| format!("{c} = EXCLUDED.{c}")))
+        )
+    };
+    render(
+        APPLY_TEMPLATE,
+        &[
+            ("table", t.name.to_string()),
+            ("inbox", names::inbox(&t.name).to_string()),
+            ("batch", Ident::new(names::BATCH_ROWS).to_string()),
+            ("op", Ident::new(names::OP_COLUMN).to_string()),
+            ("cols", comma_list(t.shipped_columns().map(|c| &c.name))),
+            ("keys", comma_list(&t.key)),
+            ("key_match", key_match(t, "t", "b")),
+            ("conflict_action", conflict_action),
+        ],
+    )
+}
+
+/// Fills `{{name}}` placeholders in one pass, so text substituted in (identifiers may contain anything,
+/// braces included) is never scanned again. A placeholder without a value is a bug: it panics.
+pub fn render(template: &str, values: &[(&str, String)]) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find("}}").expect("unclosed placeholder") + start;
+        let key = &rest[start + 2..end];
+        let value = values
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("template placeholder {key} has no value"));
+        out.push_str(&value.1);
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Steps that remove pgtwin from a node. `sequences` are (sequence, original increment) as recorded.
+pub fn uninstall_steps(
+    captured: &[QualName],
+    sequences: &[(QualName, i64)],
+    drop_extension: bool,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for (seq, increment) in sequences {
+        steps.push(Step::new(
+            format!("sequence {seq}: restore increment"),
+            format!("ALTER SEQUENCE {seq} INCREMENT BY {increment}"),
+        ));
+    }
+    for table in captured {
+        steps.push(Step::new(
+            format!("table {table}: drop triggers"),
+            drop_capture_triggers(table),
+        ));
+    }
+    steps.push(Step::new(
+        "foreign server",
+        format!("DROP SERVER IF EXISTS {} CASCADE", names::server()),
+    ));
+    steps.push(Step::new(
+        "schema",
+        format!("DROP SCHEMA IF EXISTS {} CASCADE", names::schema()),
+    ));
+    if drop_extension {
+        steps.push(Step::new(
+            "extension",
+            "DROP EXTENSION IF EXISTS postgres_fdw",
+        ));
+    }
+    steps
+}

@@ -1,0 +1,125 @@
+//! The one home for names: every object pgtwin creates gets its name here. All per-table objects live in
+//! the `pgtwin` schema, so `down` can remove them by dropping that schema; the triggers on user tables
+//! carry a fixed `pgtwin_` prefix and call functions in that schema, which is how they are found again.
+
+use crate::sql::ident::{Ident, QualName, MAX_IDENT_BYTES};
+
+pub const SCHEMA: &str = "pgtwin";
+/// The foreign server that points at the peer (one per database: each node has exactly one peer).
+pub const SERVER: &str = "pgtwin_peer";
+/// Statement triggers on a synced table, by event.
+pub const TRIGGER_EVENTS: [(&str, &str); 4] = [
+    ("pgtwin_capture_insert", "INSERT"),
+    ("pgtwin_capture_update", "UPDATE"),
+    ("pgtwin_capture_delete", "DELETE"),
+    ("pgtwin_capture_truncate", "TRUNCATE"),
+];
+pub const APPLY_TRIGGER: &str = "pgtwin_apply";
+/// Transition-table names used by the generated functions.
+pub const NEW_ROWS: &str = "pgtwin_new";
+pub const OLD_ROWS: &str = "pgtwin_old";
+pub const BATCH_ROWS: &str = "pgtwin_batch";
+/// The op column of an inbox row: 'U' upsert, 'D' delete by key, 'T' truncate.
+pub const OP_COLUMN: &str = "pgtwin_op";
+/// Session setting that marks a session whose writes pgtwin applied (see sql/gen and db::SESSION_SETUP).
+pub const ORIGIN_SETTING: &str = "pgtwin.origin";
+/// Advisory lock key held by `up`/`down` on a node ("pgtw" in ASCII).
+pub const ADVISORY_LOCK_KEY: i64 = 0x7067_7477;
+
+fn in_schema(name: String) -> QualName {
+    debug_assert!(name.len() <= MAX_IDENT_BYTES, "{name}");
+    QualName::new(SCHEMA, name)
+}
+
+pub fn schema() -> Ident {
+    Ident::new(SCHEMA)
+}
+
+pub fn server() -> Ident {
+    Ident::new(SERVER)
+}
+
+pub fn installation_table() -> QualName {
+    in_schema("installation".into())
+}
+
+pub fn sequences_table() -> QualName {
+    in_schema("sequences".into())
+}
+
+/// Per-table objects are named from a readable prefix of the table's name plus a hash of the exact
+/// name, so that they stay unique and under 63 bytes whatever the table is called.
+pub fn table_tag(table: &QualName) -> String {
+    let readable: String = format!("{}_{}", table.schema.as_str(), table.name.as_str())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    let hash = fnv1a64(format!("{}\0{}", table.schema.as_str(), table.name.as_str()).as_bytes());
+    format!("{readable}_{:08x}", hash as u32)
+}
+
+/// Local table on the receiving node that the peer inserts change rows into.
+pub fn inbox(table: &QualName) -> QualName {
+    in_schema(format!("inbox_{}", table_tag(table)))
+}
+
+/// Foreign table on the sending node, pointing at the peer's inbox.
+pub fn peer_inbox(table: &QualName) -> QualName {
+    in_schema(format!("peer_{}", table_tag(table)))
+}
+
+pub fn capture_function(table: &QualName) -> QualName {
+    in_schema(format!("capture_{}", table_tag(table)))
+}
+
+pub fn apply_function(table: &QualName) -> QualName {
+    in_schema(format!("apply_{}", table_tag(table)))
+}
+
+/// FNV-1a: a stable 64-bit hash (std's hasher may change between Rust releases; names must not).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_short_unique_and_stable() {
+        let a = table_tag(&QualName::new("public", "products"));
+        assert_eq!(
+            a,
+            format!(
+                "public_products_{:08x}",
+                fnv1a64(b"public\0products") as u32
+            )
+        );
+        let long = QualName::new("s".repeat(63), "t".repeat(63));
+        assert!(capture_function(&long).name.as_str().len() <= MAX_IDENT_BYTES);
+        // Names that sanitize alike still differ.
+        assert_ne!(
+            table_tag(&QualName::new("Sales Data", "x")),
+            table_tag(&QualName::new("sales_data", "x"))
+        );
+        assert_ne!(
+            table_tag(&QualName::new("a.b", "c")),
+            table_tag(&QualName::new("a", "b.c"))
+        );
+    }
+
+    #[test]
+    fn fnv_known_value() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,15 @@
+-- Statement trigger on the inbox of {{table}}: applies one batch of the peer's changes set-wise, by key,
+-- touching no row the batch does not name. It runs in the peer's postgres_fdw session, whose
+-- pgtwin.origin setting keeps {{table}}'s own capture trigger from shipping these rows back.
+BEGIN
+    IF EXISTS (SELECT FROM {{batch}} WHERE {{op}} = 'T') THEN
+        TRUNCATE {{table}};
+    END IF;
+    DELETE FROM {{table}} t USING {{batch}} b WHERE b.{{op}} = 'D' AND {{key_match}};
+    INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+        SELECT {{cols}} FROM {{batch}} WHERE {{op}} = 'U'
+        ON CONFLICT ({{keys}}) DO {{conflict_action}};
+    -- The inbox only carries rows into this trigger; nothing stays there.
+    DELETE FROM {{inbox}};
+    RETURN NULL;
+END

@@ -1,0 +1,120 @@
+//! What is installed and working on each node, read from the node itself (its installation record and
+//! catalogs), so `status` works with the other node down.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use tokio_postgres::Client;
+
+use crate::catalog::{self, Installed};
+use crate::config::{Config, Node};
+use crate::sql::names;
+use crate::twin;
+
+#[derive(Debug, serde::Serialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub url: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub installed: Option<Installed>,
+    pub tables: Vec<TableStatus>,
+    /// Whether this node reaches its peer through the foreign server, as the triggers do.
+    pub link: Option<Link>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct TableStatus {
+    pub table: String,
+    pub triggers: usize,
+    pub triggers_expected: usize,
+    pub sequences: Vec<SequenceStatus>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct SequenceStatus {
+    pub sequence: String,
+    pub increment: i64,
+    pub next_value: i64,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Link {
+    pub ok: bool,
+    pub millis: u64,
+    pub error: Option<String>,
+}
+
+pub async fn status(cfg: &Config) -> Vec<NodeStatus> {
+    let mut out = Vec::new();
+    for node in &cfg.nodes {
+        let mut s = NodeStatus {
+            node: node.name.clone(),
+            url: node.conn.to_string(),
+            reachable: false,
+            error: None,
+            installed: None,
+            tables: Vec::new(),
+            link: None,
+        };
+        if let Err(e) = node_status(cfg, node, &mut s).await {
+            s.error = Some(format!("{e:#}"));
+        }
+        out.push(s);
+    }
+    out
+}
+
+async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()> {
+    let n = twin::connect(cfg, node).await?;
+    s.reachable = true;
+    s.installed = n.info.installed.clone();
+    let captured = catalog::captured_tables(n.name(), &n.db).await?;
+    for table in &cfg.tables {
+        let triggers = captured
+            .iter()
+            .find(|(t, _)| t == &table.name)
+            .map_or(0, |(_, trig)| trig.len());
+        let sequences = match catalog::table_info(n.name(), &n.db, table).await {
+            Ok(info) => info
+                .key_sequences
+                .into_iter()
+                .map(|k| SequenceStatus {
+                    sequence: k.sequence.to_string(),
+                    increment: k.increment,
+                    next_value: k.next_value,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        s.tables.push(TableStatus {
+            table: table.name.to_string(),
+            triggers,
+            triggers_expected: names::TRIGGER_EVENTS.len(),
+            sequences,
+        });
+    }
+    if let Some(first) = s.installed.as_ref().and_then(|i| i.tables.first()) {
+        if let Ok(name) = crate::sql::ident::QualName::parse(first) {
+            s.link = Some(check_link(&n.db, &name).await);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the peer's (always empty) inbox through the foreign server: the same path, role and
+/// credentials the triggers use, bounded by the server's connect_timeout.
+async fn check_link(db: &Client, table: &crate::sql::ident::QualName) -> Link {
+    let started = Instant::now();
+    let result = db
+        .query_one(
+            &format!("SELECT EXISTS (SELECT FROM {})", names::peer_inbox(table)),
+            &[],
+        )
+        .await;
+    Link {
+        ok: result.is_ok(),
+        millis: started.elapsed().as_millis() as u64,
+        error: result.err().map(|e| crate::db::pg_message(&e)),
+    }
+}
