@@ -1,0 +1,287 @@
+//! Two real PostgreSQL servers per test binary (started once, stopped when the binary exits), and a fresh
+//! pair of databases per test. Nodes are named `a` and `b`; pgtwin runs as `twin`, a non-superuser that
+//! owns the tables; `app` is an application role that may only write them.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgtwin::localpg::LocalServer;
+use tokio_postgres::{Client, NoTls};
+
+pub const TWIN_PW: &str = "twin-pw-S3cr3t";
+pub const APP_PW: &str = "app-pw";
+
+pub struct Servers {
+    pub nodes: [LocalServer; 2],
+    _dir: tempfile::TempDir,
+}
+
+static SERVERS: OnceLock<Servers> = OnceLock::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn servers() -> &'static Servers {
+    SERVERS.get_or_init(|| {
+        // Started on a plain thread: this may be called from inside a test's tokio runtime.
+        std::thread::spawn(|| {
+            let dir = tempfile::Builder::new().prefix("pgtwin-test-").tempdir().unwrap();
+            let start = |name: &str| {
+                let s = LocalServer::start(&dir.path().join(name), &["fsync = off", "max_connections = 300"])
+                    .expect("start test server (are PostgreSQL server binaries installed? run scripts/test)");
+                s.stop_when_process_ends(std::process::id()).unwrap();
+                s
+            };
+            let nodes = [start("a"), start("b")];
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                for s in &nodes {
+                    let admin = s.connect("postgres").await.unwrap();
+                    admin
+                        .batch_execute(&format!(
+                            "CREATE ROLE twin LOGIN PASSWORD '{TWIN_PW}'; CREATE ROLE app LOGIN PASSWORD '{APP_PW}'"
+                        ))
+                        .await
+                        .unwrap();
+                }
+            });
+            Servers { nodes, _dir: dir }
+        })
+        .join()
+        .expect("test servers")
+    })
+}
+
+/// A fresh database on each server, owned by `twin`, with postgres_fdw created by the superuser.
+pub struct Pair {
+    pub db: String,
+    /// Connections as `twin` (the tables' owner), plain: their writes are synced like an app's.
+    pub owner: [Client; 2],
+    pub admin: [Client; 2],
+    pub dir: tempfile::TempDir,
+}
+
+pub const NODES: [&str; 2] = ["a", "b"];
+
+async fn connect(url: &str) -> Client {
+    let (c, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c
+}
+
+impl Pair {
+    pub async fn new() -> Pair {
+        Pair::with_extension(true).await
+    }
+
+    pub async fn with_extension(create_extension: bool) -> Pair {
+        let s = servers();
+        let db = format!(
+            "t{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admins = Vec::new();
+        let mut owners = Vec::new();
+        for server in &s.nodes {
+            let root = server.connect("postgres").await.unwrap();
+            root.batch_execute(&format!("CREATE DATABASE {db} OWNER twin"))
+                .await
+                .unwrap();
+            let admin = server.connect(&db).await.unwrap();
+            if create_extension {
+                admin
+                    .batch_execute("CREATE EXTENSION postgres_fdw; GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO twin")
+                    .await
+                    .unwrap();
+            }
+            admins.push(admin);
+            owners.push(connect(&server.url("twin", Some(TWIN_PW), &db)).await);
+        }
+        Pair {
+            db,
+            owner: owners.try_into().ok().unwrap(),
+            admin: admins.try_into().ok().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        servers().nodes[i].url("twin", Some(TWIN_PW), &self.db)
+    }
+
+    pub fn app_url(&self, i: usize) -> String {
+        servers().nodes[i].url("app", Some(APP_PW), &self.db)
+    }
+
+    pub async fn app(&self, i: usize) -> Client {
+        connect(&self.app_url(i)).await
+    }
+
+    /// Runs the same SQL on both nodes as the owner (e.g. CREATE TABLE before `up`).
+    pub async fn both(&self, sql: &str) {
+        for c in &self.owner {
+            c.batch_execute(sql).await.unwrap();
+        }
+    }
+
+    /// Writes pgtwin.toml with both nodes and the given `[[tables]]`/`[options]` text; returns its path.
+    pub fn config(&self, rest: &str) -> PathBuf {
+        let text = format!(
+            "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n\n{rest}\n",
+            self.url(0),
+            self.url(1)
+        );
+        self.config_text(&text)
+    }
+
+    pub fn config_text(&self, text: &str) -> PathBuf {
+        let path = self.dir.path().join("pgtwin.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs the pgtwin binary with this pair's config, bounded in time.
+    pub fn pgtwin(&self, args: &[&str]) -> Run {
+        pgtwin(&self.dir.path().join("pgtwin.toml"), args)
+    }
+
+    /// Every row of a table on node i, as text, sorted: what "identical" means in these tests.
+    pub async fn rows(&self, i: usize, table: &str) -> Vec<String> {
+        self.admin[i]
+            .query(
+                &format!("SELECT row_::text FROM {table} row_ ORDER BY 1"),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Asserts both nodes hold the same rows; returns them.
+    pub async fn assert_same(&self, table: &str) -> Vec<String> {
+        let (a, b) = (self.rows(0, table).await, self.rows(1, table).await);
+        assert_eq!(a, b, "{table} differs between the nodes");
+        a
+    }
+
+    /// Asserts nothing pgtwin creates is left on either node.
+    pub async fn assert_clean(&self) {
+        for (i, admin) in self.admin.iter().enumerate() {
+            let row = admin
+                .query_one(
+                    "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgtwin'),
+                            (SELECT count(*) FROM pg_foreign_server WHERE srvname = 'pgtwin_peer'),
+                            (SELECT count(*) FROM pg_user_mappings WHERE srvname = 'pgtwin_peer'),
+                            (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgtwin%'),
+                            (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pgtwin'),
+                            (SELECT count(*) FROM pg_foreign_table)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            let counts: Vec<i64> = (0..6).map(|c| row.get(c)).collect();
+            assert_eq!(counts, vec![0; 6], "node {}: pgtwin objects left (schema, server, mapping, triggers, functions, foreign tables)", NODES[i]);
+        }
+    }
+
+    /// Whether pgtwin is installed on node i.
+    pub async fn installed(&self, i: usize) -> bool {
+        self.admin[i]
+            .query_one("SELECT to_regclass('pgtwin.installation') IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "pgtwin failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Exit 2 with exactly one line on stderr, which must contain every `needle`.
+    #[track_caller]
+    pub fn fails_with(self, needles: &[&str]) -> Run {
+        assert_eq!(
+            self.code, 2,
+            "expected exit 2:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        assert_eq!(
+            self.stderr.trim_end().lines().count(),
+            1,
+            "stderr must be one line: {}",
+            self.stderr
+        );
+        for n in needles {
+            assert!(
+                self.stderr.contains(n),
+                "stderr lacks {n:?}: {}",
+                self.stderr
+            );
+        }
+        for secret in [TWIN_PW, APP_PW] {
+            assert!(
+                !self.stderr.contains(secret) && !self.stdout.contains(secret),
+                "password in output"
+            );
+        }
+        self
+    }
+}
+
+pub fn pgtwin(config: &std::path::Path, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtwin"));
+    cmd.arg("-c").arg(config).args(args);
+    let out: Output = run_with_timeout(cmd, Duration::from_secs(60));
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: started.elapsed(),
+    }
+}
+
+/// Runs a command, killing it if it outlives `limit`: a hang is a test failure, not a stuck CI.
+fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    use std::process::Stdio;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("pgtwin did not finish within {limit:?}");
+        }
+    }
+}

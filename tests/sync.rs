@@ -1,0 +1,320 @@
+//! Two-way sync against two real servers: each test is a lifecycle
+//! up → writes on both nodes → compare → down → nothing left → up again.
+
+mod common;
+
+use common::Pair;
+
+const PRODUCTS: &str = "CREATE TABLE products (
+    id bigserial PRIMARY KEY, name varchar(255), price integer,
+    created_at timestamp NOT NULL DEFAULT clock_timestamp(), updated_at timestamp NOT NULL DEFAULT clock_timestamp())";
+
+#[tokio::test]
+async fn lifecycle_insert_update_delete_truncate_both_ways() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.both("INSERT INTO products (id, name, price, created_at, updated_at) VALUES (1, 'kettle', 25, '2024-01-01', '2024-01-01')").await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+
+    // Default ids on both nodes, interleaved; values (timestamps from defaults) arrive unchanged.
+    p.owner[0]
+        .batch_execute("INSERT INTO products (name, price) VALUES ('mug', 7), ('cup', 5)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("INSERT INTO products (name, price) VALUES ('saucer', 4)")
+        .await
+        .unwrap();
+    let rows = p.assert_same("products").await;
+    assert_eq!(rows.len(), 4);
+    p.owner[1]
+        .batch_execute("UPDATE products SET price = price * 2 WHERE name IN ('mug', 'kettle')")
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute("DELETE FROM products WHERE name = 'cup'")
+        .await
+        .unwrap();
+    let rows = p.assert_same("products").await;
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().any(|r| r.contains("kettle,50")), "{rows:?}");
+    // A primary-key change, several rows in one statement, including a swap of keys.
+    p.owner[0]
+        .batch_execute("UPDATE products SET id = id + 1000")
+        .await
+        .unwrap();
+    p.assert_same("products").await;
+    // Old and new keys overlap (2 → 3 first, then 1 → 2): only key 1 may be removed on the peer.
+    // Old and new keys overlap (501 → 502 first, then 500 → 501): only key 500 may go on the peer.
+    p.owner[0]
+        .batch_execute("INSERT INTO products (id, name) VALUES (501, 'second'), (500, 'first')")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("UPDATE products SET id = id + 1 WHERE id IN (500, 501)")
+        .await
+        .unwrap();
+    let rows = p.assert_same("products").await;
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.starts_with("(501,first"))
+            && rows.iter().any(|r| r.starts_with("(502,second")),
+        "{rows:?}"
+    );
+    p.owner[0]
+        .batch_execute("DELETE FROM products WHERE id IN (501, 502)")
+        .await
+        .unwrap();
+    p.owner[1].batch_execute("TRUNCATE products").await.unwrap();
+    assert!(p.assert_same("products").await.is_empty());
+    p.pgtwin(&["check"]).ok();
+
+    p.pgtwin(&["down"]).ok();
+    p.assert_clean().await;
+    // After down, writes are no longer synced, and data stayed.
+    p.owner[0]
+        .batch_execute("INSERT INTO products (name) VALUES ('solo')")
+        .await
+        .unwrap();
+    assert_eq!(p.rows(1, "products").await.len(), 0);
+    p.owner[0]
+        .batch_execute("DELETE FROM products")
+        .await
+        .unwrap();
+
+    p.pgtwin(&["up"]).ok();
+    p.owner[1]
+        .batch_execute("INSERT INTO products (name) VALUES ('again')")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("products").await.len(), 1);
+}
+
+#[tokio::test]
+async fn every_common_type_arrives_byte_identical() {
+    let p = Pair::new().await;
+    p.both("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+            CREATE TABLE kinds (
+              id int PRIMARY KEY, s smallint, i int, b bigint, n numeric(20,6), nn numeric, r real, d double precision,
+              t text, v varchar(10), ok boolean, day date, ts timestamp(6), tz timestamptz, u uuid, j jsonb,
+              raw bytea, ints int[], texts text[], m mood, g int GENERATED ALWAYS AS (s * 2) STORED)").await;
+    p.config("[[tables]]\nname = \"kinds\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0].batch_execute(r#"
+        INSERT INTO kinds (id, s, i, b, n, nn, r, d, t, v, ok, day, ts, tz, u, j, raw, ints, texts, m) VALUES
+        (1, -32768, 2147483647, -9223372036854775808, 12345678901234.123456, 0.1000000000000000000001, 3.4028235e38,
+         0.1, 'tab	quote'' backslash\ nul-free ünï', 'x', true, '4713-01-01 BC', '2024-02-29 23:59:59.999999',
+         '2024-06-01 12:00:00.123456+05:30', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{"b": [1, 2.50], "a": null}',
+         '\x00ff10', '{1,NULL,3}', '{"a,b","","NULL",null}', 'happy'),
+        (2, NULL, NULL, NULL, 'NaN', '-0', '-0', '-Infinity', '', NULL, false, 'infinity', '-infinity', NULL, NULL,
+         '"just a string"', '\x', '{}', '{{a,b},{c,d}}', NULL),
+        (3, 1, 1, 1, 1, 1, 1.17549435e-38, 5e-324, NULL, NULL, NULL, NULL, NULL, 'epoch', NULL, NULL, NULL, NULL, NULL, 'sad')
+    "#).await.unwrap();
+    p.owner[1]
+        .batch_execute(
+            "UPDATE kinds SET d = d * 3, tz = tz + interval '1 microsecond', m = 'ok' WHERE id = 3",
+        )
+        .await
+        .unwrap();
+    let rows = p.assert_same("kinds").await;
+    assert_eq!(rows.len(), 3);
+    // Byte-identical, not just equal as text: compare the binary send form of every column.
+    let bin = |i: usize| {
+        let c = &p.admin[i];
+        async move {
+            c.query("SELECT id, md5(string_agg(coalesce(encode(x.b, 'hex'), 'null'), ',')) FROM kinds k,
+                       LATERAL (VALUES (int2send(s)), (int4send(i)), (int8send(b)), (numeric_send(n)), (numeric_send(nn)),
+                                       (float4send(r)), (float8send(d)), (textsend(t)), (textsend(v)), (boolsend(ok)),
+                                       (date_send(day)), (timestamp_send(ts)), (timestamptz_send(tz)), (uuid_send(u)),
+                                       (jsonb_send(j)), (byteasend(raw)), (array_send(ints)), (array_send(texts)), (enum_send(m)),
+                                       (int4send(g))) x(b)
+                     GROUP BY id ORDER BY id", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(1))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(bin(0).await, bin(1).await);
+    p.pgtwin(&["down"]).ok();
+    p.assert_clean().await;
+}
+
+#[tokio::test]
+async fn awkward_names_composite_keys_and_many_tables() {
+    let p = Pair::new().await;
+    p.both(r#"
+        CREATE SCHEMA "Sales Data";
+        CREATE TABLE "Sales Data"."Order Items" (
+            "Order" int, "Line" int, "select" text, "a""b" text, "ünï" numeric, "$pgtwin$" text, "{{peer}}" int,
+            PRIMARY KEY ("Order", "Line"));
+        CREATE SCHEMA inventory;
+        CREATE TABLE inventory.stock (sku text PRIMARY KEY, qty int NOT NULL);
+        CREATE TABLE "UPPER" ("ID" int PRIMARY KEY);
+    "#).await;
+    p.config(
+        r#"
+[[tables]]
+name = '"Sales Data"."Order Items"'
+[[tables]]
+name = "inventory.stock"
+[[tables]]
+name = '"UPPER"'
+"#,
+    );
+    p.pgtwin(&["up"]).ok();
+    p.owner[0].batch_execute(r#"
+        INSERT INTO "Sales Data"."Order Items" VALUES (1, 1, 'x', 'q"uote', 1.5, '$$', 7), (1, 2, NULL, NULL, NULL, NULL, NULL), (2, 1, 'y', '', 0, '', 0);
+        INSERT INTO inventory.stock VALUES ('A-1', 5), ('B-2', 0);
+        INSERT INTO "UPPER" VALUES (1), (2);
+    "#).await.unwrap();
+    p.owner[1].batch_execute(r#"
+        UPDATE "Sales Data"."Order Items" SET "Line" = "Line" + 10, "select" = 'moved' WHERE "Order" = 1;
+        DELETE FROM "Sales Data"."Order Items" WHERE "Order" = 2;
+        UPDATE inventory.stock SET qty = qty + 1;
+        UPDATE "UPPER" SET "ID" = "ID" + 10;
+    "#).await.unwrap();
+    let items = p.assert_same(r#""Sales Data"."Order Items""#).await;
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|r| r.contains("moved")), "{items:?}");
+    assert_eq!(
+        p.assert_same("inventory.stock").await,
+        vec!["(A-1,6)", "(B-2,1)"]
+    );
+    assert_eq!(p.assert_same(r#""UPPER""#).await, vec!["(11)", "(12)"]);
+
+    // Dropping a table from the config removes its triggers on the next up; the others keep syncing.
+    p.config("[[tables]]\nname = \"inventory.stock\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute(
+            r#"INSERT INTO "UPPER" VALUES (9); INSERT INTO inventory.stock VALUES ('C-3', 1)"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.rows(1, r#""UPPER""#).await.len(), 2);
+    assert_eq!(p.assert_same("inventory.stock").await.len(), 3);
+    p.pgtwin(&["down"]).ok();
+    p.assert_clean().await;
+}
+
+#[tokio::test]
+async fn key_from_config_uses_a_unique_index() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE codes (code text NOT NULL UNIQUE, label text)")
+        .await;
+    p.config("[[tables]]\nname = \"codes\"\nkey = [\"code\"]");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO codes VALUES ('a', 'one'), ('b', 'two')")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "UPDATE codes SET label = 'uno' WHERE code = 'a'; DELETE FROM codes WHERE code = 'b'",
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("codes").await, vec!["(a,uno)"]);
+}
+
+#[tokio::test]
+async fn application_roles_sync_without_any_access_to_the_link() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.both("GRANT SELECT, INSERT, UPDATE, DELETE ON products TO app; GRANT USAGE ON SEQUENCE products_id_seq TO app").await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    let app = [p.app(0).await, p.app(1).await];
+    app[0]
+        .batch_execute("INSERT INTO products (name, price) VALUES ('from app a', 1)")
+        .await
+        .unwrap();
+    app[1]
+        .batch_execute("INSERT INTO products (name, price) VALUES ('from app b', 2)")
+        .await
+        .unwrap();
+    app[1]
+        .batch_execute("UPDATE products SET price = 3 WHERE name = 'from app a'")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("products").await.len(), 2);
+    // The application role gained nothing: no use of the server, no password, no pgtwin objects.
+    let row = app[0]
+        .query_one(
+            "SELECT has_server_privilege('pgtwin_peer', 'USAGE'),
+                    (SELECT umoptions FROM pg_user_mappings WHERE srvname = 'pgtwin_peer') IS NULL,
+                    has_schema_privilege('pgtwin', 'USAGE')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!row.get::<_, bool>(0), "app may use the foreign server");
+    assert!(
+        row.get::<_, bool>(1),
+        "app can read the user mapping's options"
+    );
+    assert!(!row.get::<_, bool>(2), "app may use schema pgtwin");
+    let err = app[0]
+        .batch_execute("SELECT pgtwin.capture_public_products_00000000()")
+        .await;
+    assert!(err.is_err());
+    // Every function pgtwin made pins search_path.
+    let unpinned: i64 = p.admin[0]
+        .query_one(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE n.nspname = 'pgtwin' AND NOT EXISTS (SELECT FROM unnest(p.proconfig) c WHERE c LIKE 'search_path=%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unpinned, 0);
+}
+
+#[tokio::test]
+async fn up_is_idempotent_and_completes_a_half_done_install() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    let again = p.pgtwin(&["up"]).ok();
+    assert!(
+        again.stdout.contains("node a: up to date") && again.stdout.contains("node b: up to date"),
+        "{}",
+        again.stdout
+    );
+    // One node loses its install (as if up died between the two commits): up again repairs it.
+    p.admin[1]
+        .batch_execute("DROP SCHEMA pgtwin CASCADE; DROP SERVER pgtwin_peer CASCADE")
+        .await
+        .unwrap();
+    let repaired = p.pgtwin(&["up"]).ok();
+    assert!(
+        repaired.stdout.contains("node b: installed"),
+        "{}",
+        repaired.stdout
+    );
+    p.owner[1]
+        .batch_execute("INSERT INTO products (name) VALUES ('x')")
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute("INSERT INTO products (name) VALUES ('y')")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("products").await.len(), 2);
+    // A trigger dropped by hand is noticed and put back.
+    p.admin[0]
+        .batch_execute("DROP TRIGGER pgtwin_capture_delete ON products")
+        .await
+        .unwrap();
+    assert!(p.pgtwin(&["up"]).ok().stdout.contains("node a: installed"));
+    p.owner[0]
+        .batch_execute("DELETE FROM products")
+        .await
+        .unwrap();
+    assert!(p.assert_same("products").await.is_empty());
+}
