@@ -37,8 +37,6 @@ pub struct TableInfo {
     pub columns: Vec<Column>,
     pub key: Vec<Ident>,
     pub key_sequences: Vec<KeySequence>,
-    /// Table privileges the connecting role lacks (the apply side needs all of them).
-    pub missing_privileges: Vec<&'static str>,
 }
 
 impl TableInfo {
@@ -189,8 +187,7 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let key = choose_key(node, table, &columns, &unique_keys)?;
-    let key_sequences = key_sequences(node, db, oid, &key).await?;
-    let mut missing_privileges = Vec::new();
+    // The apply side writes the table as this role, and `up` creates triggers on it.
     for privilege in [
         "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER",
     ] {
@@ -203,15 +200,15 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
             .map_err(on_node(node, "checking privileges"))?
             .get(0);
         if !ok {
-            missing_privileges.push(privilege);
+            bail!("role lacks {privilege} on table {name} on node {node}: grant it, or run pgtwin as the table's owner");
         }
     }
+    let key_sequences = key_sequences(node, db, oid, &key).await?;
     Ok(TableInfo {
         name: name.clone(),
         columns,
         key,
         key_sequences,
-        missing_privileges,
     })
 }
 
@@ -280,6 +277,18 @@ async fn key_sequences(
             continue;
         }
         let sequence = QualName::new(r.get::<_, String>(1), r.get::<_, String>(2));
+        let may_alter: bool = r.get(3);
+        if !may_alter {
+            // Reading its state needs privileges we may lack; interleaving refuses such a sequence.
+            out.push(KeySequence {
+                column,
+                sequence,
+                increment: 0,
+                next_value: 0,
+                may_alter,
+            });
+            continue;
+        }
         let state = db
             .query_one(
                 &format!(
@@ -295,7 +304,7 @@ async fn key_sequences(
             sequence,
             next_value: state.get(0),
             increment: state.get(1),
-            may_alter: r.get(3),
+            may_alter,
         });
     }
     Ok(out)

@@ -157,7 +157,7 @@ async fn rows(db: &Client) -> Result<Vec<String>> {
 async fn side_by_side(title: &str, shop: &Client, legacy: &Client) -> Result<()> {
     println!("\n{title}");
     let (a, b) = (rows(shop).await?, rows(legacy).await?);
-    println!("  {:<20}| {}", "shop.products", "legacy.products");
+    println!("  {:<20}| legacy.products", "shop.products");
     for i in 0..a.len().max(b.len()) {
         println!(
             "  {:<20}| {}",

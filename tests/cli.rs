@@ -1,0 +1,310 @@
+//! The command-line contract against real servers: bad input is refused with one clear line, exit 2,
+//! no password, and nothing changed on either node.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Pair, TWIN_PW};
+
+const PRODUCTS: &str = "CREATE TABLE products (id bigserial PRIMARY KEY, name text, price int)";
+const TABLES: &str = "[[tables]]\nname = \"products\"";
+
+async fn assert_nothing_installed(p: &Pair) {
+    for i in 0..2 {
+        assert!(
+            !p.installed(i).await,
+            "node {} has pgtwin installed",
+            common::NODES[i]
+        );
+    }
+    p.assert_clean().await;
+}
+
+#[tokio::test]
+async fn plan_prints_masked_sql_and_changes_nothing() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config(TABLES);
+    let run = p.pgtwin(&["plan"]).ok();
+    for needle in [
+        "node a",
+        "node b",
+        "CREATE SERVER",
+        "CREATE TRIGGER \"pgtwin_capture_insert\"",
+        "password '********'",
+        "equal",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "plan lacks {needle:?}:\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains(TWIN_PW));
+    let json: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["plan", "--json"]).ok().stdout).unwrap();
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 2);
+    assert!(json["nodes"][0]["steps"].as_array().unwrap().len() > 5);
+    assert!(!json.to_string().contains(TWIN_PW));
+    assert_nothing_installed(&p).await;
+}
+
+#[tokio::test]
+async fn table_problems_name_node_table_and_column() {
+    let p = Pair::new().await;
+    p.config(TABLES);
+    p.owner[0].batch_execute(PRODUCTS).await.unwrap();
+    p.pgtwin(&["up"])
+        .fails_with(&["products", "node b", "does not exist"]);
+
+    p.owner[1]
+        .batch_execute("CREATE TABLE products (id bigint, name text, price int)")
+        .await
+        .unwrap();
+    p.pgtwin(&["up"])
+        .fails_with(&["products", "node b", "no primary key"]);
+
+    p.owner[1].batch_execute("DROP TABLE products; CREATE TABLE products (id bigserial PRIMARY KEY, name varchar(10), price int)").await.unwrap();
+    p.pgtwin(&["up"]).fails_with(&[
+        "column \"name\"",
+        "products",
+        "text",
+        "character varying(10)",
+    ]);
+
+    p.owner[1]
+        .batch_execute(
+            "DROP TABLE products; CREATE TABLE products (id bigserial PRIMARY KEY, name text)",
+        )
+        .await
+        .unwrap();
+    p.pgtwin(&["up"])
+        .fails_with(&["column \"price\"", "node a", "not on node b"]);
+
+    p.owner[1]
+        .batch_execute("DROP TABLE products")
+        .await
+        .unwrap();
+    p.admin[1]
+        .batch_execute(&format!("{PRODUCTS}; REVOKE ALL ON products FROM twin"))
+        .await
+        .unwrap();
+    p.pgtwin(&["up"])
+        .fails_with(&["products", "node b", "lacks"]);
+
+    p.admin[1]
+        .batch_execute("DROP TABLE products")
+        .await
+        .unwrap();
+    p.owner[1].batch_execute(PRODUCTS).await.unwrap();
+    p.config("[[tables]]\nname = \"products\"\nkey = [\"name\"]");
+    p.pgtwin(&["up"])
+        .fails_with(&["column \"name\"", "allows NULL"]);
+    assert_nothing_installed(&p).await;
+}
+
+#[tokio::test]
+async fn different_data_is_refused_with_counts() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.both("INSERT INTO products VALUES (1, 'same', 1), (2, 'a', 1)")
+        .await;
+    p.owner[0]
+        .batch_execute("INSERT INTO products VALUES (3, 'only a', 1), (4, 'only a', 1)")
+        .await
+        .unwrap();
+    p.owner[1].batch_execute("UPDATE products SET price = 2 WHERE id = 2; INSERT INTO products VALUES (5, 'only b', 1)").await.unwrap();
+    p.config(TABLES);
+    p.pgtwin(&["up"])
+        .fails_with(&["products", "2 rows only on a", "1 only on b", "1 different"]);
+    let check = p.pgtwin(&["check"]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["check", "--json"]).stdout).unwrap();
+    assert_eq!(json["equal"], false);
+    assert_eq!(json["tables"][0]["only_on"], serde_json::json!([2, 1]));
+    assert_eq!(json["tables"][0]["different"], 1);
+    assert_nothing_installed(&p).await;
+}
+
+#[tokio::test]
+async fn connection_problems_exit_2_quickly_without_secrets() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    let b_url = p.url(1);
+    let write = |b: &str| {
+        p.config_text(&format!(
+            "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{b}\"\n{TABLES}\n",
+            p.url(0)
+        ));
+    };
+    write(&b_url.replace(TWIN_PW, "wrong-password"));
+    let run = p
+        .pgtwin(&["up"])
+        .fails_with(&["node b", "password authentication failed"]);
+    assert!(!run.stderr.contains("wrong-password"));
+
+    let closed = pgtwin::localpg::free_port().unwrap();
+    let port = b_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    write(&b_url.replace(&port, &closed.to_string()));
+    let run = p.pgtwin(&["up"]).fails_with(&["node b"]);
+    assert!(run.elapsed < Duration::from_secs(10));
+
+    // A peer that accepts TCP connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    write(&b_url.replace(&port, &silent_port.to_string()));
+    let run = p.pgtwin(&["up"]).fails_with(&["node b", "no answer"]);
+    assert!(
+        run.elapsed < Duration::from_secs(10),
+        "took {:?}",
+        run.elapsed
+    );
+    drop(silent);
+    assert_nothing_installed(&p).await;
+
+    write("${PGTWIN_TEST_UNSET_VARIABLE}");
+    p.pgtwin(&["up"])
+        .fails_with(&["[nodes.b]", "PGTWIN_TEST_UNSET_VARIABLE"]);
+    p.config(&format!(
+        "{TABLES}\n[options]\nmode = \"sync\"\nflavour = \"x\""
+    ));
+    p.pgtwin(&["plan"]).fails_with(&["flavour"]);
+    p.config(&format!("{TABLES}\n[options]\nsequences = \"shuffle\""));
+    p.pgtwin(&["plan"]).fails_with(&["shuffle"]);
+}
+
+#[tokio::test]
+async fn missing_extension_and_privileges_are_checked_first() {
+    let p = Pair::with_extension(false).await;
+    p.both(PRODUCTS).await;
+    p.config(TABLES);
+    p.pgtwin(&["up"])
+        .fails_with(&["node a", "CREATE EXTENSION postgres_fdw", "superuser"]);
+    p.admin[0]
+        .batch_execute("CREATE EXTENSION postgres_fdw")
+        .await
+        .unwrap();
+    p.admin[1]
+        .batch_execute("CREATE EXTENSION postgres_fdw")
+        .await
+        .unwrap();
+    p.pgtwin(&["up"])
+        .fails_with(&["node a", "GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw"]);
+    assert_nothing_installed(&p).await;
+}
+
+#[tokio::test]
+async fn a_superuser_creates_the_extension_and_down_removes_it() {
+    let p = Pair::with_extension(false).await;
+    p.both(PRODUCTS).await;
+    let s = common::servers();
+    p.config_text(&format!(
+        "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n{TABLES}\n",
+        s.nodes[0].url("postgres", None, &p.db),
+        s.nodes[1].url("postgres", None, &p.db)
+    ));
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO products (name) VALUES ('x')")
+        .await
+        .unwrap();
+    p.assert_same("products").await;
+    p.pgtwin(&["down"]).ok();
+    p.assert_clean().await;
+    for admin in &p.admin {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_extension WHERE extname = 'postgres_fdw'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0, "extension created by up is left after down");
+    }
+}
+
+#[tokio::test]
+async fn down_cleans_the_reachable_node_when_the_other_is_gone() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config(TABLES);
+    p.pgtwin(&["up"]).ok();
+    let dry = p.pgtwin(&["down", "--dry-run"]).ok();
+    assert!(
+        dry.stdout
+            .contains("DROP SCHEMA IF EXISTS \"pgtwin\" CASCADE"),
+        "{}",
+        dry.stdout
+    );
+    assert!(p.installed(0).await && p.installed(1).await);
+
+    let closed = pgtwin::localpg::free_port().unwrap();
+    let b_url = p.url(1);
+    let port = b_url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    p.config_text(&format!(
+        "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n{TABLES}\n",
+        p.url(0),
+        b_url.replace(&port, &closed.to_string())
+    ));
+    let run = p.pgtwin(&["down"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stdout.contains("node a: pgtwin removed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.lines().last().unwrap().contains("node b"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.installed(0).await);
+    assert!(p.installed(1).await);
+    p.config(TABLES);
+    p.pgtwin(&["down"]).ok();
+    p.assert_clean().await;
+}
+
+#[tokio::test]
+async fn status_reports_install_triggers_sequences_and_link() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config(TABLES);
+    let before: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    assert!(before["nodes"][0]["installed"].is_null());
+    p.pgtwin(&["up"]).ok();
+    let after: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    for (i, node) in after["nodes"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(node["reachable"], true);
+        assert_eq!(node["installed"]["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(node["link"]["ok"], true, "{node}");
+        assert_eq!(node["tables"][0]["triggers"], 4);
+        let seq = &node["tables"][0]["sequences"][0];
+        assert_eq!(seq["increment"], 2);
+        assert_eq!(seq["next_value"].as_i64().unwrap() % 2, (i as i64 + 1) % 2);
+    }
+    let text = p.pgtwin(&["status"]).ok().stdout;
+    assert!(
+        text.contains("link to peer: ok") && text.contains("triggers 4/4"),
+        "{text}"
+    );
+}
