@@ -62,6 +62,10 @@ pub struct Options {
     /// How long a write applied on the peer may wait for a row lock there. Cross-server lock waits are
     /// deadlocks no server can detect, so this is what turns them into an error instead of a hang.
     pub lock_timeout_ms: u32,
+    /// How long the peer-side session of a write may sit idle inside its transaction. It holds the row
+    /// locks of the synced rows there; two transactions that each wait, on their own node, for a lock the
+    /// other's peer-side session holds can only be untangled by ending one of those sessions.
+    pub peer_idle_timeout_s: u32,
     /// How long a trigger (or pgtwin) waits for the peer to accept a connection.
     pub connect_timeout_s: u32,
     /// Rows per remote INSERT when shipping a statement's changes (postgres_fdw `batch_size`).
@@ -75,6 +79,7 @@ impl Default for Options {
             on_peer_down: OnPeerDown::Queue,
             sequences: Sequences::Interleave,
             lock_timeout_ms: 2000,
+            peer_idle_timeout_s: 60,
             connect_timeout_s: 5,
             batch_size: 1000,
         }
@@ -169,6 +174,9 @@ impl Config {
         let o = &raw.options;
         if o.lock_timeout_ms == 0 {
             bail!("[options] lock_timeout_ms must be above 0: without it, cross-server lock waits can hang forever");
+        }
+        if o.peer_idle_timeout_s == 0 {
+            bail!("[options] peer_idle_timeout_s must be above 0: without it, a cross-server lock wait can hang forever");
         }
         if o.connect_timeout_s == 0 {
             bail!("[options] connect_timeout_s must be above 0: without it, a silent peer blocks writers");

@@ -152,10 +152,11 @@ pub fn record_step(
 fn server_options(i: &Install) -> String {
     let c = i.peer_conn;
     let mut session = format!(
-        "-c {}={} -c lock_timeout={}",
+        "-c {}={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}s",
         names::ORIGIN_SETTING,
         i.node,
-        i.options.lock_timeout_ms
+        i.options.lock_timeout_ms,
+        i.options.peer_idle_timeout_s
     );
     let mut opts: Vec<(String, String)> = vec![
         ("host".into(), c.host.clone()),
