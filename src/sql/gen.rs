@@ -387,3 +387,138 @@ pub fn uninstall_steps(
     }
     steps
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Column, KeySequence};
+    use crate::sql::ident::SqlType;
+
+    fn column(name: &str, ty: &str) -> Column {
+        Column {
+            name: Ident::new(name),
+            ty: SqlType(ty.into()),
+            not_null: false,
+            generated: false,
+            enum_labels: None,
+        }
+    }
+
+    fn products() -> TableInfo {
+        TableInfo {
+            name: QualName::new("public", "products"),
+            columns: vec![
+                column("id", "bigint"),
+                column("name", "character varying(255)"),
+                column("price", "integer"),
+                Column {
+                    generated: true,
+                    ..column("price_x2", "integer")
+                },
+            ],
+            key: vec![Ident::new("id")],
+            key_sequences: vec![KeySequence {
+                column: Ident::new("id"),
+                sequence: QualName::new("public", "products_id_seq"),
+                increment: 1,
+                next_value: 3,
+                may_alter: true,
+            }],
+        }
+    }
+
+    fn awkward() -> TableInfo {
+        TableInfo {
+            name: QualName::new("Sales Data", "Order Items"),
+            columns: vec![
+                column("Order", "integer"),
+                column("a\"b", "text"),
+                column("$pgtwin$", "text"),
+            ],
+            key: vec![Ident::new("Order"), Ident::new("a\"b")],
+            key_sequences: vec![],
+        }
+    }
+
+    fn steps(tables: &[TableInfo]) -> Vec<Step> {
+        let peer =
+            ConnInfo::parse("postgres://app:s3cret@legacy.example:5433/legacy?sslmode=require")
+                .unwrap();
+        install_steps(&Install {
+            node: "shop",
+            peer: "legacy",
+            peer_conn: &peer,
+            options: &Options::default(),
+            tables,
+            create_extension: true,
+            stale_tables: &[QualName::new("public", "old")],
+            sequences: &[SequenceChange {
+                sequence: QualName::new("public", "products_id_seq"),
+                original_increment: 1,
+                increment: 2,
+                restart: 4,
+            }],
+        })
+    }
+
+    #[test]
+    fn install_sql_golden() {
+        insta::assert_snapshot!(crate::plan::render(&steps(&[products(), awkward()])));
+    }
+
+    #[test]
+    fn uninstall_sql_golden() {
+        insta::assert_snapshot!(crate::plan::render(&uninstall_steps(
+            &[QualName::new("public", "products")],
+            &[(QualName::new("public", "products_id_seq"), 1)],
+            true
+        )));
+    }
+
+    #[test]
+    fn the_password_runs_but_is_never_shown() {
+        let steps = steps(&[products()]);
+        let mapping = steps.iter().find(|s| s.id == "user mapping").unwrap();
+        assert!(mapping.sql.contains("password 's3cret'"));
+        assert!(steps.iter().all(|s| !s.shown.contains("s3cret")));
+        assert!(!serde_json::to_string(&steps).unwrap().contains("s3cret"));
+    }
+
+    #[test]
+    fn generated_columns_are_not_shipped() {
+        let sql = crate::plan::render(&steps(&[products()]));
+        assert!(!sql.contains("price_x2"));
+    }
+
+    #[test]
+    fn the_plan_hash_ignores_live_values() {
+        let a = steps(&[products()]);
+        let mut b = a.clone();
+        let seq = b.iter_mut().find(|s| s.id.starts_with("sequence")).unwrap();
+        seq.sql = seq.sql.replace("RESTART WITH 4", "RESTART WITH 40");
+        assert_eq!(crate::plan::plan_hash(&a), crate::plan::plan_hash(&b));
+        let c = steps(&[products(), awkward()]);
+        assert_ne!(crate::plan::plan_hash(&a), crate::plan::plan_hash(&c));
+    }
+
+    #[test]
+    fn interleaving_starts_above_the_floor_on_the_node_s_residue() {
+        assert_eq!(interleaved_start(0, 1, 2), 1);
+        assert_eq!(interleaved_start(0, 2, 2), 2);
+        assert_eq!(interleaved_start(7, 1, 2), 9);
+        assert_eq!(interleaved_start(7, 2, 2), 8);
+        assert_eq!(interleaved_start(8, 2, 2), 10);
+        assert_eq!(interleaved_start(-5, 1, 2), -3);
+    }
+
+    #[test]
+    fn render_fills_placeholders_once() {
+        assert_eq!(
+            render(
+                "a {{x}} b {{y}}",
+                &[("x", "{{y}}".into()), ("y", "2".into())]
+            ),
+            "a {{y}} b 2"
+        );
+    }
+}

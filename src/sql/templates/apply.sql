@@ -1,6 +1,7 @@
--- Statement trigger on the inbox of {{table}}: applies one batch of the peer's changes set-wise, by key,
--- touching no row the batch does not name. It runs in the peer's postgres_fdw session, whose
--- pgtwin.origin setting keeps {{table}}'s own capture trigger from shipping these rows back.
+-- Statement trigger on a synced table's inbox: applies one batch of the peer's changes set-wise, by
+-- key, touching no row the batch does not name. It runs in the peer's postgres_fdw session, whose
+-- pgtwin.origin setting keeps the table's own capture trigger from shipping these rows back.
+-- (No names in these comments: an identifier may hold a newline.)
 BEGIN
     IF EXISTS (SELECT FROM {{batch}} WHERE {{op}} = 'T') THEN
         TRUNCATE {{table}};

@@ -1,4 +1,4 @@
--- Statement trigger on {{table}}: ships the statement's changed rows to the peer's inbox in one INSERT,
+-- Statement trigger on a synced table: ships the statement's changed rows to the peer's inbox in one INSERT,
 -- which postgres_fdw sends in batches; the peer's apply trigger then works on them set-wise.
 BEGIN
     -- Writes applied by pgtwin (from the peer, or by repair) carry pgtwin.origin: never ship them back.
