@@ -46,8 +46,19 @@ impl ConnInfo {
     /// Parses `postgres://user:password@host:port/dbname?param=value`. Errors never echo the URL (it
     /// may hold a password).
     pub fn parse(text: &str) -> Result<ConnInfo, String> {
-        let url =
-            url::Url::parse(text).map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
+        // libpq allows an empty host (`postgres://user@/db?host=/socket/dir`); the url crate does not.
+        let url = match url::Url::parse(text) {
+            Err(url::ParseError::EmptyHost) => {
+                let (scheme, rest) = text.split_once("://").unwrap_or((text, ""));
+                let fixed = match rest.split_once('/') {
+                    Some((auth, path)) => format!("{scheme}://{auth}localhost/{path}"),
+                    None => format!("{scheme}://{rest}localhost"),
+                };
+                url::Url::parse(&fixed)
+            }
+            other => other,
+        }
+        .map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
         if url.scheme() != "postgres" && url.scheme() != "postgresql" {
             return Err(format!(
                 "scheme {:?} is not postgres:// or postgresql://",
