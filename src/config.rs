@@ -68,7 +68,7 @@ pub struct Options {
     pub peer_idle_timeout_s: u32,
     /// How long a trigger (or pgtwin) waits for the peer to accept a connection.
     pub connect_timeout_s: u32,
-    /// Rows per remote INSERT when shipping a statement's changes (postgres_fdw `batch_size`).
+    /// Rows per round trip when shipping a statement's changes to the peer.
     pub batch_size: u32,
 }
 

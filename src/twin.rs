@@ -10,6 +10,7 @@ use crate::catalog::{self, NodeInfo, TableInfo};
 use crate::config::{Config, Node, Sequences};
 use crate::sql::gen::{interleaved_start, SequenceChange};
 use crate::sql::ident::QualName;
+use crate::sql::names;
 
 pub struct Connected {
     pub node: Node,
@@ -65,6 +66,9 @@ pub fn check_compatible(na: &str, a: &TableInfo, nb: &str, b: &TableInfo) -> Res
         }
     }
     for c in &a.columns {
+        if c.name.as_str().starts_with(names::RESERVED_PREFIX) {
+            bail!("column {} of table {t}: names starting with {} are reserved for pgtwin's own use: rename the column", c.name, names::RESERVED_PREFIX);
+        }
         let other = b.column(&c.name).expect("checked above");
         if c.ty != other.ty {
             bail!("column {} of table {t} is {} on node {na} but {} on node {nb}: make the types equal", c.name, c.ty, other.ty);

@@ -318,3 +318,77 @@ async fn up_is_idempotent_and_completes_a_half_done_install() {
         .unwrap();
     assert!(p.assert_same("products").await.is_empty());
 }
+
+#[tokio::test]
+async fn large_statements_ship_in_chunks() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE big (a int, b int, payload text, PRIMARY KEY (a, b))")
+        .await;
+    p.config("[[tables]]\nname = \"big\"\n[options]\nbatch_size = 100");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute(
+            "INSERT INTO big SELECT g % 7, g, repeat('x', g % 50) FROM generate_series(1, 1050) g",
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("big").await.len(), 1050);
+    p.owner[1]
+        .batch_execute("UPDATE big SET b = b + 5000, payload = 'moved' WHERE b % 3 = 0")
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute("UPDATE big SET payload = NULL WHERE b % 3 = 1")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("DELETE FROM big WHERE b % 5 = 0")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("big").await.len(), 1050 - 210);
+    // A statement that changes nothing ships nothing, and does not fail.
+    p.owner[0]
+        .batch_execute("UPDATE big SET payload = 'none' WHERE false; DELETE FROM big WHERE false")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_single_row_write_costs_one_statement_on_the_peer() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    p.config("[[tables]]\nname = \"t\"");
+    p.pgtwin(&["up"]).ok();
+    // Log every statement of the sessions postgres_fdw opens on b (they log in as twin to this database).
+    p.admin[1]
+        .batch_execute(&format!(
+            "ALTER ROLE twin IN DATABASE {} SET log_statement = 'all'",
+            p.db
+        ))
+        .await
+        .unwrap();
+    let log = common::servers().nodes[1].data_dir.join("server.log");
+    let a = &p.owner[0];
+    a.batch_execute("INSERT INTO t VALUES (1, 'warm up the connection')")
+        .await
+        .unwrap();
+    let before = std::fs::read_to_string(&log).unwrap().len();
+    a.batch_execute("INSERT INTO t VALUES (2, 'measured')")
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap()[before..].to_string();
+    let statements: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("LOG:  statement:") || l.contains("LOG:  execute"))
+        .collect();
+    assert_eq!(
+        statements.len(),
+        3,
+        "expected START, one UPDATE, COMMIT:\n{}",
+        statements.join("\n")
+    );
+    assert!(statements[0].contains("START TRANSACTION"));
+    assert!(statements[1].contains("UPDATE pgtwin.inbox_"));
+    assert!(statements[2].contains("COMMIT TRANSACTION"));
+    p.assert_same("t").await;
+}

@@ -96,7 +96,7 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
         mapping(&masked),
     ));
     for t in i.tables {
-        steps.extend(table_steps(t));
+        steps.extend(table_steps(t, i.options.batch_size));
     }
     for s in i.sequences {
         steps.push(
@@ -180,45 +180,44 @@ fn server_options(i: &Install) -> String {
         ));
     }
     opts.push(("options".into(), session));
-    opts.push(("batch_size".into(), i.options.batch_size.to_string()));
-    opts.push(("fetch_size".into(), "10000".into()));
     comma_list(
         opts.iter()
             .map(|(k, v)| format!("{} {}", Ident::new(k.as_str()), Literal(v))),
     )
 }
 
-fn table_steps(t: &TableInfo) -> Vec<Step> {
+fn table_steps(t: &TableInfo, chunk_rows: u32) -> Vec<Step> {
     let name = &t.name;
+    let change_type = names::change_type(name);
     let inbox = names::inbox(name);
     let peer = names::peer_inbox(name);
-    let op = Ident::new(names::OP_COLUMN);
-    let column_defs = {
-        let mut defs = vec![format!("{op} \"char\" NOT NULL")];
+    let batch = Ident::new(names::BATCH_COLUMN);
+    let fields = {
+        let mut defs = vec![format!("{} \"char\"", Ident::new(names::OP_COLUMN))];
         defs.extend(t.shipped_columns().map(|c| format!("{} {}", c.name, c.ty)));
         defs.join(",\n    ")
     };
     let capture = names::capture_function(name);
     let apply = names::apply_function(name);
     let mut steps = vec![
-        // Unlogged: rows live in the inbox only for the length of the statement that applies them.
+        // One change as data: the op code and the shipped columns. Chunks travel as its array's text.
         Step::new(
-            format!("table {name}: inbox"),
-            format!("DROP TABLE IF EXISTS {inbox};\nCREATE UNLOGGED TABLE {inbox} (\n    {column_defs}\n)"),
+            format!("table {name}: change type"),
+            format!("DROP TYPE IF EXISTS {change_type} CASCADE;\nCREATE TYPE {change_type} AS (\n    {fields}\n)"),
         ),
         Step::new(format!("table {name}: apply function"), function_sql(&apply, &apply_body(t), false)),
+        // A one-row view: the peer UPDATEs it with a chunk, and the INSTEAD OF trigger applies it.
         Step::new(
-            format!("table {name}: apply trigger"),
+            format!("table {name}: inbox"),
             format!(
-                "CREATE TRIGGER {} AFTER INSERT ON {inbox}\n    REFERENCING NEW TABLE AS {} FOR EACH STATEMENT EXECUTE FUNCTION {apply}()",
-                Ident::new(names::APPLY_TRIGGER),
-                Ident::new(names::BATCH_ROWS)
+                "CREATE OR REPLACE VIEW {inbox} AS SELECT NULL::text AS {batch};\nDROP TRIGGER IF EXISTS {trigger} ON {inbox};\nCREATE TRIGGER {trigger} INSTEAD OF UPDATE ON {inbox}\n    FOR EACH ROW EXECUTE FUNCTION {apply}()",
+                trigger = Ident::new(names::APPLY_TRIGGER),
             ),
         ),
         Step::new(
             format!("table {name}: peer inbox"),
             format!(
-                "CREATE FOREIGN TABLE {peer} (\n    {column_defs}\n) SERVER {} OPTIONS (schema_name {}, table_name {})",
+                "CREATE FOREIGN TABLE {peer} ({batch} text) SERVER {} OPTIONS (schema_name {}, table_name {})",
                 names::server(),
                 Literal(inbox.schema.as_str()),
                 Literal(inbox.name.as_str())
@@ -226,7 +225,10 @@ fn table_steps(t: &TableInfo) -> Vec<Step> {
         ),
         // SECURITY DEFINER: application roles that write the table need no access to the foreign server
         // or the stored password; the function runs as the role that installed it.
-        Step::new(format!("table {name}: capture function"), function_sql(&capture, &capture_body(t), true)),
+        Step::new(
+            format!("table {name}: capture function"),
+            function_sql(&capture, &capture_body(t, chunk_rows), true),
+        ),
     ];
     let mut triggers = drop_capture_triggers(name);
     for (trigger, event) in names::TRIGGER_EVENTS {
@@ -260,16 +262,18 @@ fn drop_capture_triggers(table: &QualName) -> String {
         .join(";\n")
 }
 
-fn function_sql(name: &QualName, body: &str, security_definer: bool) -> String {
-    let definer = if security_definer {
-        " SECURITY DEFINER"
+fn function_sql(name: &QualName, body: &str, capture: bool) -> String {
+    // search_path is pinned: postgres_fdw's remote sessions run with search_path = pg_catalog, and a
+    // SECURITY DEFINER function must never resolve names through a caller-controlled path. The capture
+    // side also pins the settings that shape text output, so a chunk reads back exactly on the peer
+    // whatever the application's session uses (postgres_fdw does the same for its own parameters).
+    let settings = if capture {
+        " SECURITY DEFINER\n    SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'"
     } else {
         ""
     };
-    // search_path is pinned: postgres_fdw's remote sessions run with search_path = pg_catalog, and a
-    // SECURITY DEFINER function must never resolve names through a caller-controlled path.
     format!(
-        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql{definer}\n    SET search_path = pg_catalog, pg_temp AS {};\nREVOKE ALL ON FUNCTION {name}() FROM PUBLIC",
+        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql{settings}\n    SET search_path = pg_catalog, pg_temp AS {};\nREVOKE ALL ON FUNCTION {name}() FROM PUBLIC",
         dollar_quote(&format!("\n{body}"))
     )
 }
@@ -282,19 +286,24 @@ fn key_match(t: &TableInfo, left: &str, right: &str) -> String {
         .join(" AND ")
 }
 
-fn capture_body(t: &TableInfo) -> String {
-    let cols = comma_list(t.shipped_columns().map(|c| &c.name));
+fn capture_body(t: &TableInfo, chunk_rows: u32) -> String {
+    let old_key_row = comma_list(t.shipped_columns().map(|c| {
+        if t.key.contains(&c.name) {
+            format!("o.{}", c.name)
+        } else {
+            "NULL".to_string()
+        }
+    }));
     render(
         CAPTURE_TEMPLATE,
         &[
-            ("table", t.name.to_string()),
+            ("chunk", chunk_rows.to_string()),
             ("peer", names::peer_inbox(&t.name).to_string()),
-            ("op", Ident::new(names::OP_COLUMN).to_string()),
-            ("cols", cols),
-            ("keys", comma_list(&t.key)),
+            ("change_type", names::change_type(&t.name).to_string()),
+            ("old_key_row", old_key_row),
             (
-                "old_keys",
-                comma_list(t.key.iter().map(|k| format!("o.{k}"))),
+                "new_row",
+                comma_list(t.shipped_columns().map(|c| format!("n.{}", c.name))),
             ),
             ("key_match", key_match(t, "n", "o")),
             ("new", Ident::new(names::NEW_ROWS).to_string()),
@@ -321,10 +330,12 @@ fn apply_body(t: &TableInfo) -> String {
         APPLY_TEMPLATE,
         &[
             ("table", t.name.to_string()),
-            ("inbox", names::inbox(&t.name).to_string()),
-            ("batch", Ident::new(names::BATCH_ROWS).to_string()),
-            ("op", Ident::new(names::OP_COLUMN).to_string()),
+            ("change_type", names::change_type(&t.name).to_string()),
             ("cols", comma_list(t.shipped_columns().map(|c| &c.name))),
+            (
+                "b_cols",
+                comma_list(t.shipped_columns().map(|c| format!("b.{}", c.name))),
+            ),
             ("keys", comma_list(&t.key)),
             ("key_match", key_match(t, "t", "b")),
             ("conflict_action", conflict_action),

@@ -18,9 +18,12 @@ pub const APPLY_TRIGGER: &str = "pgtwin_apply";
 /// Transition-table names used by the generated functions.
 pub const NEW_ROWS: &str = "pgtwin_new";
 pub const OLD_ROWS: &str = "pgtwin_old";
-pub const BATCH_ROWS: &str = "pgtwin_batch";
-/// The op column of an inbox row: 'U' upsert, 'D' delete by key, 'T' truncate.
+/// The inbox view's one column: a chunk of changes as the text of a change-type array, or 'T' (truncate).
+pub const BATCH_COLUMN: &str = "pgtwin_batch";
+/// The op field of a change: 'U' upsert, 'D' delete by key.
 pub const OP_COLUMN: &str = "pgtwin_op";
+/// Column names with this prefix are pgtwin's own in the generated functions; user tables may not use it.
+pub const RESERVED_PREFIX: &str = "pgtwin_";
 /// Session setting that marks a session whose writes pgtwin applied (see sql/gen and db::SESSION_SETUP).
 pub const ORIGIN_SETTING: &str = "pgtwin.origin";
 /// Advisory lock key held by `up`/`down` on a node ("pgtw" in ASCII).
@@ -65,12 +68,17 @@ pub fn table_tag(table: &QualName) -> String {
     format!("{readable}_{:08x}", hash as u32)
 }
 
-/// Local table on the receiving node that the peer inserts change rows into.
+/// Composite type of one change (op code and the shipped columns).
+pub fn change_type(table: &QualName) -> QualName {
+    in_schema(format!("change_{}", table_tag(table)))
+}
+
+/// View on the receiving node that the peer updates with chunks of changes.
 pub fn inbox(table: &QualName) -> QualName {
     in_schema(format!("inbox_{}", table_tag(table)))
 }
 
-/// Foreign table on the sending node, pointing at the peer's inbox.
+/// Foreign table on the sending node, pointing at the peer's inbox view.
 pub fn peer_inbox(table: &QualName) -> QualName {
     in_schema(format!("peer_{}", table_tag(table)))
 }
