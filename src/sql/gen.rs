@@ -305,7 +305,7 @@ fn capture_body(t: &TableInfo, chunk_rows: u32) -> String {
                 "new_row",
                 comma_list(t.shipped_columns().map(|c| format!("n.{}", c.name))),
             ),
-            ("key_match", key_match(t, "n", "o")),
+            ("keys", comma_list(&t.key)),
             ("new", Ident::new(names::NEW_ROWS).to_string()),
             ("old", Ident::new(names::OLD_ROWS).to_string()),
         ],

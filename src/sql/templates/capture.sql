@@ -16,11 +16,12 @@ BEGIN
     END IF;
     IF TG_OP = 'UPDATE' THEN
         -- Transition tables do not pair old and new rows: remove the keys this statement changed away
-        -- from, then upsert every new row.
+        -- from, then upsert every new row. EXCEPT, not NOT EXISTS: transition tables have no statistics,
+        -- and a nested-loop anti-join over two 100,000-row tables never ends.
         FOR pgtwin_chunk IN
             SELECT array_agg(c)::text FROM (
                 SELECT ROW('D', {{old_key_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
-                FROM {{old}} o WHERE NOT EXISTS (SELECT FROM {{new}} n WHERE {{key_match}})) s
+                FROM (SELECT {{keys}} FROM {{old}} EXCEPT ALL SELECT {{keys}} FROM {{new}}) o) s
             GROUP BY chunk_no
         LOOP
             UPDATE {{peer}} SET pgtwin_batch = pgtwin_chunk;
