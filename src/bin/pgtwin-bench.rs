@@ -89,7 +89,10 @@ impl Workload {
     }
 
     fn is_throughput(self) -> bool {
-        matches!(self, Workload::W1InsertTps | Workload::W2Insert4Tps | Workload::W6UpdateTps)
+        matches!(
+            self,
+            Workload::W1InsertTps | Workload::W2Insert4Tps | Workload::W6UpdateTps
+        )
     }
 
     /// The target for pgtwin sync, as printed beside the figures (goals, not asserts).
@@ -161,8 +164,12 @@ impl Bench {
         let db = format!("bench_{}_{rep}", format!("{variant:?}").to_lowercase());
         for s in &self.servers {
             let admin = s.connect("postgres").await?;
-            admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db}")).await?;
-            admin.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+                .await?;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {db}"))
+                .await?;
             connect(s, &db).await?.batch_execute(TABLE).await?;
         }
         match variant {
@@ -170,7 +177,8 @@ impl Bench {
             Variant::Article => {
                 for i in 0..2 {
                     let c = connect(&self.servers[i], &db).await?;
-                    c.batch_execute(&article_sql(self.servers[1 - i].port, &db)).await?;
+                    c.batch_execute(&article_sql(self.servers[1 - i].port, &db))
+                        .await?;
                 }
             }
             Variant::Sync => {
@@ -193,10 +201,16 @@ impl Bench {
 
         let started = Instant::now();
         for i in 0..self.singles {
-            c.execute("INSERT INTO items (name, price) VALUES ($1, $2)", &[&format!("single {i}"), &(i as i32)])
-                .await?;
+            c.execute(
+                "INSERT INTO items (name, price) VALUES ($1, $2)",
+                &[&format!("single {i}"), &(i as i32)],
+            )
+            .await?;
         }
-        out.insert(Workload::W1InsertTps, self.singles as f64 / started.elapsed().as_secs_f64());
+        out.insert(
+            Workload::W1InsertTps,
+            self.singles as f64 / started.elapsed().as_secs_f64(),
+        );
 
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -205,8 +219,11 @@ impl Bench {
             let n = self.singles / 4;
             tasks.push(tokio::spawn(async move {
                 for i in 0..n {
-                    c.execute("INSERT INTO items (name, price) VALUES ($1, $2)", &[&format!("client {w}"), &(i as i32)])
-                        .await?;
+                    c.execute(
+                        "INSERT INTO items (name, price) VALUES ($1, $2)",
+                        &[&format!("client {w}"), &(i as i32)],
+                    )
+                    .await?;
                 }
                 Ok::<_, tokio_postgres::Error>(())
             }));
@@ -214,7 +231,10 @@ impl Bench {
         for t in tasks {
             t.await??;
         }
-        out.insert(Workload::W2Insert4Tps, (self.singles / 4 * 4) as f64 / started.elapsed().as_secs_f64());
+        out.insert(
+            Workload::W2Insert4Tps,
+            (self.singles / 4 * 4) as f64 / started.elapsed().as_secs_f64(),
+        );
 
         let timed = |sql: String| {
             let c = &c;
@@ -235,7 +255,10 @@ impl Bench {
         c.batch_execute("ANALYZE items").await?;
 
         let ids: Vec<i64> = c
-            .query("SELECT id FROM items ORDER BY random() LIMIT $1", &[&(self.singles as i64)])
+            .query(
+                "SELECT id FROM items ORDER BY random() LIMIT $1",
+                &[&(self.singles as i64)],
+            )
             .await?
             .iter()
             .map(|r| r.get(0))
@@ -244,16 +267,26 @@ impl Bench {
         let started = Instant::now();
         for id in &ids {
             let t = Instant::now();
-            c.execute("UPDATE items SET price = price + 1 WHERE id = $1", &[id]).await?;
+            c.execute("UPDATE items SET price = price + 1 WHERE id = $1", &[id])
+                .await?;
             latencies.push(t.elapsed());
         }
-        out.insert(Workload::W6UpdateTps, ids.len() as f64 / started.elapsed().as_secs_f64());
+        out.insert(
+            Workload::W6UpdateTps,
+            ids.len() as f64 / started.elapsed().as_secs_f64(),
+        );
         latencies.sort();
         out.insert(Workload::W6UpdateP50, percentile(&latencies, 0.50));
         out.insert(Workload::W6UpdateP99, percentile(&latencies, 0.99));
 
-        out.insert(Workload::W4BulkUpdate, timed("UPDATE items SET price = price + 1".into()).await?);
-        out.insert(Workload::W5BulkDelete, timed("DELETE FROM items WHERE name LIKE 'bulk%'".into()).await?);
+        out.insert(
+            Workload::W4BulkUpdate,
+            timed("UPDATE items SET price = price + 1".into()).await?,
+        );
+        out.insert(
+            Workload::W5BulkDelete,
+            timed("DELETE FROM items WHERE name LIKE 'bulk%'".into()).await?,
+        );
 
         let identical = match variant {
             Variant::Unsynced => true,
@@ -264,8 +297,16 @@ impl Bench {
 
     async fn identical(&self, db: &str) -> Result<bool> {
         let q = "SELECT md5(string_agg(i::text, ',' ORDER BY id)) FROM items i";
-        let a: Option<String> = connect(&self.servers[0], db).await?.query_one(q, &[]).await?.get(0);
-        let b: Option<String> = connect(&self.servers[1], db).await?.query_one(q, &[]).await?.get(0);
+        let a: Option<String> = connect(&self.servers[0], db)
+            .await?
+            .query_one(q, &[])
+            .await?
+            .get(0);
+        let b: Option<String> = connect(&self.servers[1], db)
+            .await?
+            .query_one(q, &[])
+            .await?
+            .get(0);
         Ok(a == b)
     }
 }
@@ -286,14 +327,19 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let (reps, rows, singles) = if args.quick { (1, 2_000, 200) } else { (3, 100_000, 2_000) };
+    let (reps, rows, singles) = if args.quick {
+        (1, 2_000, 200)
+    } else {
+        (3, 100_000, 2_000)
+    };
     let reps = args.reps.unwrap_or(reps);
     let rows = args.rows.unwrap_or(rows);
     let singles = args.singles.unwrap_or(singles);
     let dir = tempfile::Builder::new().prefix("pgtwin-bench-").tempdir()?;
     let mut servers = Vec::new();
     for name in ["a", "b"] {
-        let s = LocalServer::start(&dir.path().join(name), &["max_wal_size = 4GB"]).context("starting a server")?;
+        let s = LocalServer::start(&dir.path().join(name), &["max_wal_size = 4GB"])
+            .context("starting a server")?;
         s.stop_when_process_ends(std::process::id())?;
         servers.push(s);
     }
@@ -308,7 +354,10 @@ async fn main() -> Result<()> {
     for rep in 0..reps {
         for v in Variant::ALL {
             eprintln!("  repetition {}/{reps}: {}", rep + 1, v.label());
-            let (figures, same) = bench.run(v, rep).await.with_context(|| format!("variant {}", v.label()))?;
+            let (figures, same) = bench
+                .run(v, rep)
+                .await
+                .with_context(|| format!("variant {}", v.label()))?;
             for (w, x) in figures {
                 results.entry((v, w)).or_default().push(x);
             }
@@ -329,7 +378,11 @@ async fn main() -> Result<()> {
         let base = med(Variant::Unsynced, w);
         for v in Variant::ALL {
             let x = med(v, w);
-            let ratio = if w.is_throughput() { x / base } else { x / base };
+            let ratio = if w.is_throughput() {
+                x / base
+            } else {
+                x / base
+            };
             let cell = if w.is_throughput() {
                 format!("{ratio:.2} ({})", w.unit(x))
             } else {

@@ -10,9 +10,14 @@ BEGIN
         RETURN NEW;
     END IF;
     pgtwin_rows := NEW.pgtwin_batch::{{change_type}}[];
-    DELETE FROM {{table}} t USING unnest(pgtwin_rows) b WHERE b.pgtwin_op = 'D' AND {{key_match}};
-    INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-        SELECT {{b_cols}} FROM unnest(pgtwin_rows) b WHERE b.pgtwin_op = 'U'
-        ON CONFLICT ({{keys}}) DO {{conflict_action}};
+    -- A chunk holds one kind of change (the capture trigger builds deletes and upserts separately), so
+    -- only one statement runs, planned for the chunk's real size.
+    IF (pgtwin_rows[1]).pgtwin_op = 'D' THEN
+        DELETE FROM {{table}} t USING unnest(pgtwin_rows) b WHERE {{key_match}};
+    ELSE
+        INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+            SELECT {{b_cols}} FROM unnest(pgtwin_rows) b
+            ON CONFLICT ({{keys}}) DO {{conflict_action}};
+    END IF;
     RETURN NEW;
 END
