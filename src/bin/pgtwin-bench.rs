@@ -378,11 +378,7 @@ async fn main() -> Result<()> {
         let base = med(Variant::Unsynced, w);
         for v in Variant::ALL {
             let x = med(v, w);
-            let ratio = if w.is_throughput() {
-                x / base
-            } else {
-                x / base
-            };
+            let ratio = x / base;
             let cell = if w.is_throughput() {
                 format!("{ratio:.2} ({})", w.unit(x))
             } else {
