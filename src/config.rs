@@ -68,6 +68,9 @@ pub struct Options {
     pub peer_idle_timeout_s: u32,
     /// How long a trigger (or pgtwin) waits for the peer to accept a connection.
     pub connect_timeout_s: u32,
+    /// Oldest queued change allowed; past it, pgtwin stops queueing and marks the link as needing repair
+    /// rather than let the queue grow without bound.
+    pub max_queue_age_s: u32,
     /// Rows per round trip when shipping a statement's changes to the peer.
     pub batch_size: u32,
 }
@@ -82,6 +85,7 @@ impl Default for Options {
             peer_idle_timeout_s: 60,
             connect_timeout_s: 5,
             batch_size: 1000,
+            max_queue_age_s: 7 * 24 * 3600,
         }
     }
 }
@@ -180,6 +184,12 @@ impl Config {
         }
         if o.connect_timeout_s == 0 {
             bail!("[options] connect_timeout_s must be above 0: without it, a silent peer blocks writers");
+        }
+        if o.max_queue_age_s == 0 {
+            bail!("[options] max_queue_age_s must be above 0");
+        }
+        if o.mode == Mode::Async && o.on_peer_down == OnPeerDown::Fail {
+            bail!("[options] on_peer_down = \"fail\" contradicts mode = \"async\" (async always queues): remove one");
         }
         if o.batch_size == 0 {
             bail!("[options] batch_size must be above 0");

@@ -353,11 +353,12 @@ async fn large_statements_ship_in_chunks() {
         .unwrap();
 }
 
-#[tokio::test]
-async fn a_single_row_write_costs_one_statement_on_the_peer() {
+/// The statements postgres_fdw runs on node b for one single-row INSERT on node a, after a first
+/// INSERT has opened the connection.
+async fn peer_statements_for_one_insert(options: &str) -> Vec<String> {
     let p = Pair::new().await;
     p.both("CREATE TABLE t (id int PRIMARY KEY, v text)").await;
-    p.config("[[tables]]\nname = \"t\"");
+    p.config(&format!("[[tables]]\nname = \"t\"\n[options]\n{options}"));
     p.pgtwin(&["up"]).ok();
     // Log every statement of the sessions postgres_fdw opens on b (they log in as twin to this database).
     p.admin[1]
@@ -377,10 +378,16 @@ async fn a_single_row_write_costs_one_statement_on_the_peer() {
         .await
         .unwrap();
     let text = std::fs::read_to_string(&log).unwrap()[before..].to_string();
-    let statements: Vec<&str> = text
-        .lines()
+    p.assert_same("t").await;
+    text.lines()
         .filter(|l| l.contains("LOG:  statement:") || l.contains("LOG:  execute"))
-        .collect();
+        .map(|l| l.split("LOG:  ").nth(1).unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_single_row_write_costs_one_statement_on_the_peer() {
+    let statements = peer_statements_for_one_insert("on_peer_down = \"fail\"").await;
     assert_eq!(
         statements.len(),
         3,
@@ -390,5 +397,11 @@ async fn a_single_row_write_costs_one_statement_on_the_peer() {
     assert!(statements[0].contains("START TRANSACTION"));
     assert!(statements[1].contains("UPDATE pgtwin.inbox_"));
     assert!(statements[2].contains("COMMIT TRANSACTION"));
-    p.assert_same("t").await;
+    // Catching "peer down" takes a subtransaction, which postgres_fdw mirrors as a savepoint.
+    let statements = peer_statements_for_one_insert("on_peer_down = \"queue\"").await;
+    assert_eq!(statements.len(), 5, "{}", statements.join("\n"));
+    assert!(
+        statements[1].starts_with("statement: SAVEPOINT")
+            && statements[3].starts_with("statement: RELEASE SAVEPOINT")
+    );
 }

@@ -2,14 +2,18 @@
 //! server, so every statement can be reviewed by `plan` and tested without one.
 
 use crate::catalog::TableInfo;
-use crate::config::Options;
+use crate::config::{Mode, OnPeerDown, Options};
 use crate::db::ConnInfo;
 use crate::plan::Step;
 use crate::sql::ident::{comma_list, dollar_quote, Ident, Literal, QualName};
 use crate::sql::names;
 
+const STATE_SQL: &str = include_str!("templates/state.sql");
+const ENQUEUE_TEMPLATE: &str = include_str!("templates/enqueue.sql");
 const CAPTURE_TEMPLATE: &str = include_str!("templates/capture.sql");
+const SHIP_TEMPLATE: &str = include_str!("templates/ship.sql");
 const APPLY_TEMPLATE: &str = include_str!("templates/apply.sql");
+const RESOLVE_TEMPLATE: &str = include_str!("templates/resolve.sql");
 
 /// Everything that decides what `up` installs on one node.
 pub struct Install<'a> {
@@ -53,12 +57,18 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
         "schema",
         format!("CREATE SCHEMA IF NOT EXISTS {schema};\nREVOKE ALL ON SCHEMA {schema} FROM PUBLIC"),
     ));
+    steps.push(Step::new("state tables", STATE_SQL.trim()));
     steps.push(Step::new(
-        "state tables",
-        format!(
-            "CREATE TABLE IF NOT EXISTS {} (\n    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),\n    version text NOT NULL, node text NOT NULL, peer text NOT NULL, plan_hash text NOT NULL,\n    created_extension boolean NOT NULL, tables text[] NOT NULL, installed_at timestamptz NOT NULL\n);\nCREATE TABLE IF NOT EXISTS {} (\n    schema_name text NOT NULL, sequence_name text NOT NULL, original_increment bigint NOT NULL,\n    PRIMARY KEY (schema_name, sequence_name)\n)",
-            names::installation_table(),
-            names::sequences_table()
+        "enqueue function",
+        function_sql(
+            &names::enqueue_function(),
+            "pgtwin_tag text, pgtwin_batch text, pgtwin_rows integer",
+            "void",
+            &render(
+                ENQUEUE_TEMPLATE,
+                &[("max_age_s", i.options.max_queue_age_s.to_string())],
+            ),
+            Security::Invoker,
         ),
     ));
     for stale in i.stale_tables {
@@ -96,7 +106,7 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
         mapping(&masked),
     ));
     for t in i.tables {
-        steps.extend(table_steps(t, i.options.batch_size));
+        steps.extend(table_steps(t, i));
     }
     for s in i.sequences {
         steps.push(
@@ -186,7 +196,7 @@ fn server_options(i: &Install) -> String {
     )
 }
 
-fn table_steps(t: &TableInfo, chunk_rows: u32) -> Vec<Step> {
+fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
     let name = &t.name;
     let change_type = names::change_type(name);
     let inbox = names::inbox(name);
@@ -199,13 +209,29 @@ fn table_steps(t: &TableInfo, chunk_rows: u32) -> Vec<Step> {
     };
     let capture = names::capture_function(name);
     let apply = names::apply_function(name);
+    let resolve = names::resolve_function(name);
+    let ship = names::ship_function(name);
+    let rows_arg = format!("pgtwin_rows {change_type}[]");
     let mut steps = vec![
         // One change as data: the op code and the shipped columns. Chunks travel as its array's text.
         Step::new(
             format!("table {name}: change type"),
             format!("DROP TYPE IF EXISTS {change_type} CASCADE;\nCREATE TYPE {change_type} AS (\n    {fields}\n)"),
         ),
-        Step::new(format!("table {name}: apply function"), function_sql(&apply, &apply_body(t), false)),
+        Step::new(
+            format!("table {name}: conflict resolution"),
+            function_sql(
+                &resolve,
+                &format!("{rows_arg}, pgtwin_at timestamptz"),
+                &format!("{change_type}[]"),
+                &resolve_body(t, i),
+                Security::Invoker,
+            ),
+        ),
+        Step::new(
+            format!("table {name}: apply function"),
+            function_sql(&apply, "", "trigger", &apply_body(t), Security::Invoker),
+        ),
         // A one-row view: the peer UPDATEs it with a chunk, and the INSTEAD OF trigger applies it.
         Step::new(
             format!("table {name}: inbox"),
@@ -223,11 +249,21 @@ fn table_steps(t: &TableInfo, chunk_rows: u32) -> Vec<Step> {
                 Literal(inbox.name.as_str())
             ),
         ),
-        // SECURITY DEFINER: application roles that write the table need no access to the foreign server
-        // or the stored password; the function runs as the role that installed it.
+        Step::new(
+            format!("table {name}: ship function"),
+            function_sql(
+                &ship,
+                "pgtwin_chunk text, pgtwin_rows integer, pgtwin_queue boolean",
+                "boolean",
+                &ship_body(t, i.options),
+                Security::Invoker,
+            ),
+        ),
+        // SECURITY DEFINER: application roles that write the table need no access to the foreign server,
+        // the stored password or the queue; the function runs as the role that installed it.
         Step::new(
             format!("table {name}: capture function"),
-            function_sql(&capture, &capture_body(t, chunk_rows), true),
+            function_sql(&capture, "", "trigger", &capture_body(t, i.options), Security::Capture),
         ),
     ];
     let mut triggers = drop_capture_triggers(name);
@@ -262,18 +298,29 @@ fn drop_capture_triggers(table: &QualName) -> String {
         .join(";\n")
 }
 
-fn function_sql(name: &QualName, body: &str, capture: bool) -> String {
+enum Security {
+    Invoker,
+    /// SECURITY DEFINER, with the settings that shape text output pinned.
+    Capture,
+}
+
+fn function_sql(
+    name: &QualName,
+    args: &str,
+    returns: &str,
+    body: &str,
+    security: Security,
+) -> String {
     // search_path is pinned: postgres_fdw's remote sessions run with search_path = pg_catalog, and a
     // SECURITY DEFINER function must never resolve names through a caller-controlled path. The capture
     // side also pins the settings that shape text output, so a chunk reads back exactly on the peer
     // whatever the application's session uses (postgres_fdw does the same for its own parameters).
-    let settings = if capture {
-        " SECURITY DEFINER\n    SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'"
-    } else {
-        ""
+    let settings = match security {
+        Security::Invoker => "",
+        Security::Capture => " SECURITY DEFINER\n    SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'",
     };
     format!(
-        "CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql{settings}\n    SET search_path = pg_catalog, pg_temp AS {};\nREVOKE ALL ON FUNCTION {name}() FROM PUBLIC",
+        "CREATE OR REPLACE FUNCTION {name}({args}) RETURNS {returns} LANGUAGE plpgsql{settings}\n    SET search_path = pg_catalog, pg_temp AS {};\nREVOKE ALL ON FUNCTION {name}({args}) FROM PUBLIC",
         dollar_quote(&format!("\n{body}"))
     )
 }
@@ -286,7 +333,7 @@ fn key_match(t: &TableInfo, left: &str, right: &str) -> String {
         .join(" AND ")
 }
 
-fn capture_body(t: &TableInfo, chunk_rows: u32) -> String {
+fn capture_body(t: &TableInfo, options: &Options) -> String {
     let old_key_row = comma_list(t.shipped_columns().map(|c| {
         if t.key.contains(&c.name) {
             format!("o.{}", c.name)
@@ -297,8 +344,9 @@ fn capture_body(t: &TableInfo, chunk_rows: u32) -> String {
     render(
         CAPTURE_TEMPLATE,
         &[
-            ("chunk", chunk_rows.to_string()),
-            ("peer", names::peer_inbox(&t.name).to_string()),
+            ("chunk", options.batch_size.to_string()),
+            ("always_queue", (options.mode == Mode::Async).to_string()),
+            ("ship", names::ship_function(&t.name).to_string()),
             ("change_type", names::change_type(&t.name).to_string()),
             ("old_key_row", old_key_row),
             (
@@ -331,6 +379,8 @@ fn apply_body(t: &TableInfo) -> String {
         &[
             ("table", t.name.to_string()),
             ("change_type", names::change_type(&t.name).to_string()),
+            ("tag", Literal(&names::table_tag(&t.name)).to_string()),
+            ("resolve", names::resolve_function(&t.name).to_string()),
             ("cols", comma_list(t.shipped_columns().map(|c| &c.name))),
             (
                 "b_cols",
@@ -339,6 +389,47 @@ fn apply_body(t: &TableInfo) -> String {
             ("keys", comma_list(&t.key)),
             ("key_match", key_match(t, "t", "b")),
             ("conflict_action", conflict_action),
+        ],
+    )
+}
+
+fn ship_body(t: &TableInfo, options: &Options) -> String {
+    let update = format!(
+        "UPDATE {} SET {} = pgtwin_chunk;\n        RETURN false;",
+        names::peer_inbox(&t.name),
+        Ident::new(names::BATCH_COLUMN)
+    );
+    let direct = match (options.mode, options.on_peer_down) {
+        (Mode::Async, _) => "NULL; -- async mode: every change is queued".to_string(),
+        (Mode::Sync, OnPeerDown::Fail) => update,
+        // Only connection failures (SQLSTATE class 08) mean "peer down"; anything else (a lock
+        // timeout, a constraint on the peer) fails the write, as it must.
+        (Mode::Sync, OnPeerDown::Queue) => format!(
+            "BEGIN\n            {}\n        EXCEPTION WHEN connection_exception THEN\n            NULL; -- the peer is unreachable: queue this chunk and the rest\n        END;",
+            update.replace('\n', "\n    ")
+        ),
+    };
+    render(
+        SHIP_TEMPLATE,
+        &[
+            ("direct", direct),
+            ("tag", Literal(&names::table_tag(&t.name)).to_string()),
+        ],
+    )
+}
+
+fn resolve_body(t: &TableInfo, i: &Install) -> String {
+    render(
+        RESOLVE_TEMPLATE,
+        &[
+            ("b_keys", comma_list(t.key.iter().map(|k| format!("b.{k}")))),
+            ("p_keys", comma_list(t.key.iter().map(|k| format!("p.{k}")))),
+            ("change_type", names::change_type(&t.name).to_string()),
+            ("tag", Literal(&names::table_tag(&t.name)).to_string()),
+            ("local_wins_ties", (i.node > i.peer).to_string()),
+            ("table_name", Literal(&t.name.to_string()).to_string()),
+            ("local", Literal(i.node).to_string()),
+            ("peer", Literal(i.peer).to_string()),
         ],
     )
 }

@@ -75,12 +75,48 @@ pub fn change_type(table: &QualName) -> QualName {
 
 /// View on the receiving node that the peer updates with chunks of changes.
 pub fn inbox(table: &QualName) -> QualName {
-    in_schema(format!("inbox_{}", table_tag(table)))
+    inbox_of_tag(&table_tag(table))
 }
 
 /// Foreign table on the sending node, pointing at the peer's inbox view.
 pub fn peer_inbox(table: &QualName) -> QualName {
     in_schema(format!("peer_{}", table_tag(table)))
+}
+
+pub fn enqueue_function() -> QualName {
+    in_schema("enqueue".into())
+}
+
+pub fn queue_table() -> QualName {
+    in_schema("queue".into())
+}
+
+pub fn applied_table() -> QualName {
+    in_schema("applied".into())
+}
+
+pub fn conflicts_table() -> QualName {
+    in_schema("conflicts".into())
+}
+
+pub fn link_table() -> QualName {
+    in_schema("link".into())
+}
+
+/// The inbox view of the table whose tag a queue entry names.
+pub fn inbox_of_tag(tag: &str) -> QualName {
+    in_schema(format!("inbox_{tag}"))
+}
+
+/// Channel the queue notifies on, so `pgtwin run` wakes up without polling.
+pub const QUEUE_CHANNEL: &str = "pgtwin_queue";
+
+pub fn ship_function(table: &QualName) -> QualName {
+    in_schema(format!("ship_{}", table_tag(table)))
+}
+
+pub fn resolve_function(table: &QualName) -> QualName {
+    in_schema(format!("resolve_{}", table_tag(table)))
 }
 
 pub fn capture_function(table: &QualName) -> QualName {

@@ -1,7 +1,7 @@
 -- INSTEAD OF UPDATE trigger on a synced table's inbox view: applies one chunk of the peer's changes
--- set-wise, by key, touching no row the chunk does not name. It runs in the peer's postgres_fdw
--- session, whose pgtwin.origin setting keeps the table's own capture trigger from shipping the rows back.
--- (No names in these comments: an identifier may hold a newline.)
+-- set-wise, by key, touching no row the chunk does not name. It runs in the peer's postgres_fdw session
+-- (or `pgtwin run`'s), whose pgtwin.origin setting keeps the table's own capture trigger from shipping
+-- the rows back. (No names in these comments: an identifier may hold a newline.)
 DECLARE
     pgtwin_rows {{change_type}}[];
 BEGIN
@@ -10,6 +10,15 @@ BEGIN
         RETURN NEW;
     END IF;
     pgtwin_rows := NEW.pgtwin_batch::{{change_type}}[];
+    -- Changes of this table wait in the local queue: the peer's version and ours may both have changed
+    -- while the nodes were apart. Keep the later of each (a replayed chunk carries its commit time).
+    IF EXISTS (SELECT FROM pgtwin.queue WHERE table_tag = {{tag}}) THEN
+        pgtwin_rows := {{resolve}}(pgtwin_rows,
+            coalesce(nullif(current_setting('pgtwin.replay_at', true), '')::timestamptz, transaction_timestamp()));
+        IF pgtwin_rows IS NULL THEN
+            RETURN NEW;
+        END IF;
+    END IF;
     -- A chunk holds one kind of change (the capture trigger builds deletes and upserts separately), so
     -- only one statement runs, planned for the chunk's real size.
     IF (pgtwin_rows[1]).pgtwin_op = 'D' THEN

@@ -5,45 +5,50 @@
 -- (No names in these comments: an identifier may hold a newline.)
 DECLARE
     pgtwin_chunk text;
+    pgtwin_rows integer;
+    pgtwin_queue boolean;
 BEGIN
     -- Writes applied by pgtwin (from the peer, or by repair) carry pgtwin.origin: never ship them back.
     IF coalesce(current_setting('pgtwin.origin', true), '') <> '' THEN
         RETURN NULL;
     END IF;
+    -- Queue when the mode says so, or while older changes wait in the queue (the peer was found
+    -- down): a change must never overtake an earlier one of the same key.
+    pgtwin_queue := {{always_queue}} OR EXISTS (SELECT FROM pgtwin.queue);
     IF TG_OP = 'TRUNCATE' THEN
-        UPDATE {{peer}} SET pgtwin_batch = 'T';
+        PERFORM {{ship}}('T', 0, pgtwin_queue);
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' THEN
         -- Transition tables do not pair old and new rows: remove the keys this statement changed away
         -- from, then upsert every new row. EXCEPT, not NOT EXISTS: transition tables have no statistics,
         -- and a nested-loop anti-join over two 100,000-row tables never ends.
-        FOR pgtwin_chunk IN
-            SELECT array_agg(c)::text FROM (
+        FOR pgtwin_chunk, pgtwin_rows IN
+            SELECT array_agg(c)::text, count(*) FROM (
                 SELECT ROW('D', {{old_key_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
                 FROM (SELECT {{keys}} FROM {{old}} EXCEPT ALL SELECT {{keys}} FROM {{new}}) o) s
             GROUP BY chunk_no
         LOOP
-            UPDATE {{peer}} SET pgtwin_batch = pgtwin_chunk;
+            pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
         END LOOP;
     ELSIF TG_OP = 'DELETE' THEN
-        FOR pgtwin_chunk IN
-            SELECT array_agg(c)::text FROM (
+        FOR pgtwin_chunk, pgtwin_rows IN
+            SELECT array_agg(c)::text, count(*) FROM (
                 SELECT ROW('D', {{old_key_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
                 FROM {{old}} o) s
             GROUP BY chunk_no
         LOOP
-            UPDATE {{peer}} SET pgtwin_batch = pgtwin_chunk;
+            pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
         END LOOP;
         RETURN NULL;
     END IF;
-    FOR pgtwin_chunk IN
-        SELECT array_agg(c)::text FROM (
+    FOR pgtwin_chunk, pgtwin_rows IN
+        SELECT array_agg(c)::text, count(*) FROM (
             SELECT ROW('U', {{new_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
             FROM {{new}} n) s
         GROUP BY chunk_no
     LOOP
-        UPDATE {{peer}} SET pgtwin_batch = pgtwin_chunk;
+        pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
     END LOOP;
     RETURN NULL;
 END

@@ -1,0 +1,17 @@
+-- Appends one chunk to the queue for the peer, unless the queue has outgrown its limit: then the link
+-- is marked as needing repair instead of growing without bound.
+DECLARE
+    oldest timestamptz;
+BEGIN
+    IF (SELECT needs_repair_since FROM pgtwin.link) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    SELECT changed_at INTO oldest FROM pgtwin.queue ORDER BY seq LIMIT 1;
+    IF oldest < transaction_timestamp() - make_interval(secs => {{max_age_s}}) THEN
+        UPDATE pgtwin.link SET needs_repair_since = now(),
+            reason = format('the queue for the peer held changes older than %s seconds', {{max_age_s}});
+        RETURN;
+    END IF;
+    INSERT INTO pgtwin.queue (table_tag, rows, batch) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch);
+    PERFORM pg_notify('pgtwin_queue', '');
+END

@@ -1,0 +1,9 @@
+-- Sends one chunk of changes to the peer, or queues it. Returns whether it queued, so that the rest of
+-- the statement follows the same way and no key's changes are reordered.
+BEGIN
+    IF NOT pgtwin_queue THEN
+        {{direct}}
+    END IF;
+    PERFORM pgtwin.enqueue({{tag}}, pgtwin_chunk, pgtwin_rows);
+    RETURN true;
+END
