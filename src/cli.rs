@@ -37,6 +37,8 @@ pub enum Command {
     Status(JsonFlag),
     /// Compare every synced table on both nodes; exit 0 equal, 1 different, 2 error.
     Check(JsonFlag),
+    /// Apply queued changes to the peer, in order; keep running, reconnecting after outages.
+    Run(RunArgs),
     /// Start two throwaway local PostgreSQL servers and show two-way sync working.
     Demo(DemoArgs),
 }
@@ -53,6 +55,16 @@ pub struct DownArgs {
     /// Print the SQL that would run on each node; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Remove pgtwin even where changes still wait in the queue (they are lost).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Drain both queues and exit: 0 when both are empty, 2 when a node is unreachable.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]

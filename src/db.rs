@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use tokio_postgres::{Client, NoTls};
 
 /// A libpq connection URL, split into the parts pgtwin needs. Query parameters other than the ones named
@@ -153,10 +153,13 @@ fn percent_decode(s: &str) -> Option<String> {
 const SESSION_SETUP: &str = "SET search_path = pg_catalog, pg_temp; SET TimeZone = 'UTC'; \
      SET extra_float_digits = 3; SET lock_timeout = '5s'; SET pgtwin.origin = 'pgtwin'";
 
-/// Connects to a node, bounded in time even against a peer that accepts TCP but never answers.
-pub async fn connect(node: &str, info: &ConnInfo, timeout: Duration) -> Result<Client> {
-    let cfg = info.pg_config(timeout);
-    let (client, connection) = tokio::time::timeout(timeout, cfg.connect(NoTls))
+type Connection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
+/// Opens a connection, bounded in time even against a peer that accepts TCP but never answers. The
+/// caller drives the returned connection.
+pub async fn open(node: &str, info: &ConnInfo, timeout: Duration) -> Result<(Client, Connection)> {
+    tokio::time::timeout(timeout, info.pg_config(timeout).connect(NoTls))
         .await
         .map_err(|_| {
             anyhow!(
@@ -164,16 +167,26 @@ pub async fn connect(node: &str, info: &ConnInfo, timeout: Duration) -> Result<C
                 timeout.as_secs()
             )
         })?
-        .map_err(|e| anyhow!("node {node}: cannot connect to {info}: {}", pg_message(&e)))?;
+        .map_err(|e| anyhow!("node {node}: cannot connect to {info}: {}", pg_message(&e)))
+}
+
+/// Applies pgtwin's session settings (see SESSION_SETUP).
+pub async fn setup_session(node: &str, client: &Client, timeout: Duration) -> Result<()> {
+    tokio::time::timeout(timeout, client.batch_execute(SESSION_SETUP))
+        .await
+        .map_err(|_| anyhow!("node {node}: no answer within {}s", timeout.as_secs()))?
+        .map_err(on_node(node, "session setup"))
+}
+
+/// Connects to a node with pgtwin's session settings.
+pub async fn connect(node: &str, info: &ConnInfo, timeout: Duration) -> Result<Client> {
+    let (client, connection) = open(node, info, timeout).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!("connection closed: {e}");
         }
     });
-    tokio::time::timeout(timeout, client.batch_execute(SESSION_SETUP))
-        .await
-        .map_err(|_| anyhow!("node {node}: no answer within {}s", timeout.as_secs()))?
-        .with_context(|| format!("node {node}: session setup"))?;
+    setup_session(node, &client, timeout).await?;
     Ok(client)
 }
 

@@ -194,6 +194,15 @@ async fn up_locked(cfg: &Config, p: &Prepared) -> Result<UpReport> {
             lock_table(n.name(), &n.db, &pair[i].name).await?;
         }
     }
+    // Queued chunks are the text of the current change types; a reinstall may change those types.
+    for n in &p.nodes {
+        if n.info.installed.is_some() {
+            let queued = queued_rows(n.name(), &n.db).await?;
+            if queued > 0 {
+                bail!("{queued} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", n.name());
+            }
+        }
+    }
     let tables = diffs(p).await?;
     if let Some(d) = tables.iter().find(|d| !d.diff.is_equal()) {
         bail!(
@@ -247,7 +256,7 @@ pub struct DownOutcome {
 }
 
 /// Removes pgtwin from each node independently: an unreachable node does not stop the other's cleanup.
-pub async fn down(cfg: &Config, dry_run: bool) -> Vec<DownOutcome> {
+pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Vec<DownOutcome> {
     let mut out = Vec::new();
     for node in &cfg.nodes {
         let mut outcome = DownOutcome {
@@ -255,7 +264,7 @@ pub async fn down(cfg: &Config, dry_run: bool) -> Vec<DownOutcome> {
             steps: Vec::new(),
             error: None,
         };
-        if let Err(e) = down_node(cfg, node, dry_run, &mut outcome.steps).await {
+        if let Err(e) = down_node(cfg, node, dry_run, force, &mut outcome.steps).await {
             outcome.error = Some(format!("{e:#}"));
         }
         out.push(outcome);
@@ -267,6 +276,7 @@ async fn down_node(
     cfg: &Config,
     node: &crate::config::Node,
     dry_run: bool,
+    force: bool,
     steps: &mut Vec<Step>,
 ) -> Result<()> {
     let n = twin::connect(cfg, node).await?;
@@ -278,6 +288,12 @@ async fn down_node(
         .into_iter()
         .map(|(t, _)| t)
         .collect();
+    if info.installed.is_some() && !force && !dry_run {
+        let queued = queued_rows(n.name(), &n.db).await?;
+        if queued > 0 {
+            bail!("{queued} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first, or down --force to drop them", n.name());
+        }
+    }
     let sequences = if info.installed.is_some() {
         recorded_sequences(n.name(), &n.db).await?
     } else {
@@ -318,6 +334,32 @@ async fn recorded_sequences(node: &str, db: &Client) -> Result<Vec<(QualName, i6
             )
         })
         .collect())
+}
+
+/// Changes waiting in a node's queue (0 where the queue does not exist yet).
+pub async fn queued_rows(node: &str, db: &Client) -> Result<i64> {
+    let exists: bool = db
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&names::queue_table().to_string()],
+        )
+        .await
+        .map_err(on_node(node, "reading the catalog"))?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(db
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(rows), 0)::bigint FROM {}",
+                names::queue_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading the queue"))?
+        .get(0))
 }
 
 async fn other_fdw_servers(node: &str, db: &Client) -> Result<i64> {

@@ -21,6 +21,23 @@ pub struct NodeStatus {
     pub tables: Vec<TableStatus>,
     /// Whether this node reaches its peer through the foreign server, as the triggers do.
     pub link: Option<Link>,
+    pub queue: Option<QueueStatus>,
+}
+
+/// Changes waiting on this node for its peer, and what replay has done.
+#[derive(Debug, serde::Serialize)]
+pub struct QueueStatus {
+    /// Queue entries (chunks) and the changes they hold.
+    pub entries: i64,
+    pub rows: i64,
+    /// Age of the oldest queued change, in seconds.
+    pub oldest_age_s: Option<f64>,
+    /// When changes from the peer were last replayed here.
+    pub last_replay_from_peer: Option<String>,
+    pub conflicts: i64,
+    /// Set when the queue outgrew its limit: only a repair joins the nodes again.
+    pub needs_repair_since: Option<String>,
+    pub needs_repair_reason: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -56,6 +73,7 @@ pub async fn status(cfg: &Config) -> Vec<NodeStatus> {
             installed: None,
             tables: Vec::new(),
             link: None,
+            queue: None,
         };
         if let Err(e) = node_status(cfg, node, &mut s).await {
             s.error = Some(format!("{e:#}"));
@@ -94,6 +112,9 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
             sequences,
         });
     }
+    if s.installed.is_some() {
+        s.queue = Some(queue_status(n.name(), &n.db).await?);
+    }
     if let Some(first) = s.installed.as_ref().and_then(|i| i.tables.first()) {
         if let Ok(name) = crate::sql::ident::QualName::parse(first) {
             s.link = Some(check_link(&n.db, &name).await);
@@ -102,7 +123,36 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
     Ok(())
 }
 
-/// Reads the peer's (always empty) inbox through the foreign server: the same path, role and
+async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM {q}), (SELECT coalesce(sum(rows), 0)::bigint FROM {q}),
+                        (SELECT extract(epoch FROM now() - min(changed_at))::float8 FROM {q}),
+                        (SELECT max(applied_at)::text FROM {applied}),
+                        (SELECT count(*) FROM {conflicts}),
+                        (SELECT needs_repair_since::text FROM {link}), (SELECT reason FROM {link})",
+                q = names::queue_table(),
+                applied = names::applied_table(),
+                conflicts = names::conflicts_table(),
+                link = names::link_table(),
+            ),
+            &[],
+        )
+        .await
+        .map_err(crate::db::on_node(node, "reading the queue"))?;
+    Ok(QueueStatus {
+        entries: row.get(0),
+        rows: row.get(1),
+        oldest_age_s: row.get(2),
+        last_replay_from_peer: row.get(3),
+        conflicts: row.get(4),
+        needs_repair_since: row.get(5),
+        needs_repair_reason: row.get(6),
+    })
+}
+
+/// Reads the peer's inbox view through the foreign server: the same path, role and
 /// credentials the triggers use, bounded by the server's connect_timeout.
 async fn check_link(db: &Client, table: &crate::sql::ident::QualName) -> Link {
     let started = Instant::now();

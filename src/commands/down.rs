@@ -6,8 +6,8 @@ use crate::config::Config;
 use crate::install;
 use crate::plan::render;
 
-pub async fn run(cfg: &Config, dry_run: bool) -> Result<ExitCode> {
-    let outcomes = install::down(cfg, dry_run).await;
+pub async fn run(cfg: &Config, dry_run: bool, force: bool) -> Result<ExitCode> {
+    let outcomes = install::down(cfg, dry_run, force).await;
     let mut failed = Vec::new();
     for o in &outcomes {
         match &o.error {

@@ -11,6 +11,7 @@ mod check;
 mod demo;
 mod down;
 mod plan;
+mod run;
 mod status;
 mod up;
 
@@ -22,7 +23,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Plan(a) => plan::run(&cfg, a.json).await,
         Command::Up(a) => up::run(&cfg, a.json).await,
-        Command::Down(a) => down::run(&cfg, a.dry_run).await,
+        Command::Down(a) => down::run(&cfg, a.dry_run, a.force).await,
+        Command::Run(a) => run::run(&cfg, a.once).await,
         Command::Status(a) => status::run(&cfg, a.json).await,
         Command::Check(a) => check::run(&cfg, a.json).await,
         Command::Demo(_) => unreachable!("handled above"),

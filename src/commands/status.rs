@@ -27,6 +27,25 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
                 Some(e) => println!("  link to peer: DOWN ({e})"),
             }
         }
+        if let Some(q) = &n.queue {
+            let age = q
+                .oldest_age_s
+                .map_or(String::new(), |a| format!(", oldest {a:.0} s old"));
+            let replay = q
+                .last_replay_from_peer
+                .as_deref()
+                .map_or(String::new(), |t| format!("; last replay from peer {t}"));
+            println!(
+                "  queue: {} change(s) in {} entr(ies){age}{replay}; conflicts resolved: {}",
+                q.rows, q.entries, q.conflicts
+            );
+            if let Some(since) = &q.needs_repair_since {
+                println!(
+                    "  NEEDS REPAIR since {since}: {}; changes are no longer recorded: run pgtwin repair",
+                    q.needs_repair_reason.as_deref().unwrap_or("")
+                );
+            }
+        }
         for t in &n.tables {
             let seqs: Vec<String> = t
                 .sequences

@@ -110,6 +110,12 @@ impl Pair {
         }
     }
 
+    /// New connections to node i (after its server was restarted).
+    pub async fn reconnect(&mut self, i: usize) {
+        self.admin[i] = servers().nodes[i].connect(&self.db).await.unwrap();
+        self.owner[i] = connect(&self.url(i)).await;
+    }
+
     pub fn url(&self, i: usize) -> String {
         servers().nodes[i].url("twin", Some(TWIN_PW), &self.db)
     }

@@ -1,0 +1,401 @@
+//! Peer outages against real servers stopped for real: writes keep succeeding, changes queue locally, and
+//! `pgtwin run` replays them in order, exactly once; conflicts resolve the same way on both nodes.
+//! These tests stop node b, so they run one at a time.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Pair;
+use tokio::sync::Mutex;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text, n int)";
+
+fn server_b() -> &'static pgtwin::localpg::LocalServer {
+    &common::servers().nodes[1]
+}
+
+async fn queued(p: &Pair, i: usize) -> i64 {
+    p.admin[i]
+        .query_one(
+            "SELECT coalesce(sum(rows), 0)::bigint FROM pgtwin.queue",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Points node i's foreign server at another port (a closed one cuts the link; the real one restores it).
+async fn set_peer_port(p: &Pair, i: usize, port: u16) {
+    p.owner[i]
+        .batch_execute(&format!(
+            "ALTER SERVER pgtwin_peer OPTIONS (SET port '{port}')"
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn writes_survive_a_stopped_peer_and_replay_in_order() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items SELECT g, 'seed', g FROM generate_series(1, 10) g")
+        .await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+
+    server_b().stop(true).unwrap();
+    let a = &p.owner[0];
+    // Inserts, updates, deletes and key changes of the same keys, one transaction each.
+    let started = Instant::now();
+    a.batch_execute("INSERT INTO items VALUES (11, 'new', 0)")
+        .await
+        .unwrap();
+    let first = started.elapsed();
+    assert_eq!(queued(&p, 0).await, 1);
+    let started = Instant::now();
+    for n in 0..50 {
+        a.execute("UPDATE items SET n = $1 WHERE id = 11", &[&n])
+            .await
+            .unwrap();
+    }
+    a.batch_execute("UPDATE items SET id = 111 WHERE id = 11")
+        .await
+        .unwrap();
+    a.batch_execute("DELETE FROM items WHERE id IN (1, 2)")
+        .await
+        .unwrap();
+    a.batch_execute("UPDATE items SET v = 'changed' WHERE id > 5")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO items VALUES (1, 'back', 1)")
+        .await
+        .unwrap();
+    a.batch_execute("TRUNCATE items; INSERT INTO items SELECT g, 'after truncate', g FROM generate_series(1, 20) g").await.unwrap();
+    a.batch_execute("UPDATE items SET id = id + 100 WHERE id <= 10")
+        .await
+        .unwrap();
+    // The node knows its peer is down: later writes go straight to the queue, paying no connection attempt.
+    let rest = started.elapsed();
+    assert!(
+        rest < Duration::from_secs(3),
+        "56 queued writes took {rest:?} (first {first:?})"
+    );
+    assert!(queued(&p, 0).await > 50);
+    let status: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    assert_eq!(
+        status["nodes"][0]["queue"]["entries"].as_i64().unwrap() > 50,
+        true
+    );
+    assert_eq!(status["nodes"][1]["reachable"], false);
+    let once = p.pgtwin(&["run", "--once"]);
+    assert_eq!(
+        once.code, 2,
+        "run --once with the peer down: {}",
+        once.stderr
+    );
+
+    server_b().start_again().unwrap();
+    p.reconnect(1).await;
+    let a = &p.owner[0];
+    let run = p.pgtwin(&["run", "--once"]).ok();
+    assert!(run.stdout.contains("a -> b"), "{}", run.stdout);
+    assert_eq!(queued(&p, 0).await, 0);
+    let rows = p.assert_same("items").await;
+    assert_eq!(rows.len(), 20);
+    // Back to direct sync: a new write arrives at once, with no runner.
+    a.batch_execute("INSERT INTO items VALUES (999, 'direct', 0)")
+        .await
+        .unwrap();
+    assert_eq!(queued(&p, 0).await, 0);
+    assert_eq!(p.assert_same("items").await.len(), 21);
+}
+
+#[tokio::test]
+async fn a_silent_peer_costs_one_connect_timeout_then_queues() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nconnect_timeout_s = 2");
+    p.pgtwin(&["up"]).ok();
+    // Accepts TCP connections (the kernel does, from the backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    set_peer_port(&p, 0, silent.local_addr().unwrap().port()).await;
+    let a = &p.owner[0];
+    let started = Instant::now();
+    a.batch_execute("INSERT INTO items VALUES (1, 'x', 1)")
+        .await
+        .unwrap();
+    let first = started.elapsed();
+    assert!(first < Duration::from_secs(5), "first write took {first:?}");
+    let started = Instant::now();
+    for i in 2..20 {
+        a.execute("INSERT INTO items VALUES ($1, 'y', 1)", &[&i])
+            .await
+            .unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "queued writes took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(queued(&p, 0).await, 19);
+    drop(silent);
+    set_peer_port(&p, 0, server_b().port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.assert_same("items").await.len(), 19);
+}
+
+#[tokio::test]
+async fn conflicts_resolve_the_same_way_on_both_nodes() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items SELECT g, 'seed', g FROM generate_series(1, 6) g")
+        .await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    set_peer_port(&p, 0, closed).await;
+    set_peer_port(&p, 1, closed).await;
+    let (a, b) = (&p.owner[0], &p.owner[1]);
+    let later = || tokio::time::sleep(Duration::from_millis(30));
+    a.batch_execute("UPDATE items SET v = 'a first' WHERE id = 1")
+        .await
+        .unwrap();
+    later().await;
+    b.batch_execute("UPDATE items SET v = 'b later, wins' WHERE id = 1")
+        .await
+        .unwrap();
+    b.batch_execute("UPDATE items SET v = 'b first' WHERE id = 2")
+        .await
+        .unwrap();
+    later().await;
+    a.batch_execute("UPDATE items SET v = 'a later, wins' WHERE id = 2")
+        .await
+        .unwrap();
+    a.batch_execute("DELETE FROM items WHERE id = 3")
+        .await
+        .unwrap();
+    later().await;
+    b.batch_execute("UPDATE items SET v = 'b updates after a deleted, wins' WHERE id = 3")
+        .await
+        .unwrap();
+    b.batch_execute("DELETE FROM items WHERE id = 4")
+        .await
+        .unwrap();
+    later().await;
+    a.batch_execute("UPDATE items SET v = 'a updates after b deleted, wins' WHERE id = 4")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO items VALUES (7, 'only a', 0)")
+        .await
+        .unwrap();
+    b.batch_execute("INSERT INTO items VALUES (8, 'only b', 0)")
+        .await
+        .unwrap();
+    a.batch_execute("INSERT INTO items VALUES (9, 'a inserts first', 0)")
+        .await
+        .unwrap();
+    later().await;
+    b.batch_execute("INSERT INTO items VALUES (9, 'b inserts later, wins', 0)")
+        .await
+        .unwrap();
+    assert!(queued(&p, 0).await > 0 && queued(&p, 1).await > 0);
+
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    set_peer_port(&p, 1, common::servers().nodes[0].port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    let rows = p.assert_same("items").await;
+    let v = |id: i32| {
+        rows.iter()
+            .find(|r| r.starts_with(&format!("({id},")))
+            .cloned()
+    };
+    assert!(v(1).unwrap().contains("b later, wins"), "{rows:?}");
+    assert!(v(2).unwrap().contains("a later, wins"), "{rows:?}");
+    assert!(
+        v(3).unwrap().contains("b updates after a deleted, wins"),
+        "{rows:?}"
+    );
+    assert!(
+        v(4).unwrap().contains("a updates after b deleted, wins"),
+        "{rows:?}"
+    );
+    assert!(v(7).is_some() && v(8).is_some());
+    assert!(v(9).unwrap().contains("b inserts later, wins"), "{rows:?}");
+    let mut recorded = 0;
+    for admin in &p.admin {
+        recorded += admin
+            .query_one("SELECT count(*) FROM pgtwin.conflicts", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+    }
+    assert_eq!(recorded, 5, "each conflicting key recorded once");
+    let status: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    let total = status["nodes"][0]["queue"]["conflicts"].as_i64().unwrap()
+        + status["nodes"][1]["queue"]["conflicts"].as_i64().unwrap();
+    assert_eq!(total, 5);
+    assert_eq!(queued(&p, 0).await + queued(&p, 1).await, 0);
+}
+
+#[tokio::test]
+async fn killing_the_runner_mid_drain_loses_and_repeats_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"\nbatch_size = 10");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO items SELECT g, 'queued', g FROM generate_series(1, 12000) g")
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute("UPDATE items SET n = n + 1 WHERE id % 2 = 0")
+        .await
+        .unwrap();
+    assert_eq!(queued(&p, 0).await, 18000);
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
+        .arg("-c")
+        .arg(p.dir.path().join("pgtwin.toml"))
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let on_b: i64 = p.admin[1]
+            .query_one("SELECT count(*) FROM items", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if on_b > 0 {
+            assert!(
+                on_b < 12000,
+                "the drain finished before the kill: make it longer"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "runner applied nothing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    runner.kill().unwrap();
+    runner.wait().unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    let rows = p.assert_same("items").await;
+    assert_eq!(rows.len(), 12000);
+    assert_eq!(queued(&p, 0).await, 0);
+}
+
+#[tokio::test]
+async fn async_mode_applies_while_run_runs_and_loses_nothing_when_stopped() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    let mut runner = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
+        .arg("-c")
+        .arg(p.dir.path().join("pgtwin.toml"))
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (1, 'from a', 1)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("INSERT INTO items VALUES (2, 'from b', 2)")
+        .await
+        .unwrap();
+    // Writes are local only; the runner, woken by NOTIFY, brings them across.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.rows(0, "items").await.len() < 2 || p.rows(1, "items").await.len() < 2 {
+        assert!(Instant::now() < deadline, "run did not apply async changes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.assert_same("items").await;
+    // SIGTERM: the runner stops cleanly.
+    Command::new("kill")
+        .arg(runner.id().to_string())
+        .status()
+        .unwrap();
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(s) = runner.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "run ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    p.owner[0]
+        .batch_execute("UPDATE items SET v = 'while stopped'")
+        .await
+        .unwrap();
+    assert!(queued(&p, 0).await > 0);
+    p.pgtwin(&["run", "--once"]).ok();
+    assert!(p
+        .assert_same("items")
+        .await
+        .iter()
+        .all(|r| r.contains("while stopped")));
+}
+
+#[tokio::test]
+async fn fail_mode_fails_the_write_and_a_full_queue_asks_for_repair() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\non_peer_down = \"fail\"");
+    p.pgtwin(&["up"]).ok();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    set_peer_port(&p, 0, closed).await;
+    let err = p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (1, 'x', 1)")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("could not connect"), "{err:?}");
+    assert!(p.rows(0, "items").await.is_empty());
+    p.pgtwin(&["down"]).ok();
+
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmax_queue_age_s = 1");
+    p.pgtwin(&["up"]).ok();
+    set_peer_port(&p, 0, closed).await;
+    p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (1, 'queued', 1)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (2, 'not recorded', 1)")
+        .await
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    let q = &status["nodes"][0]["queue"];
+    assert!(q["needs_repair_since"].is_string(), "{status}");
+    assert_eq!(q["rows"], 1);
+    assert_eq!(status["nodes"][0]["link"]["ok"], false);
+    let text = p.pgtwin(&["status"]).ok().stdout;
+    assert!(
+        text.contains("NEEDS REPAIR") && text.contains("link to peer: DOWN"),
+        "{text}"
+    );
+}
