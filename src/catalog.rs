@@ -19,6 +19,10 @@ pub struct Column {
     pub generated: bool,
     /// Enum labels in order, for enum-typed columns (they must match on both nodes).
     pub enum_labels: Option<Vec<String>>,
+    /// Whether COPY's binary format carries this column between nodes: not for arrays and composites
+    /// of user-defined types, whose binary form embeds type OIDs that differ from node to node.
+    #[serde(skip)]
+    pub binary_ok: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -155,8 +159,10 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> '',
                     (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e
-                      WHERE e.enumtypid = a.atttypid)
-             FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                      WHERE e.enumtypid = a.atttypid),
+                    NOT (t.typtype = 'c' OR (t.typcategory = 'A' AND t.typelem >= 16384))
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
             &[&oid],
         )
@@ -169,6 +175,7 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
             not_null: r.get(2),
             generated: r.get(3),
             enum_labels: r.get(4),
+            binary_ok: r.get(5),
         })
         .collect::<Vec<_>>();
     let unique_keys: Vec<(bool, Vec<String>)> = db

@@ -29,14 +29,16 @@ pub struct Cli {
 pub enum Command {
     /// Print the SQL that `up` would run on each node (passwords masked); changes nothing.
     Plan(JsonFlag),
-    /// Install or upgrade the sync on both nodes (idempotent).
-    Up(JsonFlag),
+    /// Install or upgrade the sync on both nodes (idempotent), merging rows that exist on either side.
+    Up(UpArgs),
     /// Remove every object pgtwin installed on both nodes; table data is untouched.
     Down(DownArgs),
     /// Link health, installed version, tables, triggers and sequence settings per node.
     Status(JsonFlag),
     /// Compare every synced table on both nodes; exit 0 equal, 1 different, 2 error.
-    Check(JsonFlag),
+    Check(CheckArgs),
+    /// Make the nodes equal: copy rows missing on a node, NODE's row winning where both differ.
+    Repair(RepairArgs),
     /// Apply queued changes to the peer, in order; keep running, reconnecting after outages.
     Run(RunArgs),
     /// Start two throwaway local PostgreSQL servers and show two-way sync working.
@@ -45,6 +47,44 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct JsonFlag {
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Compare and report what the merge would do; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Machine-readable output on stdout, with every differing key.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Where both nodes hold a key with different rows, this node's row wins. Never deletes.
+    #[arg(
+        long,
+        value_name = "NODE",
+        conflicts_with = "mirror",
+        required_unless_present = "mirror"
+    )]
+    pub prefer: Option<String>,
+    /// Make the other node an exact copy of this one, deleting its extra rows.
+    #[arg(long, value_name = "NODE")]
+    pub mirror: Option<String>,
+    /// List what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,

@@ -30,6 +30,7 @@ struct RawNode {
 struct RawTable {
     name: String,
     key: Option<Vec<String>>,
+    newest_by: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -73,6 +74,9 @@ pub struct Options {
     pub max_queue_age_s: u32,
     /// Rows per round trip when shipping a statement's changes to the peer.
     pub batch_size: u32,
+    /// Where `up` finds the same key with different rows on the two nodes: "NODE" (that node's row wins)
+    /// or "newest" (by each table's `newest_by` column). Unset: `up` refuses such tables.
+    pub prefer: Option<String>,
 }
 
 impl Default for Options {
@@ -86,6 +90,7 @@ impl Default for Options {
             connect_timeout_s: 5,
             batch_size: 1000,
             max_queue_age_s: 7 * 24 * 3600,
+            prefer: None,
         }
     }
 }
@@ -102,6 +107,8 @@ pub struct Table {
     pub name: QualName,
     /// Key columns named in the config; `None` means the primary key.
     pub key: Option<Vec<Ident>>,
+    /// Timestamp (or any ordered) column that decides `prefer = "newest"`.
+    pub newest_by: Option<Ident>,
 }
 
 #[derive(Clone, Debug)]
@@ -170,7 +177,18 @@ impl Config {
                         .collect::<Result<Vec<_>>>()?,
                 ),
             };
-            tables.push(Table { name, key });
+            let newest_by = t
+                .newest_by
+                .as_deref()
+                .map(|c| {
+                    Ident::parse(c).map_err(|e| anyhow::anyhow!("[[tables]] {name}: newest_by {e}"))
+                })
+                .transpose()?;
+            tables.push(Table {
+                name,
+                key,
+                newest_by,
+            });
         }
         if tables.is_empty() {
             bail!("no [[tables]] to sync: add at least one [[tables]] entry with a name");
@@ -194,11 +212,38 @@ impl Config {
         if o.batch_size == 0 {
             bail!("[options] batch_size must be above 0");
         }
+        match o.prefer.as_deref() {
+            None => {}
+            Some("newest") => {
+                if let Some(t) = tables.iter().find(|t| t.newest_by.is_none()) {
+                    bail!("[[tables]] {}: prefer = \"newest\" needs newest_by = \"COLUMN\" (e.g. updated_at) on every table", t.name);
+                }
+            }
+            Some(node) if nodes.iter().any(|n| n.name == node) => {}
+            Some(other) => bail!(
+                "[options] prefer = {other:?} is neither a node ({} or {}) nor \"newest\"",
+                nodes[0].name,
+                nodes[1].name
+            ),
+        }
         let [a, b]: [Node; 2] = nodes.try_into().expect("two nodes checked above");
         Ok(Config {
             nodes: [a, b],
             tables,
             options: raw.options,
+        })
+    }
+
+    /// How `up` merges a table whose rows differ between the nodes (None: it refuses).
+    pub fn merge_policy(&self, table: &Table) -> Option<crate::data::merge::Policy> {
+        use crate::data::merge::{Policy, Winner};
+        let winner = match self.options.prefer.as_deref()? {
+            "newest" => Winner::Newest(table.newest_by.clone()?),
+            node => Winner::Node(self.nodes.iter().position(|n| n.name == node)?),
+        };
+        Some(Policy {
+            winner,
+            mirror: false,
         })
     }
 

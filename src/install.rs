@@ -7,9 +7,11 @@ use tokio_postgres::Client;
 use crate::apply;
 use crate::catalog::{self, NodeInfo, TableInfo};
 use crate::config::Config;
-use crate::data::{self, Diff};
+use crate::data::compare::{self, Diff};
+use crate::data::merge::{self, MergeReport};
 use crate::db::on_node;
 use crate::plan::{plan_hash, Step};
+use crate::progress::Progress;
 use crate::sql::gen::{self, Install, SequenceChange};
 use crate::sql::ident::{Ident, QualName};
 use crate::sql::names;
@@ -23,11 +25,52 @@ pub struct NodePlan {
     pub steps: Vec<Step>,
 }
 
+/// A table's comparison, as reported: counts, and the differing keys (the first `KEYS_SHOWN` of each kind
+/// unless all are asked for).
 #[derive(Debug, serde::Serialize)]
 pub struct TableDiff {
     pub table: QualName,
-    #[serde(flatten)]
+    pub rows: [u64; 2],
+    pub only_on: [usize; 2],
+    pub different: usize,
+    pub keys: DiffKeys,
+    #[serde(skip)]
     pub diff: Diff,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct DiffKeys {
+    pub only_on: [Vec<String>; 2],
+    pub different: Vec<String>,
+}
+
+pub const KEYS_SHOWN: usize = 10;
+
+impl TableDiff {
+    pub fn new(table: QualName, diff: Diff, all_keys: bool) -> TableDiff {
+        let take = |v: &Vec<String>| {
+            v.iter()
+                .take(if all_keys { usize::MAX } else { KEYS_SHOWN })
+                .cloned()
+                .collect()
+        };
+        let [a, b, d] = diff.counts();
+        TableDiff {
+            table,
+            rows: diff.rows,
+            only_on: [a, b],
+            different: d,
+            keys: DiffKeys {
+                only_on: [take(&diff.only_on[0]), take(&diff.only_on[1])],
+                different: take(&diff.different),
+            },
+            diff,
+        }
+    }
+
+    pub fn is_equal(&self) -> bool {
+        self.diff.is_equal()
+    }
 }
 
 /// Both nodes connected, checked and read: the input of every plan.
@@ -85,24 +128,27 @@ pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: boo
     Ok(())
 }
 
-/// Compares every table on both nodes.
-pub async fn diffs(p: &Prepared) -> Result<Vec<TableDiff>> {
+/// Compares every table on both nodes; `recheck` re-reads the differing keys (for live tables).
+pub async fn diffs(p: &Prepared, recheck: bool, all_keys: bool) -> Result<Vec<TableDiff>> {
     let mut out = Vec::new();
+    let sides = p.sides();
     for pair in &p.tables {
-        let diff = data::compare(
-            [
-                (p.nodes[0].name(), &p.nodes[0].db),
-                (p.nodes[1].name(), &p.nodes[1].db),
-            ],
-            &pair[0],
-        )
-        .await?;
-        out.push(TableDiff {
-            table: pair[0].name.clone(),
-            diff,
-        });
+        let mut diff = compare::compare(sides, &pair[0]).await?;
+        if recheck {
+            diff = compare::recheck(sides, &pair[0], diff, 3).await?;
+        }
+        out.push(TableDiff::new(pair[0].name.clone(), diff, all_keys));
     }
     Ok(out)
+}
+
+impl Prepared {
+    pub fn sides(&self) -> [compare::Side<'_>; 2] {
+        [
+            (self.nodes[0].name(), &self.nodes[0].db),
+            (self.nodes[1].name(), &self.nodes[1].db),
+        ]
+    }
 }
 
 /// Builds both nodes' steps. Reads the largest keys (for sequence interleaving): call it with the
@@ -168,15 +214,17 @@ async fn is_up_to_date(
 
 #[derive(Debug, serde::Serialize)]
 pub struct UpReport {
+    pub dry_run: bool,
     pub nodes: Vec<NodePlan>,
-    pub tables: Vec<TableDiff>,
+    /// How each table's rows were made the same on both nodes before the triggers went live.
+    pub merges: Vec<MergeReport>,
 }
 
 /// Installs on both nodes. Both transactions stay open, with the synced tables locked against writes,
 /// from the data comparison until both commit, so no write can slip between "compared" and "synced".
-pub async fn up(cfg: &Config) -> Result<UpReport> {
+pub async fn up(cfg: &Config, dry_run: bool, progress: bool) -> Result<UpReport> {
     let p = prepare(cfg).await?;
-    let result = up_locked(cfg, &p).await;
+    let result = up_locked(cfg, &p, dry_run, progress).await;
     if result.is_err() {
         for n in &p.nodes {
             apply::rollback(&n.db).await;
@@ -185,7 +233,7 @@ pub async fn up(cfg: &Config) -> Result<UpReport> {
     result
 }
 
-async fn up_locked(cfg: &Config, p: &Prepared) -> Result<UpReport> {
+async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) -> Result<UpReport> {
     for n in &p.nodes {
         apply::begin(n.name(), &n.db).await?;
     }
@@ -203,27 +251,39 @@ async fn up_locked(cfg: &Config, p: &Prepared) -> Result<UpReport> {
             }
         }
     }
-    let tables = diffs(p).await?;
-    if let Some(d) = tables.iter().find(|d| !d.diff.is_equal()) {
-        bail!(
-            "table {} differs between the nodes: {} rows only on {}, {} only on {}, {} different (keys {}): make them equal before up (pgtwin check lists them)",
-            d.table,
-            d.diff.only_on[0],
-            p.nodes[0].name(),
-            d.diff.only_on[1],
-            p.nodes[1].name(),
-            d.diff.different,
-            d.diff.sample_keys.iter().take(5).cloned().collect::<Vec<_>>().join(" ")
-        );
+    // Both tables hold the union of their rows before the triggers go live; the locks keep writers out
+    // until both nodes commit, so no write is lost or missed.
+    let progress = Progress::new(progress, "merging");
+    let mut merges = Vec::new();
+    for (table, pair) in cfg.tables.iter().zip(&p.tables) {
+        let diff = compare::compare(p.sides(), &pair[0]).await?;
+        let report = merge::merge(
+            p.sides(),
+            &pair[0],
+            &diff,
+            cfg.merge_policy(table).as_ref(),
+            dry_run,
+            &progress,
+        )
+        .await?;
+        if !dry_run && !diff.is_equal() {
+            let after = compare::compare(p.sides(), &pair[0]).await?;
+            if !after.is_equal() {
+                bail!("table {}: still different after the merge ({:?} only on / different): nothing was changed", pair[0].name, after.counts());
+            }
+        }
+        merges.push(report);
     }
+    drop(progress);
     let plans = build(cfg, p).await?;
-    if plans.iter().all(|pl| pl.up_to_date) {
+    if dry_run || plans.iter().all(|pl| pl.up_to_date) {
         for n in &p.nodes {
             apply::rollback(&n.db).await;
         }
         return Ok(UpReport {
+            dry_run,
             nodes: plans.into(),
-            tables,
+            merges,
         });
     }
     for (n, plan) in p.nodes.iter().zip(&plans) {
@@ -235,8 +295,88 @@ async fn up_locked(cfg: &Config, p: &Prepared) -> Result<UpReport> {
         apply::commit(n.name(), &n.db).await?;
     }
     Ok(UpReport {
+        dry_run,
         nodes: plans.into(),
+        merges,
+    })
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct RepairReport {
+    pub dry_run: bool,
+    pub tables: Vec<MergeReport>,
+    pub equal_after: bool,
+}
+
+/// Makes the nodes equal by the policy: finds the differing keys (re-checking them, so changes in
+/// flight are left alone), copies exactly those rows with the tables locked against writes, and checks
+/// again. The copied rows are not shipped back: pgtwin's sessions carry pgtwin.origin.
+pub async fn repair(
+    cfg: &Config,
+    policy: &merge::Policy,
+    dry_run: bool,
+    progress: bool,
+) -> Result<RepairReport> {
+    let p = prepare(cfg).await?;
+    let mut suspects = Vec::new();
+    for pair in &p.tables {
+        let diff = compare::compare(p.sides(), &pair[0]).await?;
+        suspects.push(compare::recheck(p.sides(), &pair[0], diff, 3).await?);
+    }
+    let result = repair_locked(&p, policy, &suspects, dry_run, progress).await;
+    if result.is_err() || dry_run {
+        for n in &p.nodes {
+            apply::rollback(&n.db).await;
+        }
+    }
+    result
+}
+
+async fn repair_locked(
+    p: &Prepared,
+    policy: &merge::Policy,
+    suspects: &[Diff],
+    dry_run: bool,
+    progress: bool,
+) -> Result<RepairReport> {
+    for n in &p.nodes {
+        apply::begin(n.name(), &n.db).await?;
+    }
+    let progress = Progress::new(progress, "repairing");
+    let mut tables = Vec::new();
+    for (pair, suspect) in p.tables.iter().zip(suspects) {
+        if suspect.is_equal() {
+            tables.push(merge::MergeReport {
+                table: pair[0].name.to_string(),
+                ..Default::default()
+            });
+            continue;
+        }
+        for (i, n) in p.nodes.iter().enumerate() {
+            lock_table(n.name(), &n.db, &pair[i].name).await?;
+        }
+        // Under the locks, the suspects are compared once more: only rows that differ now are touched.
+        let diff = compare::compare(p.sides(), &pair[0]).await?;
+        tables.push(
+            merge::merge(p.sides(), &pair[0], &diff, Some(policy), dry_run, &progress).await?,
+        );
+    }
+    drop(progress);
+    if dry_run {
+        return Ok(RepairReport {
+            dry_run,
+            tables,
+            equal_after: false,
+        });
+    }
+    for n in &p.nodes {
+        apply::commit(n.name(), &n.db).await?;
+    }
+    let after = diffs(p, true, false).await?;
+    Ok(RepairReport {
+        dry_run,
         tables,
+        equal_after: after.iter().all(|d| d.is_equal()),
     })
 }
 

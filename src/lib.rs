@@ -11,6 +11,7 @@ pub mod db;
 pub mod install;
 pub mod localpg;
 pub mod plan;
+pub mod progress;
 pub mod runner;
 pub mod sql;
 pub mod status;

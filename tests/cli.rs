@@ -116,8 +116,9 @@ async fn different_data_is_refused_with_counts() {
         .unwrap();
     p.owner[1].batch_execute("UPDATE products SET price = 2 WHERE id = 2; INSERT INTO products VALUES (5, 'only b', 1)").await.unwrap();
     p.config(TABLES);
+    // Rows on one node only would be merged, but a key with different rows needs a policy.
     p.pgtwin(&["up"])
-        .fails_with(&["products", "2 rows only on a", "1 only on b", "1 different"]);
+        .fails_with(&["products", "1 key(s) hold different rows", "(2)", "prefer"]);
     let check = p.pgtwin(&["check"]);
     assert_eq!(check.code, 1, "{}", check.stdout);
     let json: serde_json::Value =
@@ -125,6 +126,14 @@ async fn different_data_is_refused_with_counts() {
     assert_eq!(json["equal"], false);
     assert_eq!(json["tables"][0]["only_on"], serde_json::json!([2, 1]));
     assert_eq!(json["tables"][0]["different"], 1);
+    assert_eq!(
+        json["tables"][0]["keys"]["only_on"],
+        serde_json::json!([["(3)", "(4)"], ["(5)"]])
+    );
+    assert_eq!(
+        json["tables"][0]["keys"]["different"],
+        serde_json::json!(["(2)"])
+    );
     assert_nothing_installed(&p).await;
 }
 

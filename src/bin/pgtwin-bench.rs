@@ -210,7 +210,7 @@ impl Bench {
                 }
             }
             Variant::Sync | Variant::Async | Variant::Queueing => {
-                pgtwin::install::up(&self.config(&db, variant)?).await?;
+                pgtwin::install::up(&self.config(&db, variant)?, false, false).await?;
             }
         }
         if variant == Variant::Queueing {
@@ -218,14 +218,20 @@ impl Bench {
             let closed = pgtwin::localpg::free_port()?;
             connect(&self.servers[0], &db)
                 .await?
-                .batch_execute(&format!("ALTER SERVER pgtwin_peer OPTIONS (SET port '{closed}')"))
+                .batch_execute(&format!(
+                    "ALTER SERVER pgtwin_peer OPTIONS (SET port '{closed}')"
+                ))
                 .await?;
         }
         Ok(db)
     }
 
     fn config(&self, db: &str, variant: Variant) -> Result<Config> {
-        let mode = if variant == Variant::Async { "async" } else { "sync" };
+        let mode = if variant == Variant::Async {
+            "async"
+        } else {
+            "sync"
+        };
         let text = format!(
             "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"items\"\n[options]\nmode = \"{mode}\"\n",
             self.servers[0].url("postgres", None, db),
@@ -242,7 +248,8 @@ impl Bench {
         let drained = pgtwin::runner::run_once(&cfg).await?;
         let rate = drained[0].rows as f64 / started.elapsed().as_secs_f64();
         let b = connect(&self.servers[1], db).await?;
-        b.batch_execute("CREATE TABLE scratch (LIKE items INCLUDING ALL)").await?;
+        b.batch_execute("CREATE TABLE scratch (LIKE items INCLUDING ALL)")
+            .await?;
         let started = Instant::now();
         b.batch_execute(&format!(
             "INSERT INTO scratch (id, name, price) SELECT g, 'bulk ' || g, g FROM generate_series(1, {}) g",
@@ -266,7 +273,10 @@ impl Bench {
         for i in 0..writes {
             tick.tick().await;
             let row = c
-                .query_one("INSERT INTO items (name, price) VALUES ('lag', $1) RETURNING id", &[&(i as i32)])
+                .query_one(
+                    "INSERT INTO items (name, price) VALUES ('lag', $1) RETURNING id",
+                    &[&(i as i32)],
+                )
                 .await?;
             ids.push(row.get::<_, i64>(0));
         }
@@ -277,7 +287,10 @@ impl Bench {
             if on_b.len() == ids.len() {
                 break on_b;
             }
-            anyhow::ensure!(Instant::now() < deadline, "async changes did not arrive within 30 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "async changes did not arrive within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         runner.abort();
@@ -353,7 +366,10 @@ impl Bench {
             if variant == Variant::Queueing {
                 connect(a, &db)
                     .await?
-                    .batch_execute(&format!("ALTER SERVER pgtwin_peer OPTIONS (SET port '{}')", self.servers[1].port))
+                    .batch_execute(&format!(
+                        "ALTER SERVER pgtwin_peer OPTIONS (SET port '{}')",
+                        self.servers[1].port
+                    ))
                     .await?;
             }
             out.insert(Workload::DrainRate, self.drain_rate(&db, variant).await?);
@@ -362,9 +378,12 @@ impl Bench {
                 // Still queueing: the drained queue is empty, so cut the link and queue one change first.
                 connect(a, &db)
                     .await?
-                    .batch_execute(&format!("ALTER SERVER pgtwin_peer OPTIONS (SET port '{closed}')"))
+                    .batch_execute(&format!(
+                        "ALTER SERVER pgtwin_peer OPTIONS (SET port '{closed}')"
+                    ))
                     .await?;
-                c.batch_execute("INSERT INTO items (name) VALUES ('queue again')").await?;
+                c.batch_execute("INSERT INTO items (name) VALUES ('queue again')")
+                    .await?;
             }
         }
         c.batch_execute("ANALYZE items").await?;
@@ -408,7 +427,10 @@ impl Bench {
                 // The peer is back.
                 connect(a, &db)
                     .await?
-                    .batch_execute(&format!("ALTER SERVER pgtwin_peer OPTIONS (SET port '{}')", self.servers[1].port))
+                    .batch_execute(&format!(
+                        "ALTER SERVER pgtwin_peer OPTIONS (SET port '{}')",
+                        self.servers[1].port
+                    ))
                     .await?;
             }
             pgtwin::runner::run_once(&self.config(&db, variant)?).await?;
@@ -481,8 +503,11 @@ async fn main() -> Result<()> {
     let dir = tempfile::Builder::new().prefix("pgtwin-bench-").tempdir()?;
     let mut servers = Vec::new();
     for name in ["a", "b"] {
-        let s = LocalServer::start(&dir.path().join(name), &["max_wal_size = 4GB", "track_commit_timestamp = on"])
-            .context("starting a server")?;
+        let s = LocalServer::start(
+            &dir.path().join(name),
+            &["max_wal_size = 4GB", "track_commit_timestamp = on"],
+        )
+        .context("starting a server")?;
         s.stop_when_process_ends(std::process::id())?;
         servers.push(s);
     }
@@ -524,7 +549,9 @@ async fn main() -> Result<()> {
                 (None, _) => "-".to_string(),
                 (Some(x), _) if w.is_absolute() => w.unit(x),
                 (Some(x), _) if w == Workload::DrainRate => format!("{x:.2}"),
-                (Some(x), Some(base)) if w.is_throughput() => format!("{:.2} ({})", x / base, w.unit(x)),
+                (Some(x), Some(base)) if w.is_throughput() => {
+                    format!("{:.2} ({})", x / base, w.unit(x))
+                }
                 (Some(x), Some(base)) => format!("{:.1}x ({})", x / base, w.unit(x)),
                 (Some(x), None) => w.unit(x),
             };

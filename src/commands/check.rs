@@ -7,26 +7,37 @@ use crate::install;
 
 pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
     let p = install::prepare(cfg).await?;
-    let tables = install::diffs(&p).await?;
-    let equal = tables.iter().all(|t| t.diff.is_equal());
+    let tables = install::diffs(&p, true, json).await?;
+    let equal = tables.iter().all(|t| t.is_equal());
     if json {
         super::print_json(&serde_json::json!({ "equal": equal, "tables": tables }));
     } else {
         let [a, b] = [p.nodes[0].name(), p.nodes[1].name()];
         for t in &tables {
-            let d = &t.diff;
-            if d.is_equal() {
-                println!("{}: equal ({} rows)", t.table, d.rows[0]);
-            } else {
-                println!(
-                    "{}: DIFFERENT: {} only on {a}, {} only on {b}, {} different; keys: {}",
-                    t.table,
-                    d.only_on[0],
-                    d.only_on[1],
-                    d.different,
-                    d.sample_keys.join(" ")
-                );
+            if t.is_equal() {
+                println!("{}: equal ({} rows)", t.table, t.rows[0]);
+                continue;
             }
+            println!(
+                "{}: DIFFERENT: {} only on {a}, {} only on {b}, {} different",
+                t.table, t.only_on[0], t.only_on[1], t.different
+            );
+            let show = |label: &str, keys: &[String], total: usize| {
+                if !keys.is_empty() {
+                    let more = if total > keys.len() {
+                        format!(" (+{} more; --json lists all)", total - keys.len())
+                    } else {
+                        String::new()
+                    };
+                    println!("  {label}: {}{more}", keys.join(" "));
+                }
+            };
+            show(&format!("only on {a}"), &t.keys.only_on[0], t.only_on[0]);
+            show(&format!("only on {b}"), &t.keys.only_on[1], t.only_on[1]);
+            show("different", &t.keys.different, t.different);
+        }
+        if !equal {
+            println!("to fix: pgtwin repair --prefer NODE (or --mirror NODE)");
         }
     }
     Ok(if equal {

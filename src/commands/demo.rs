@@ -64,7 +64,7 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
     let cfg = Config::parse(&config_text, |_| None)?;
 
     println!("\n$ pgtwin up");
-    let report = install::up(&cfg).await?;
+    let report = install::up(&cfg, false, false).await?;
     for n in &report.nodes {
         println!("  node {}: installed ({} steps)", n.node, n.steps.len());
     }
@@ -88,10 +88,10 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
     side_by_side("legacy app deletes the teapot", &shop, &legacy).await?;
 
     let p = install::prepare(&cfg).await?;
-    let diffs = install::diffs(&p).await?;
+    let diffs = install::diffs(&p, false, false).await?;
     println!(
         "\n$ pgtwin check\n  products: {}",
-        if diffs.iter().all(|d| d.diff.is_equal()) {
+        if diffs.iter().all(|d| d.is_equal()) {
             "equal on both nodes"
         } else {
             "DIFFERENT"

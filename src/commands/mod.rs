@@ -11,6 +11,7 @@ mod check;
 mod demo;
 mod down;
 mod plan;
+mod repair;
 mod run;
 mod status;
 mod up;
@@ -22,12 +23,51 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
         Command::Plan(a) => plan::run(&cfg, a.json).await,
-        Command::Up(a) => up::run(&cfg, a.json).await,
+        Command::Up(a) => up::run(&cfg, a.json, a.dry_run).await,
         Command::Down(a) => down::run(&cfg, a.dry_run, a.force).await,
         Command::Run(a) => run::run(&cfg, a.once).await,
         Command::Status(a) => status::run(&cfg, a.json).await,
         Command::Check(a) => check::run(&cfg, a.json).await,
+        Command::Repair(a) => repair::run(&cfg, &a).await,
         Command::Demo(_) => unreachable!("handled above"),
+    }
+}
+
+/// One line per merged or repaired table, with the conflicting rows side by side.
+fn print_merge(report: &crate::data::merge::MergeReport, nodes: [&str; 2], dry_run: bool) {
+    let verb = if dry_run { "would copy" } else { "copied" };
+    let r = report;
+    if r.copied_to == [0, 0] && r.deleted_on == [0, 0] {
+        println!("  {}: same rows on both nodes", r.table);
+        return;
+    }
+    println!(
+        "  {}: {verb} {} row(s) to {}, {} to {}{}; {} key(s) with different rows",
+        r.table,
+        r.copied_to[0],
+        nodes[0],
+        r.copied_to[1],
+        nodes[1],
+        if r.deleted_on != [0, 0] {
+            format!(
+                "; deletes {} on {}, {} on {}",
+                r.deleted_on[0], nodes[0], r.deleted_on[1], nodes[1]
+            )
+        } else {
+            String::new()
+        },
+        r.conflicts
+    );
+    for c in &r.conflict_rows {
+        println!(
+            "    key {}: {} {} | {} {}  -> {} wins",
+            c.key,
+            nodes[0],
+            c.rows[0].as_deref().unwrap_or("(none)"),
+            nodes[1],
+            c.rows[1].as_deref().unwrap_or("(none)"),
+            c.winner
+        );
     }
 }
 

@@ -503,6 +503,7 @@ mod tests {
             not_null: false,
             generated: false,
             enum_labels: None,
+            binary_ok: true,
         }
     }
 

@@ -1,0 +1,166 @@
+//! Moving rows from one node to the other with COPY, streamed through pgtwin (binary where the column
+//! types allow), then applied on the target set-wise. pgtwin's sessions carry pgtwin.origin, so the
+//! target's capture triggers do not ship the copied rows back.
+
+use anyhow::Result;
+use bytes::Bytes;
+use futures_util::{pin_mut, SinkExt, TryStreamExt};
+use tokio_postgres::Client;
+
+use crate::catalog::TableInfo;
+use crate::data::key_text;
+use crate::db::on_node;
+use crate::progress::Progress;
+use crate::sql::ident::{comma_list, Ident};
+
+/// What to do when the target already has a row with the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnConflict {
+    Overwrite,
+    Keep,
+}
+
+pub type Side<'a> = (&'a str, &'a Client);
+
+fn format_clause(t: &TableInfo) -> &'static str {
+    if t.shipped_columns().all(|c| c.binary_ok) {
+        "(FORMAT binary)"
+    } else {
+        "(FORMAT text)"
+    }
+}
+
+/// Copies rows of `t` from one node to the other: all rows (`keys` None) or those with the given keys.
+/// Returns the rows copied.
+pub async fn copy_rows(
+    from: Side<'_>,
+    to: Side<'_>,
+    t: &TableInfo,
+    keys: Option<&[String]>,
+    on_conflict: OnConflict,
+    progress: &Progress,
+) -> Result<u64> {
+    if keys.is_some_and(|k| k.is_empty()) {
+        return Ok(0);
+    }
+    let cols = comma_list(t.shipped_columns().map(|c| &c.name));
+    let format = format_clause(t);
+    let filter = match keys {
+        None => String::new(),
+        Some(keys) => {
+            load_keys(from, keys).await?;
+            format!(
+                " WHERE {} IN (SELECT k FROM pg_temp.pgtwin_keys)",
+                key_text(t, None)
+            )
+        }
+    };
+    // An empty target takes the rows straight into the table; otherwise they land in a temporary table
+    // first and are merged by key in one statement.
+    let empty: bool =
+        to.1.query_one(&format!("SELECT NOT EXISTS (SELECT FROM {})", t.name), &[])
+            .await
+            .map_err(on_node(to.0, &format!("reading {}", t.name)))?
+            .get(0);
+    let target = if empty {
+        t.name.to_string()
+    } else {
+        to.1.batch_execute(&format!(
+            "DROP TABLE IF EXISTS pg_temp.pgtwin_stage; CREATE TEMP TABLE pgtwin_stage AS SELECT {cols} FROM {} WITH NO DATA",
+            t.name
+        ))
+        .await
+        .map_err(on_node(to.0, "creating a staging table"))?;
+        "pg_temp.pgtwin_stage".to_string()
+    };
+    let out = from
+        .1
+        .copy_out(&format!(
+            "COPY (SELECT {cols} FROM {}{filter}) TO STDOUT {format}",
+            t.name
+        ))
+        .await
+        .map_err(on_node(from.0, &format!("reading {}", t.name)))?;
+    let sink =
+        to.1.copy_in::<_, Bytes>(&format!("COPY {target} ({cols}) FROM STDIN {format}"))
+            .await
+            .map_err(on_node(to.0, &format!("writing {}", t.name)))?;
+    pin_mut!(out);
+    pin_mut!(sink);
+    while let Some(chunk) = out
+        .try_next()
+        .await
+        .map_err(on_node(from.0, &format!("reading {}", t.name)))?
+    {
+        progress.add_bytes(chunk.len() as u64);
+        sink.send(chunk)
+            .await
+            .map_err(on_node(to.0, &format!("writing {}", t.name)))?;
+    }
+    let copied = sink
+        .finish()
+        .await
+        .map_err(on_node(to.0, &format!("writing {}", t.name)))?;
+    if !empty {
+        let action = conflict_action(t, on_conflict);
+        to.1.batch_execute(&format!(
+            "INSERT INTO {} AS t ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_temp.pgtwin_stage
+             ON CONFLICT ({}) DO {action}; DROP TABLE pg_temp.pgtwin_stage",
+            t.name,
+            comma_list(&t.key)
+        ))
+        .await
+        .map_err(on_node(to.0, &format!("merging rows into {}", t.name)))?;
+    }
+    Ok(copied)
+}
+
+/// Deletes the rows with the given keys.
+pub async fn delete_rows(side: Side<'_>, t: &TableInfo, keys: &[String]) -> Result<u64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    side.1
+        .execute(
+            &format!(
+                "DELETE FROM {} WHERE {} = ANY($1)",
+                t.name,
+                key_text(t, None)
+            ),
+            &[&keys],
+        )
+        .await
+        .map_err(on_node(side.0, &format!("deleting from {}", t.name)))
+}
+
+fn conflict_action(t: &TableInfo, on_conflict: OnConflict) -> String {
+    let non_key: Vec<&Ident> = t
+        .shipped_columns()
+        .map(|c| &c.name)
+        .filter(|c| !t.key.contains(c))
+        .collect();
+    if on_conflict == OnConflict::Keep || non_key.is_empty() {
+        return "NOTHING".into();
+    }
+    format!(
+        "UPDATE SET {}",
+        comma_list(non_key.iter().map(|c| format!("{c} = EXCLUDED.{c}")))
+    )
+}
+
+/// Puts the keys in a temporary table on the source, for COPY's query to join against (COPY takes no
+/// parameters).
+async fn load_keys(side: Side<'_>, keys: &[String]) -> Result<()> {
+    side.1
+        .batch_execute("CREATE TEMP TABLE IF NOT EXISTS pgtwin_keys (k text PRIMARY KEY); TRUNCATE pg_temp.pgtwin_keys")
+        .await
+        .map_err(on_node(side.0, "preparing keys"))?;
+    side.1
+        .execute(
+            "INSERT INTO pg_temp.pgtwin_keys SELECT DISTINCT unnest($1::text[])",
+            &[&keys],
+        )
+        .await
+        .map_err(on_node(side.0, "preparing keys"))?;
+    Ok(())
+}

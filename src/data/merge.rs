@@ -1,0 +1,231 @@
+//! Which rows go where when both nodes hold data: `up` merges two populated tables into their union,
+//! `repair` makes two drifted tables equal. Both decide per differing key, then copy set-wise.
+
+use anyhow::{bail, Result};
+
+use crate::catalog::TableInfo;
+use crate::data::compare::Diff;
+use crate::data::copy::{copy_rows, delete_rows, OnConflict, Side};
+use crate::data::key_text;
+use crate::db::on_node;
+use crate::progress::Progress;
+use crate::sql::ident::Ident;
+
+/// Which version wins where both nodes hold a key with different rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Winner {
+    /// This node's row (index into the two nodes).
+    Node(usize),
+    /// The row with the later value in this column (NULL is oldest); ties go to the node whose name
+    /// sorts last, as for conflicts after an outage.
+    Newest(Ident),
+}
+
+/// What a merge does to a table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub winner: Winner,
+    /// Make the winner's table an exact copy: rows only on the other node are deleted there.
+    pub mirror: bool,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MergeReport {
+    pub table: String,
+    /// Rows written on each node (copied from the other).
+    pub copied_to: [u64; 2],
+    /// Rows deleted on each node (mirror only).
+    pub deleted_on: [u64; 2],
+    /// Keys both nodes held with different rows.
+    pub conflicts: u64,
+    /// The first of them, both versions side by side: the same key can mean different things on the two
+    /// nodes (product 5 a hat on one, a shoe on the other), which only a person can tell.
+    pub conflict_rows: Vec<ConflictRow>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConflictRow {
+    pub key: String,
+    pub rows: [Option<String>; 2],
+    pub winner: String,
+}
+
+const REPORTED_CONFLICTS: usize = 50;
+
+/// Decides and (unless `dry_run`) applies the merge of one table. `policy` None allows no conflicts:
+/// rows on one node only are copied, and differing rows are an error asking for a policy.
+pub async fn merge(
+    nodes: [Side<'_>; 2],
+    t: &TableInfo,
+    diff: &Diff,
+    policy: Option<&Policy>,
+    dry_run: bool,
+    progress: &Progress,
+) -> Result<MergeReport> {
+    let names = [nodes[0].0, nodes[1].0];
+    let mut report = MergeReport {
+        table: t.name.to_string(),
+        conflicts: diff.different.len() as u64,
+        ..MergeReport::default()
+    };
+    // Keys to write on node i (from the other node), and keys to delete on node i.
+    let mut copy_to: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    let mut delete_on: [Vec<String>; 2] = [Vec::new(), Vec::new()];
+    for i in 0..2 {
+        let only_here = diff.only_on[i].clone();
+        match policy {
+            Some(Policy {
+                winner: Winner::Node(w),
+                mirror: true,
+            }) if *w != i => delete_on[i] = only_here,
+            _ => copy_to[1 - i] = only_here,
+        }
+    }
+    if !diff.different.is_empty() {
+        let winners = match policy.map(|p| &p.winner) {
+            None => bail!(
+                "table {}: {} key(s) hold different rows on {} and {} (e.g. {}): set [options] prefer = \"NODE\" or \"newest\" in pgtwin.toml",
+                t.name,
+                diff.different.len(),
+                names[0],
+                names[1],
+                diff.different.iter().take(3).cloned().collect::<Vec<_>>().join(" ")
+            ),
+            Some(Winner::Node(w)) => vec![*w; diff.different.len()],
+            Some(Winner::Newest(column)) => newest(nodes, t, column, &diff.different).await?,
+        };
+        let shown = conflict_rows(
+            nodes,
+            t,
+            &diff.different[..diff.different.len().min(REPORTED_CONFLICTS)],
+        )
+        .await?;
+        for (i, key) in diff.different.iter().enumerate() {
+            let w = winners[i];
+            copy_to[1 - w].push(key.clone());
+            if i < REPORTED_CONFLICTS {
+                report.conflict_rows.push(ConflictRow {
+                    key: key.clone(),
+                    rows: shown.get(key).cloned().unwrap_or([None, None]),
+                    winner: names[w].to_string(),
+                });
+            }
+        }
+    }
+    for i in 0..2 {
+        report.copied_to[i] = copy_to[i].len() as u64;
+        report.deleted_on[i] = delete_on[i].len() as u64;
+    }
+    if dry_run {
+        return Ok(report);
+    }
+    for i in 0..2 {
+        if copy_to[i].is_empty() {
+            continue;
+        }
+        progress.set_label(&format!("{}: {} -> {}", t.name, names[1 - i], names[i]));
+        // Every key on one node only, or all rows to an empty table: copy the whole table, no key list.
+        let all = copy_to[i].len() as u64 == diff.rows[1 - i] && diff.rows[i] == 0;
+        let keys = if all {
+            None
+        } else {
+            Some(copy_to[i].as_slice())
+        };
+        report.copied_to[i] = copy_rows(
+            nodes[1 - i],
+            nodes[i],
+            t,
+            keys,
+            OnConflict::Overwrite,
+            progress,
+        )
+        .await?;
+        report.deleted_on[i] = delete_rows(nodes[i], t, &delete_on[i]).await?;
+    }
+    for i in 0..2 {
+        if copy_to[i].is_empty() {
+            report.deleted_on[i] = delete_rows(nodes[i], t, &delete_on[i]).await?;
+        }
+    }
+    Ok(report)
+}
+
+/// For each key, the node whose row is newer by `column`.
+async fn newest(
+    nodes: [Side<'_>; 2],
+    t: &TableInfo,
+    column: &Ident,
+    keys: &[String],
+) -> Result<Vec<usize>> {
+    let Some(col) = t.column(column) else {
+        bail!(
+            "table {}: newest_by column {column} does not exist: fix newest_by in pgtwin.toml",
+            t.name
+        );
+    };
+    let (node_b, db_b) = nodes[1];
+    let b_values: Vec<(String, Option<String>)> = db_b
+        .query(
+            &format!(
+                "SELECT {k}, {column}::text FROM {} WHERE {k} = ANY($1)",
+                t.name,
+                k = key_text(t, None)
+            ),
+            &[&keys],
+        )
+        .await
+        .map_err(on_node(node_b, &format!("reading {column} of {}", t.name)))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let (bk, bv): (Vec<String>, Vec<Option<String>>) = b_values.into_iter().unzip();
+    // Ties go to the node whose name sorts last: node 1 (nodes are in name order).
+    let (node_a, db_a) = nodes[0];
+    let a_newer: std::collections::HashSet<String> = db_a
+        .query(
+            &format!(
+                "SELECT b.k FROM unnest($1::text[], $2::text[]) AS b(k, v) JOIN {table} t ON {kt} = b.k
+                 WHERE (t.{column} IS NOT NULL AND b.v IS NULL) OR t.{column} > b.v::{ty}",
+                table = t.name,
+                kt = key_text(t, Some("t")),
+                ty = col.ty
+            ),
+            &[&bk, &bv],
+        )
+        .await
+        .map_err(on_node(node_a, &format!("comparing {column} of {}", t.name)))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(keys
+        .iter()
+        .map(|k| if a_newer.contains(k) { 0 } else { 1 })
+        .collect())
+}
+
+/// Both versions of each key, as row text.
+async fn conflict_rows(
+    nodes: [Side<'_>; 2],
+    t: &TableInfo,
+    keys: &[String],
+) -> Result<std::collections::HashMap<String, [Option<String>; 2]>> {
+    let mut out: std::collections::HashMap<String, [Option<String>; 2]> =
+        std::collections::HashMap::new();
+    for (i, (node, db)) in nodes.iter().enumerate() {
+        let rows = db
+            .query(
+                &format!(
+                    "SELECT {k}, r::text FROM {} r WHERE {k} = ANY($1)",
+                    t.name,
+                    k = key_text(t, Some("r"))
+                ),
+                &[&keys],
+            )
+            .await
+            .map_err(on_node(node, &format!("reading {}", t.name)))?;
+        for r in rows {
+            out.entry(r.get(0)).or_insert([None, None])[i] = Some(r.get(1));
+        }
+    }
+    Ok(out)
+}
