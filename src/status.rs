@@ -62,6 +62,44 @@ pub struct Link {
     pub error: Option<String>,
 }
 
+/// What holds between the two nodes: table definitions that drifted apart, and whether what is
+/// installed still matches the config and the tables (else `up` should run).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct PairStatus {
+    pub schema_drift: Vec<Drift>,
+    /// Per node, in config order: installed from the plan `up` would make now.
+    pub up_to_date: Option<[bool; 2]>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Drift {
+    pub table: String,
+    pub problem: String,
+}
+
+/// Needs both nodes; None when either is unreachable.
+pub async fn pair_status(cfg: &Config) -> Option<PairStatus> {
+    let nodes = twin::connect_both(cfg).await.ok()?;
+    let mut out = PairStatus::default();
+    let mut tables = Vec::new();
+    for table in &cfg.tables {
+        match twin::inspect_table(&nodes, table).await {
+            Ok(pair) => tables.push(pair),
+            Err(e) => out.schema_drift.push(Drift {
+                table: table.name.to_string(),
+                problem: format!("{e:#}"),
+            }),
+        }
+    }
+    if out.schema_drift.is_empty() && nodes.iter().all(|n| n.info.installed.is_some()) {
+        let p = crate::install::Prepared { nodes, tables };
+        if let Ok(plans) = crate::install::build(cfg, &p).await {
+            out.up_to_date = Some([plans[0].up_to_date, plans[1].up_to_date]);
+        }
+    }
+    Some(out)
+}
+
 pub async fn status(cfg: &Config) -> Vec<NodeStatus> {
     let mut out = Vec::new();
     for node in &cfg.nodes {

@@ -46,12 +46,20 @@ pub async fn connect_both(cfg: &Config) -> Result<[Connected; 2]> {
 pub async fn inspect_tables(cfg: &Config, nodes: &[Connected; 2]) -> Result<Vec<[TableInfo; 2]>> {
     let mut out = Vec::new();
     for table in &cfg.tables {
-        let a = catalog::table_info(nodes[0].name(), &nodes[0].db, table).await?;
-        let b = catalog::table_info(nodes[1].name(), &nodes[1].db, table).await?;
-        check_compatible(nodes[0].name(), &a, nodes[1].name(), &b)?;
-        out.push([a, b]);
+        out.push(inspect_table(nodes, table).await?);
     }
     Ok(out)
+}
+
+/// Reads one configured table on both nodes; an error says how they differ and what to run.
+pub async fn inspect_table(
+    nodes: &[Connected; 2],
+    table: &crate::config::Table,
+) -> Result<[TableInfo; 2]> {
+    let a = catalog::table_info(nodes[0].name(), &nodes[0].db, table).await?;
+    let b = catalog::table_info(nodes[1].name(), &nodes[1].db, table).await?;
+    check_compatible(nodes[0].name(), &a, nodes[1].name(), &b)?;
+    Ok([a, b])
 }
 
 /// Two tables can be synced when they have the same columns with the same types, nullability and
@@ -61,7 +69,12 @@ pub fn check_compatible(na: &str, a: &TableInfo, nb: &str, b: &TableInfo) -> Res
     for (n1, t1, n2, t2) in [(na, a, nb, b), (nb, b, na, a)] {
         for c in &t1.columns {
             if t2.column(&c.name).is_none() {
-                bail!("column {} of table {t} exists on node {n1} but not on node {n2}: add it on {n2} (same type) or drop it on {n1}", c.name);
+                bail!(
+                    "column {} of table {t} exists on node {n1} but not on node {n2}: run ALTER TABLE {t} ADD COLUMN {} {} on {n2}, then pgtwin up",
+                    c.name,
+                    c.name,
+                    c.ty
+                );
             }
         }
     }
@@ -71,7 +84,13 @@ pub fn check_compatible(na: &str, a: &TableInfo, nb: &str, b: &TableInfo) -> Res
         }
         let other = b.column(&c.name).expect("checked above");
         if c.ty != other.ty {
-            bail!("column {} of table {t} is {} on node {na} but {} on node {nb}: make the types equal", c.name, c.ty, other.ty);
+            bail!(
+                "column {} of table {t} is {} on node {na} but {} on node {nb}: make the types equal (ALTER TABLE {t} ALTER COLUMN {} TYPE ... on one node), then pgtwin up",
+                c.name,
+                c.ty,
+                other.ty,
+                c.name
+            );
         }
         if c.not_null != other.not_null {
             bail!("column {} of table {t} is {} on node {na} but not on node {nb}: make nullability equal", c.name, if c.not_null { "NOT NULL" } else { "nullable" });

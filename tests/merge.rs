@@ -252,3 +252,49 @@ async fn repair_prefer_copies_and_keeps_mirror_deletes() {
     p.pgtwin(&["repair", "--prefer", "nobody"])
         .fails_with(&["no node named \"nobody\""]);
 }
+
+#[tokio::test]
+async fn schema_drift_is_named_with_what_to_run() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("ALTER TABLE products ADD COLUMN colour text")
+        .await
+        .unwrap();
+    let check = p.pgtwin(&["check"]);
+    assert_eq!(check.code, 1);
+    assert!(
+        check.stdout.contains(r#"SCHEMA DRIFT: column "colour" of table "public"."products" exists on node a but not on node b: run ALTER TABLE "public"."products" ADD COLUMN "colour" text on b"#),
+        "{}",
+        check.stdout
+    );
+    let status = p.pgtwin(&["status"]).ok().stdout;
+    assert!(
+        status.contains("SCHEMA DRIFT in \"public\".\"products\""),
+        "{status}"
+    );
+    p.owner[1]
+        .batch_execute("ALTER TABLE products ADD COLUMN colour text")
+        .await
+        .unwrap();
+    let status = json(p.pgtwin(&["status", "--json"]).ok());
+    assert_eq!(
+        status["pair"]["up_to_date"],
+        serde_json::json!([false, false]),
+        "{status}"
+    );
+    p.pgtwin(&["up"]).ok();
+    let status = json(p.pgtwin(&["status", "--json"]).ok());
+    assert_eq!(
+        status["pair"]["up_to_date"],
+        serde_json::json!([true, true]),
+        "{status}"
+    );
+    p.owner[0]
+        .batch_execute("INSERT INTO products VALUES (1, 'hat', 1, now(), 'red')")
+        .await
+        .unwrap();
+    assert!(p.assert_same("products").await[0].contains("red"));
+}

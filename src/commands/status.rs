@@ -7,8 +7,9 @@ use crate::status;
 
 pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
     let nodes = status::status(cfg).await;
+    let pair = status::pair_status(cfg).await;
     if json {
-        super::print_json(&serde_json::json!({ "nodes": nodes }));
+        super::print_json(&serde_json::json!({ "nodes": nodes, "pair": pair }));
         return Ok(ExitCode::SUCCESS);
     }
     for n in &nodes {
@@ -63,6 +64,18 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
                     format!("; {}", seqs.join(", "))
                 }
             );
+        }
+    }
+    if let Some(pair) = &pair {
+        for d in &pair.schema_drift {
+            println!("SCHEMA DRIFT in {}: {}", d.table, d.problem);
+        }
+        if let Some(fresh) = pair.up_to_date {
+            for (n, fresh) in cfg.nodes.iter().zip(fresh) {
+                if !fresh {
+                    println!("node {}: installed objects do not match the config and tables: run pgtwin up", n.name);
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
