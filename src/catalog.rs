@@ -23,6 +23,12 @@ pub struct Column {
     /// of user-defined types, whose binary form embeds type OIDs that differ from node to node.
     #[serde(skip)]
     pub binary_ok: bool,
+    /// Whether the type's own hash function tells every two different values apart (as text would),
+    /// and hashes the same on both nodes: ints, text, timestamps, uuid, jsonb... but not floats (-0 = 0),
+    /// numeric (1.0 = 1.00), interval ('1 day' = '24 hours'), enums (hashed by OID, which differs per
+    /// node). `check` hashes such columns directly and the others by their text, which is much slower.
+    #[serde(skip)]
+    pub exact_hash: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -78,6 +84,14 @@ pub struct NodeInfo {
     /// `pgtwin` exists but holds no installation record: someone else's schema.
     pub foreign_schema: bool,
 }
+
+/// Built-in types whose hash is exact and node-independent (see Column::exact_hash), and their arrays:
+/// bool, bytea, int8, int2, int4, text, varchar, date, time, timestamp, timestamptz, uuid, jsonb.
+const EXACT_HASH_TYPES: [u32; 26] = [
+    16, 17, 20, 21, 23, 25, 1043, 1082, 1083, 1114, 1184, 2950, 3802, // the types
+    1000, 1001, 1016, 1005, 1007, 1009, 1015, 1182, 1183, 1115, 1185, 2951,
+    3807, // their arrays
+];
 
 pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
     let row = db
@@ -160,11 +174,12 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> '',
                     (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e
                       WHERE e.enumtypid = a.atttypid),
-                    NOT (t.typtype = 'c' OR (t.typcategory = 'A' AND t.typelem >= 16384))
+                    NOT (t.typtype = 'c' OR (t.typcategory = 'A' AND t.typelem >= 16384)),
+                    a.atttypid = ANY ($2::oid[])
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
-            &[&oid],
+            &[&oid, &EXACT_HASH_TYPES.to_vec()],
         )
         .await
         .map_err(on_node(node, "reading columns"))?
@@ -176,6 +191,7 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
             generated: r.get(3),
             enum_labels: r.get(4),
             binary_ok: r.get(5),
+            exact_hash: r.get(6),
         })
         .collect::<Vec<_>>();
     let unique_keys: Vec<(bool, Vec<String>)> = db

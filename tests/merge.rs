@@ -298,3 +298,25 @@ async fn schema_drift_is_named_with_what_to_run() {
         .unwrap();
     assert!(p.assert_same("products").await[0].contains("red"));
 }
+
+#[tokio::test]
+async fn keys_at_the_ends_of_bigint_and_text_keys_are_compared_too() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE extremes (id bigint PRIMARY KEY, v text); CREATE TABLE words (w text PRIMARY KEY, n int)").await;
+    p.both("INSERT INTO extremes VALUES (-9223372036854775808, 'min'), (0, 'zero'), (9223372036854775807, 'max');
+            INSERT INTO words SELECT 'word ' || g, g FROM generate_series(1, 3000) g").await;
+    p.config("[[tables]]\nname = \"extremes\"\n[[tables]]\nname = \"words\"");
+    p.pgtwin(&["check"]).ok();
+    p.owner[1].batch_execute("UPDATE extremes SET v = 'MAX' WHERE id = 9223372036854775807; UPDATE words SET n = 0 WHERE w = 'word 2999'").await.unwrap();
+    let r = json(p.pgtwin(&["check", "--json"]));
+    assert_eq!(
+        r["tables"][0]["keys"]["different"],
+        serde_json::json!(["(9223372036854775807)"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["tables"][1]["keys"]["different"],
+        serde_json::json!(["(\"word 2999\")"]),
+        "{r}"
+    );
+}

@@ -32,6 +32,19 @@ struct Args {
     /// Single-row statements for W1, W2 and W6.
     #[arg(long)]
     singles: Option<usize>,
+    /// Rows of the table for the data section (initial copy, check).
+    #[arg(long)]
+    data_rows: Option<i64>,
+    /// Which sections to run.
+    #[arg(long, value_enum, default_value = "all")]
+    only: Section,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    All,
+    Writes,
+    Data,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -516,6 +529,20 @@ async fn main() -> Result<()> {
         rows,
         singles,
     };
+    let data_rows = args
+        .data_rows
+        .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
+    if args.only != Section::Data {
+        write_section(&bench, reps).await?;
+    }
+    if args.only != Section::Writes {
+        data_section(&bench, reps, data_rows).await?;
+    }
+    Ok(())
+}
+
+async fn write_section(bench: &Bench, reps: usize) -> Result<()> {
+    let (rows, singles) = (bench.rows, bench.singles);
     eprintln!("pgtwin-bench: {reps} repetition(s), N = {rows} rows, {singles} single-row statements; variants interleaved");
     let mut results: BTreeMap<(Variant, Workload), Vec<f64>> = BTreeMap::new();
     let mut identical: BTreeMap<Variant, bool> = BTreeMap::new();
@@ -573,5 +600,142 @@ async fn main() -> Result<()> {
     for v in [Variant::Sync, Variant::Async, Variant::Queueing] {
         anyhow::ensure!(identical[&v], "{} left the nodes different", v.label());
     }
+    Ok(())
+}
+
+/// Runs a shell pipeline (psql) and returns its wall time in seconds.
+fn shell_time(script: &str) -> Result<f64> {
+    let started = Instant::now();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .status()?;
+    anyhow::ensure!(status.success(), "failed: {script}");
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Issue 4's figures: the initial copy to an empty peer against a binary COPY pipe through psql, and
+/// `check` of identical and of slightly different tables against one COPY of the table to /dev/null.
+async fn data_section(bench: &Bench, reps: usize, rows: i64) -> Result<()> {
+    eprintln!("pgtwin-bench data: {reps} repetition(s), {rows} rows");
+    let psql = |i: usize, db: &str| {
+        format!(
+            "psql -X -q '{}'",
+            bench.servers[i].url("postgres", None, db)
+        )
+    };
+    let table = "CREATE TABLE items (id bigint PRIMARY KEY, name text, price int, updated_at timestamptz NOT NULL)";
+    let fill = format!("INSERT INTO items SELECT g, 'item ' || g, g % 1000, '2024-01-01'::timestamptz + g * interval '1 second' FROM generate_series(1, {rows}) g");
+    let mut figures: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut found_all = true;
+    for rep in 0..reps {
+        let db = format!("bench_data_{rep}");
+        for s in &bench.servers {
+            let admin = s.connect("postgres").await?;
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
+                .await?;
+            admin
+                .batch_execute(&format!("CREATE DATABASE {db}"))
+                .await?;
+            connect(s, &db).await?.batch_execute(table).await?;
+        }
+        let a = connect(&bench.servers[0], &db).await?;
+        let b = connect(&bench.servers[1], &db).await?;
+        a.batch_execute(&fill).await?;
+        a.batch_execute("VACUUM ANALYZE items").await?;
+
+        // Baseline: binary COPY out of a, into b, through psql.
+        let pipe = shell_time(&format!(
+            "{} -c 'COPY items TO STDOUT (FORMAT binary)' | {} -c 'COPY items FROM STDIN (FORMAT binary)'",
+            psql(0, &db),
+            psql(1, &db)
+        ))?;
+        b.batch_execute("TRUNCATE items").await?;
+        // pgtwin: the merge step of `up` into the empty peer (COPY streamed through pgtwin).
+        let cfg = Config::parse(
+            &format!(
+                "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"items\"\n",
+                bench.servers[0].url("postgres", None, &db),
+                bench.servers[1].url("postgres", None, &db)
+            ),
+            |_| None,
+        )?;
+        let p = pgtwin::install::prepare(&cfg).await?;
+        let t = &p.tables[0][0];
+        let started = Instant::now();
+        let copied = pgtwin::data::copy::copy_rows(
+            p.sides()[0],
+            p.sides()[1],
+            t,
+            None,
+            pgtwin::data::copy::OnConflict::Keep,
+            &pgtwin::progress::Progress::hidden(),
+        )
+        .await?;
+        let copy = started.elapsed().as_secs_f64();
+        anyhow::ensure!(copied == rows as u64, "copied {copied} of {rows} rows");
+        b.batch_execute("VACUUM ANALYZE items").await?;
+
+        let dump = shell_time(&format!(
+            "{} -c 'COPY items TO STDOUT' > /dev/null",
+            psql(0, &db)
+        ))?;
+        let started = Instant::now();
+        let diff = pgtwin::data::compare::compare(p.sides(), t).await?;
+        let check_equal = started.elapsed().as_secs_f64();
+        anyhow::ensure!(diff.is_equal(), "identical tables reported different");
+        b.batch_execute("UPDATE items SET price = price + 1 WHERE id IN (SELECT (g * 7919) % $n + 1 FROM generate_series(1, 100) g)".replace("$n", &rows.to_string()).as_str()).await?;
+        let started = Instant::now();
+        let diff = pgtwin::data::compare::compare(p.sides(), t).await?;
+        let check_diff = started.elapsed().as_secs_f64();
+        found_all &= diff.different.len() == 100 && diff.only_on.iter().all(Vec::is_empty);
+
+        for (name, x) in [
+            ("copy rows/s", rows as f64 / copy),
+            ("pipe rows/s", rows as f64 / pipe),
+            ("copy to /dev/null", dump),
+            ("check identical", check_equal),
+            ("check 100 differences", check_diff),
+        ] {
+            figures.entry(name).or_default().push(x);
+        }
+    }
+    let m = |k: &str| median(figures[k].clone());
+    println!("\ndata, {rows} rows, medians of {reps} run(s)\n");
+    println!(
+        "{:<58}{:>10}{:>26}{:>10}",
+        "figure", "ratio", "absolute", "target"
+    );
+    println!(
+        "{:<58}{:>10.2}{:>26}{:>10}",
+        "initial copy to an empty peer, vs binary COPY | COPY (psql)",
+        m("copy rows/s") / m("pipe rows/s"),
+        format!("{:.0} vs {:.0} rows/s", m("copy rows/s"), m("pipe rows/s")),
+        ">= 0.8"
+    );
+    println!(
+        "{:<58}{:>9.2}x{:>26}{:>10}",
+        "check of identical tables, vs COPY TO STDOUT > /dev/null",
+        m("check identical") / m("copy to /dev/null"),
+        format!(
+            "{:.2} s vs {:.2} s",
+            m("check identical"),
+            m("copy to /dev/null")
+        ),
+        "<= 1.0x"
+    );
+    println!(
+        "{:<58}{:>9.2}x{:>26}{:>10}",
+        "check with 100 scattered differences, same baseline",
+        m("check 100 differences") / m("copy to /dev/null"),
+        format!(
+            "{:.2} s; all 100 found: {}",
+            m("check 100 differences"),
+            if found_all { "yes" } else { "NO" }
+        ),
+        "<= 1.0x"
+    );
+    anyhow::ensure!(found_all, "check missed some of the 100 differences");
     Ok(())
 }

@@ -93,7 +93,8 @@ pub async fn copy_rows(
         .map_err(on_node(from.0, &format!("reading {}", t.name)))?
     {
         progress.add_bytes(chunk.len() as u64);
-        sink.send(chunk)
+        // `feed`, not `send`: the server sends a message per row, and a flush per row costs a write each.
+        sink.feed(chunk)
             .await
             .map_err(on_node(to.0, &format!("writing {}", t.name)))?;
     }

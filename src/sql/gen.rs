@@ -504,6 +504,7 @@ mod tests {
             generated: false,
             enum_labels: None,
             binary_ok: true,
+            exact_hash: true,
         }
     }
 
