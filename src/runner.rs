@@ -16,7 +16,6 @@ use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::{Config, Node};
 use crate::db::{on_node, pg_message};
-use crate::sql::ident::QualName;
 use crate::sql::names;
 
 /// Queue entries replayed per transaction on the peer.
@@ -160,39 +159,39 @@ async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(i64, Drai
     };
     let last_seq: i64 = last.get(0);
     let mut done = Drained::default();
-    for entry in &entries {
-        let tag: String = entry.get(1);
-        let rows: i32 = entry.get(2);
-        let batch: String = entry.get(3);
-        let changed_at: String = entry.get(4);
-        let inbox: QualName = names::inbox_of_tag(&tag);
-        // The commit time of the change travels with it: the peer's conflict resolution compares it
-        // with the times of its own queued changes of the same keys.
+    // Tables with changes queued on the peer too: their chunks go one by one, each with its own time,
+    // for the peer's conflict resolution. The others are merged into larger chunks.
+    let contested: Vec<String> = to
+        .db
+        .query(&format!("SELECT DISTINCT table_tag FROM {}", names::queue_table()), &[])
+        .await
+        .map_err(on_node(&to.name, "reading the queue"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let entries: Vec<Entry> = entries
+        .iter()
+        .map(|r| Entry {
+            tag: r.get(1),
+            rows: r.get::<_, i32>(2).max(0) as u64,
+            batch: r.get(3),
+            changed_at: r.get(4),
+        })
+        .collect();
+    for chunk in merge_entries(entries, &contested) {
+        // The time of the change travels with it (set in the WHERE clause, which runs before the
+        // INSTEAD OF trigger): the peer compares it with its own queued changes of the same keys.
+        let sql = format!(
+            "UPDATE {} SET {} = $1 WHERE set_config('pgtwin.replay_at', $2, true) IS NOT NULL",
+            names::inbox_of_tag(&chunk.tag),
+            crate::sql::ident::Ident::new(names::BATCH_COLUMN)
+        );
         to.db
-            .execute(
-                "SELECT set_config('pgtwin.replay_at', $1, true)",
-                &[&changed_at],
-            )
+            .execute(&sql, &[&chunk.batch, &chunk.changed_at])
             .await
-            .map_err(on_node(&to.name, "replay"))?;
-        to.db
-            .execute(
-                &format!(
-                    "UPDATE {inbox} SET {} = $1",
-                    crate::sql::ident::Ident::new(names::BATCH_COLUMN)
-                ),
-                &[&batch],
-            )
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "node {}: applying queued changes from {origin}: {}",
-                    to.name,
-                    pg_message(&e)
-                )
-            })?;
+            .map_err(|e| anyhow!("node {}: applying queued changes from {origin}: {}", to.name, pg_message(&e)))?;
         done.entries += 1;
-        done.rows += rows.max(0) as u64;
+        done.rows += chunk.rows;
     }
     to.db
         .execute(
@@ -205,6 +204,52 @@ async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(i64, Drai
         .await
         .map_err(on_node(&to.name, "recording replay progress"))?;
     Ok(Some((last_seq, done)))
+}
+
+/// One queue entry: a chunk of changes of one table, or 'T' (truncate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    tag: String,
+    rows: u64,
+    batch: String,
+    changed_at: String,
+}
+
+/// Largest chunk the runner builds by merging queue entries.
+const MERGED_ROWS: u64 = 10_000;
+
+/// The op of a chunk: its text is an array of change-type rows, `{"(U,...)",...}`, each starting with
+/// the op; None for anything else (a truncate, or a form this does not recognise: never merged).
+fn chunk_op(batch: &str) -> Option<u8> {
+    match batch.as_bytes() {
+        [b'{', b'"', b'(', op @ (b'U' | b'D'), b',', ..] if batch.ends_with('}') => Some(*op),
+        _ => None,
+    }
+}
+
+/// Merges runs of entries of the same table and op (arrays concatenate as text) into chunks of up to
+/// MERGED_ROWS rows: fewer, larger set-wise applies on the peer. Order is kept; contested tables and
+/// truncates are left alone. A merged chunk carries the time of its last entry.
+fn merge_entries(entries: Vec<Entry>, contested: &[String]) -> Vec<Entry> {
+    let mut out: Vec<Entry> = Vec::new();
+    for e in entries {
+        if let Some(last) = out.last_mut() {
+            let same_kind = last.tag == e.tag
+                && chunk_op(&last.batch).is_some()
+                && chunk_op(&last.batch) == chunk_op(&e.batch)
+                && !contested.contains(&e.tag);
+            if same_kind && last.rows + e.rows <= MERGED_ROWS {
+                last.batch.pop();
+                last.batch.push(',');
+                last.batch.push_str(&e.batch[1..]);
+                last.rows += e.rows;
+                last.changed_at = e.changed_at;
+                continue;
+            }
+        }
+        out.push(e);
+    }
+    out
 }
 
 async fn forget(from: &Listener, up_to: i64) -> Result<()> {
@@ -263,20 +308,28 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
         );
         loop {
             let result = async {
-                drain(&a, &b).await?;
-                drain(&b, &a).await
+                let ab = drain(&a, &b).await?;
+                let ba = drain(&b, &a).await?;
+                Ok::<_, anyhow::Error>(ab.entries + ba.entries)
             }
             .await;
-            if let Err(e) = result {
-                tracing::warn!("{e:#}; reconnecting");
-                break;
-            }
-            // Wake on a notification, or every few seconds anyway (a peer coming back sends none).
+            let applied = match result {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("{e:#}; reconnecting");
+                    break;
+                }
+            };
+            // Writers notify only when they find the queue empty, so right after a busy drain look
+            // again soon; when idle, wait for a notification (or a few seconds: a peer coming back
+            // sends none).
+            let idle_wait = if applied > 0 { Duration::from_millis(50) } else { Duration::from_secs(5) };
             tokio::select! {
                 _ = wake.recv() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(idle_wait) => {}
                 _ = &mut shutdown => return Ok(()),
             }
+            while wake.try_recv().is_ok() {}
         }
     }
 }
@@ -290,4 +343,48 @@ fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> +
             _ = term.recv() => {}
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(tag: &str, rows: u64, batch: &str, at: &str) -> Entry {
+        Entry { tag: tag.into(), rows, batch: batch.into(), changed_at: at.into() }
+    }
+
+    #[test]
+    fn runs_of_one_table_and_op_merge_in_order() {
+        let merged = merge_entries(
+            vec![
+                entry("t", 1, r#"{"(U,1,a)"}"#, "1"),
+                entry("t", 2, r#"{"(U,2,b)","(U,3,c)"}"#, "2"),
+                entry("t", 1, r#"{"(D,1,)"}"#, "3"),
+                entry("t", 0, "T", "4"),
+                entry("t", 1, r#"{"(U,4,d)"}"#, "5"),
+                entry("u", 1, r#"{"(U,9,z)"}"#, "6"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            merged,
+            vec![
+                entry("t", 3, r#"{"(U,1,a)","(U,2,b)","(U,3,c)"}"#, "2"),
+                entry("t", 1, r#"{"(D,1,)"}"#, "3"),
+                entry("t", 0, "T", "4"),
+                entry("t", 1, r#"{"(U,4,d)"}"#, "5"),
+                entry("u", 1, r#"{"(U,9,z)"}"#, "6"),
+            ]
+        );
+    }
+
+    #[test]
+    fn contested_tables_and_full_chunks_stay_apart() {
+        let two = vec![entry("t", 1, r#"{"(U,1,a)"}"#, "1"), entry("t", 1, r#"{"(U,2,b)"}"#, "2")];
+        assert_eq!(merge_entries(two.clone(), &["t".to_string()]).len(), 2);
+        let big = vec![entry("t", MERGED_ROWS, r#"{"(U,1,a)"}"#, "1"), entry("t", 1, r#"{"(U,2,b)"}"#, "2")];
+        assert_eq!(merge_entries(big, &[]).len(), 2);
+        assert_eq!(chunk_op("T"), None);
+        assert_eq!(chunk_op(r#"{"(D,1,)"}"#), Some(b'D'));
+    }
 }

@@ -386,6 +386,14 @@ fn apply_body(t: &TableInfo) -> String {
                 "b_cols",
                 comma_list(t.shipped_columns().map(|c| format!("b.{}", c.name))),
             ),
+            ("b_keys", comma_list(t.key.iter().map(|k| format!("b.{k}")))),
+            (
+                "all_fields",
+                comma_list(
+                    std::iter::once(Ident::new(names::OP_COLUMN))
+                        .chain(t.shipped_columns().map(|c| c.name.clone())),
+                ),
+            ),
             ("keys", comma_list(&t.key)),
             ("key_match", key_match(t, "t", "b")),
             ("conflict_action", conflict_action),

@@ -23,6 +23,14 @@ BEGIN
     -- only one statement runs, planned for the chunk's real size.
     IF (pgtwin_rows[1]).pgtwin_op = 'D' THEN
         DELETE FROM {{table}} t USING unnest(pgtwin_rows) b WHERE {{key_match}};
+    ELSIF nullif(current_setting('pgtwin.replay_at', true), '') IS NOT NULL THEN
+        -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more than
+        -- once (one transaction after another): its last change wins.
+        INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+            SELECT DISTINCT ON ({{b_keys}}) {{b_cols}}
+            FROM unnest(pgtwin_rows) WITH ORDINALITY AS b({{all_fields}}, pgtwin_n)
+            ORDER BY {{b_keys}}, b.pgtwin_n DESC
+            ON CONFLICT ({{keys}}) DO {{conflict_action}};
     ELSE
         INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
             SELECT {{b_cols}} FROM unnest(pgtwin_rows) b

@@ -13,5 +13,10 @@ BEGIN
         RETURN;
     END IF;
     INSERT INTO pgtwin.queue (table_tag, rows, batch) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch);
-    PERFORM pg_notify('pgtwin_queue', '');
+    -- Wake `pgtwin run` when the queue was empty. Not on every entry: NOTIFY serializes the commits of
+    -- all notifying transactions (a database-wide lock held through the commit's WAL flush), and while
+    -- entries wait the runner is draining anyway (it re-checks shortly after each drain).
+    IF oldest IS NULL THEN
+        PERFORM pg_notify('pgtwin_queue', '');
+    END IF;
 END
