@@ -163,7 +163,10 @@ async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(i64, Drai
     // for the peer's conflict resolution. The others are merged into larger chunks.
     let contested: Vec<String> = to
         .db
-        .query(&format!("SELECT DISTINCT table_tag FROM {}", names::queue_table()), &[])
+        .query(
+            &format!("SELECT DISTINCT table_tag FROM {}", names::queue_table()),
+            &[],
+        )
         .await
         .map_err(on_node(&to.name, "reading the queue"))?
         .iter()
@@ -189,7 +192,13 @@ async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(i64, Drai
         to.db
             .execute(&sql, &[&chunk.batch, &chunk.changed_at])
             .await
-            .map_err(|e| anyhow!("node {}: applying queued changes from {origin}: {}", to.name, pg_message(&e)))?;
+            .map_err(|e| {
+                anyhow!(
+                    "node {}: applying queued changes from {origin}: {}",
+                    to.name,
+                    pg_message(&e)
+                )
+            })?;
         done.entries += 1;
         done.rows += chunk.rows;
     }
@@ -323,7 +332,11 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
             // Writers notify only when they find the queue empty, so right after a busy drain look
             // again soon; when idle, wait for a notification (or a few seconds: a peer coming back
             // sends none).
-            let idle_wait = if applied > 0 { Duration::from_millis(50) } else { Duration::from_secs(5) };
+            let idle_wait = if applied > 0 {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_secs(5)
+            };
             tokio::select! {
                 _ = wake.recv() => {}
                 _ = tokio::time::sleep(idle_wait) => {}
@@ -350,7 +363,12 @@ mod tests {
     use super::*;
 
     fn entry(tag: &str, rows: u64, batch: &str, at: &str) -> Entry {
-        Entry { tag: tag.into(), rows, batch: batch.into(), changed_at: at.into() }
+        Entry {
+            tag: tag.into(),
+            rows,
+            batch: batch.into(),
+            changed_at: at.into(),
+        }
     }
 
     #[test]
@@ -380,9 +398,15 @@ mod tests {
 
     #[test]
     fn contested_tables_and_full_chunks_stay_apart() {
-        let two = vec![entry("t", 1, r#"{"(U,1,a)"}"#, "1"), entry("t", 1, r#"{"(U,2,b)"}"#, "2")];
+        let two = vec![
+            entry("t", 1, r#"{"(U,1,a)"}"#, "1"),
+            entry("t", 1, r#"{"(U,2,b)"}"#, "2"),
+        ];
         assert_eq!(merge_entries(two.clone(), &["t".to_string()]).len(), 2);
-        let big = vec![entry("t", MERGED_ROWS, r#"{"(U,1,a)"}"#, "1"), entry("t", 1, r#"{"(U,2,b)"}"#, "2")];
+        let big = vec![
+            entry("t", MERGED_ROWS, r#"{"(U,1,a)"}"#, "1"),
+            entry("t", 1, r#"{"(U,2,b)"}"#, "2"),
+        ];
         assert_eq!(merge_entries(big, &[]).len(), 2);
         assert_eq!(chunk_op("T"), None);
         assert_eq!(chunk_op(r#"{"(D,1,)"}"#), Some(b'D'));

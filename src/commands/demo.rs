@@ -45,13 +45,22 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
             .await?;
         let app = app_client(&server, name).await?;
         app.batch_execute(PRODUCTS).await?;
-        app.batch_execute(
-            "INSERT INTO products (name, description, price, created_at, updated_at) VALUES
-             ('kettle', 'steel, 1.7 l', 25, '2024-01-05 10:00', '2024-01-05 10:00'),
-             ('teapot', 'porcelain', 18, '2024-02-11 09:30', '2024-02-11 09:30')",
-        )
+        // As in the article, each app starts with rows of its own.
+        let rows = if name == "shop" {
+            "(1, 'kettle', 'steel, 1.7 l', 25, '2024-01-05 10:00', '2024-01-05 10:00'),
+             (2, 'teapot', 'porcelain', 18, '2024-02-11 09:30', '2024-02-11 09:30')"
+        } else {
+            "(2, 'teapot', 'porcelain', 18, '2024-02-11 09:30', '2024-02-11 09:30'),
+             (3, 'hat', 'felt', 40, '2023-11-30 16:00', '2023-11-30 16:00')"
+        };
+        app.batch_execute(&format!(
+            "INSERT INTO products (id, name, description, price, created_at, updated_at) VALUES {rows}"
+        ))
         .await?;
-        println!("  node {name}: port {}, products table with 2 rows (the same on both, as in the article)", server.port);
+        println!(
+            "  node {name}: port {}, products table with 2 rows of its own",
+            server.port
+        );
         servers.push(server);
     }
     let config_text = format!(
@@ -63,13 +72,23 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
     std::fs::write(&config_path, &config_text)?;
     let cfg = Config::parse(&config_text, |_| None)?;
 
+    let shop = app_client(&servers[0], "shop").await?;
+    let mut legacy = app_client(&servers[1], "legacy").await?;
+    side_by_side("before: two apps, two tables", &shop, &legacy).await?;
+
     println!("\n$ pgtwin up");
     let report = install::up(&cfg, false, false).await?;
+    for m in &report.merges {
+        super::print_merge(
+            m,
+            [cfg.nodes[0].name.as_str(), cfg.nodes[1].name.as_str()],
+            false,
+        );
+    }
     for n in &report.nodes {
         println!("  node {}: installed ({} steps)", n.node, n.steps.len());
     }
-    let shop = app_client(&servers[0], "shop").await?;
-    let legacy = app_client(&servers[1], "legacy").await?;
+    side_by_side("after up: one table, on both nodes", &shop, &legacy).await?;
 
     shop.batch_execute("INSERT INTO products (name, price, created_at, updated_at) VALUES ('mug', 7, now(), now())")
         .await?;
@@ -86,6 +105,29 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
         .batch_execute("DELETE FROM products WHERE name = 'teapot'")
         .await?;
     side_by_side("legacy app deletes the teapot", &shop, &legacy).await?;
+
+    println!("\nthe legacy server goes down (pg_ctl stop -m immediate)");
+    servers[1].stop(true)?;
+    shop.batch_execute("INSERT INTO products (name, price, created_at, updated_at) VALUES ('teacup', 9, now(), now())")
+        .await?;
+    println!("  shop app inserts 'teacup': the write succeeds, the change waits in shop's queue");
+    for n in crate::status::status(&cfg).await {
+        if let Some(q) = n.queue {
+            println!(
+                "  $ pgtwin status  ->  node {}: {} change(s) queued for its peer",
+                n.node, q.rows
+            );
+        }
+    }
+    servers[1].start_again()?;
+    legacy = app_client(&servers[1], "legacy").await?;
+    println!("\nthe legacy server is back\n$ pgtwin run --once");
+    let drained = crate::runner::run_once(&cfg).await?;
+    println!(
+        "  legacy -> shop: {} change(s), shop -> legacy: {} change(s)",
+        drained[0].rows, drained[1].rows
+    );
+    side_by_side("after the replay", &shop, &legacy).await?;
 
     let p = install::prepare(&cfg).await?;
     let diffs = install::diffs(&p, false, false).await?;
