@@ -396,3 +396,39 @@ async fn fail_mode_fails_the_write_and_a_full_queue_asks_for_repair() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_peer_lost_mid_transaction_fails_that_transaction_only() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    {
+        let a = &p.owner[0];
+        a.batch_execute("BEGIN; INSERT INTO items VALUES (1, 'shipped', 1)")
+            .await
+            .unwrap();
+        server_b().stop(true).unwrap();
+        // The transaction's remote part died with the peer: it cannot commit, and leaves nothing behind.
+        let second = a
+            .batch_execute("INSERT INTO items VALUES (2, 'after the peer died', 1)")
+            .await;
+        let commit = a.batch_execute("COMMIT").await;
+        assert!(
+            second.is_err() || commit.is_err(),
+            "the transaction must fail"
+        );
+        let _ = a.batch_execute("ROLLBACK").await;
+        assert!(p.rows(0, "items").await.is_empty());
+        // The next transaction queues and succeeds.
+        a.batch_execute("INSERT INTO items VALUES (3, 'queued', 1)")
+            .await
+            .unwrap();
+        assert_eq!(queued(&p, 0).await, 1);
+    }
+    server_b().start_again().unwrap();
+    p.reconnect(1).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.assert_same("items").await, vec!["(3,queued,1)"]);
+}
