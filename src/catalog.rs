@@ -25,8 +25,8 @@ pub struct Column {
     pub binary_ok: bool,
     /// Whether the type's own hash function tells every two different values apart (as text would),
     /// and hashes the same on both nodes: ints, text, timestamps, uuid, jsonb... but not floats (-0 = 0),
-    /// numeric (1.0 = 1.00), interval ('1 day' = '24 hours'), enums (hashed by OID, which differs per
-    /// node). `check` hashes such columns directly and the others by their text, which is much slower.
+    /// numeric and jsonb (1.0 = 1.00), interval ('1 day' = '24 hours'), enums (hashed by OID, which
+    /// differs per node). `check` hashes such columns directly and the others by their text, which is much slower.
     #[serde(skip)]
     pub exact_hash: bool,
 }
@@ -86,11 +86,11 @@ pub struct NodeInfo {
 }
 
 /// Built-in types whose hash is exact and node-independent (see Column::exact_hash), and their arrays:
-/// bool, bytea, int8, int2, int4, text, varchar, date, time, timestamp, timestamptz, uuid, jsonb.
-const EXACT_HASH_TYPES: [u32; 26] = [
-    16, 17, 20, 21, 23, 25, 1043, 1082, 1083, 1114, 1184, 2950, 3802, // the types
-    1000, 1001, 1016, 1005, 1007, 1009, 1015, 1182, 1183, 1115, 1185, 2951,
-    3807, // their arrays
+/// bool, bytea, int8, int2, int4, text, varchar, date, time, timestamp, timestamptz, uuid. (Not jsonb:
+/// its hash treats the numbers 1.0 and 1.00 as one.)
+const EXACT_HASH_TYPES: [u32; 24] = [
+    16, 17, 20, 21, 23, 25, 1043, 1082, 1083, 1114, 1184, 2950, // the types
+    1000, 1001, 1016, 1005, 1007, 1009, 1015, 1182, 1183, 1115, 1185, 2951, // their arrays
 ];
 
 pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {

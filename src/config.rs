@@ -131,13 +131,8 @@ impl Config {
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             // toml's message spans several lines with a source excerpt; keep the first, which names the key.
-            let msg = e
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("invalid TOML")
-                .to_string();
-            anyhow::anyhow!("{msg}")
+            let msg = e.message().lines().next().unwrap_or("invalid TOML");
+            anyhow::anyhow!("{}", hide_urls(msg))
         })?;
         if raw.nodes.len() != 2 {
             bail!(
@@ -258,6 +253,20 @@ impl Config {
     }
 }
 
+/// Replaces quoted values that look like URLs in an error message: a URL may hold a password.
+fn hide_urls(msg: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in msg.split('"').enumerate() {
+        if i > 0 {
+            out.push('"');
+        }
+        // Odd parts are inside quotes.
+        let secret = i % 2 == 1 && (part.contains("://") || part.contains('@'));
+        out.push_str(if secret { "(value hidden)" } else { part });
+    }
+    out
+}
+
 fn is_node_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
@@ -348,6 +357,13 @@ mod tests {
         let e = err(&GOOD.replace("127.0.0.1:5432", "127.0.0.1:notaport"));
         assert!(e.contains("[nodes.shop]"), "{e}");
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_do_not_echo_urls() {
+        let e = err("[nodes]\nshop = \"postgres://u:hunter2@h/db\"\nlegacy = \"x\"");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("(value hidden)"), "{e}");
     }
 
     #[test]

@@ -148,9 +148,11 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Settings on every pgtwin session. `search_path` is pinned so catalog output (format_type, regclass)
-/// comes back fully qualified; UTC makes timestamptz text comparable; `pgtwin.origin` marks the session so
-/// the capture triggers do not ship pgtwin's own writes (repair, merge) to the peer a second time.
+/// comes back fully qualified; UTC and fixed date, interval and bytea styles make text output (keys, rows)
+/// the same on both nodes; `pgtwin.origin` marks the session so the capture triggers do not ship
+/// pgtwin's own writes (repair, merge) to the peer a second time.
 const SESSION_SETUP: &str = "SET search_path = pg_catalog, pg_temp; SET TimeZone = 'UTC'; \
+     SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; \
      SET extra_float_digits = 3; SET lock_timeout = '5s'; SET pgtwin.origin = 'pgtwin'";
 
 type Connection =

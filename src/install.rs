@@ -99,9 +99,9 @@ pub async fn prepare(cfg: &Config) -> Result<Prepared> {
 /// What must hold on a node before `up` may change it (POSTGRES-NOTES 4 and 10).
 pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: bool) -> Result<()> {
     let (user, db) = (&info.current_user, &info.database);
-    if info.server_version_num < 130000 {
+    if info.server_version_num < 140000 {
         bail!(
-            "node {node} runs PostgreSQL {}; pgtwin needs 13 or later",
+            "node {node} runs PostgreSQL {}; pgtwin needs 14 or later",
             info.server_version_num
         );
     }
@@ -143,7 +143,7 @@ pub async fn diffs(p: &Prepared, recheck: bool, all_keys: bool) -> Result<Vec<Ta
 }
 
 impl Prepared {
-    pub fn sides(&self) -> [compare::Side<'_>; 2] {
+    pub fn sides(&self) -> [crate::data::Side<'_>; 2] {
         [
             (self.nodes[0].name(), &self.nodes[0].db),
             (self.nodes[1].name(), &self.nodes[1].db),
@@ -171,7 +171,7 @@ pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
             sequences: &sequences[i],
         });
         let hash = plan_hash(&steps);
-        let up_to_date = is_up_to_date(n, &hash, &tables, &sequences[i]).await?;
+        let up_to_date = is_up_to_date(n, peer, &hash, &tables, &sequences[i]).await?;
         let mut steps = steps;
         steps.push(gen::record_step(
             n.name(),
@@ -191,9 +191,11 @@ pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
     Ok([a, b])
 }
 
-/// Installed from the same plan, with every capture trigger still in place and sequences interleaved.
+/// Installed from the same plan, with the same peer login, every capture trigger still in place and
+/// sequences interleaved.
 async fn is_up_to_date(
     n: &Connected,
+    peer: &Connected,
     hash: &str,
     tables: &[TableInfo],
     seqs: &[SequenceChange],
@@ -202,6 +204,21 @@ async fn is_up_to_date(
         return Ok(false);
     };
     if installed.plan_hash != hash || !seqs.is_empty() {
+        return Ok(false);
+    }
+    // The hash covers the masked SQL only: compare the stored login with the config's.
+    let options: Option<Vec<String>> =
+        n.db.query_opt(
+            "SELECT umoptions FROM pg_user_mappings WHERE srvname = $1 AND usename = current_user",
+            &[&names::SERVER],
+        )
+        .await
+        .map_err(on_node(n.name(), "reading the user mapping"))?
+        .and_then(|r| r.get(0));
+    let conn = &peer.node.conn;
+    let mut wanted = vec![format!("user={}", conn.user)];
+    wanted.extend(conn.password.as_ref().map(|p| format!("password={p}")));
+    if options.unwrap_or_default() != wanted {
         return Ok(false);
     }
     let captured = catalog::captured_tables(n.name(), &n.db).await?;
@@ -242,13 +259,15 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
             lock_table(n.name(), &n.db, &pair[i].name).await?;
         }
     }
-    // Queued chunks are the text of the current change types; a reinstall may change those types.
-    for n in &p.nodes {
-        if n.info.installed.is_some() {
-            let queued = queued_rows(n.name(), &n.db).await?;
-            if queued > 0 {
-                bail!("{queued} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", n.name());
-            }
+    // Queued chunks are the text of the installed change types: a node whose objects would be rebuilt
+    // must have an empty queue. (A node that stays as it is keeps its queue: after a half-done `up`, the
+    // installed node queues until the other is installed, then `run` replays.)
+    let before = build(cfg, p).await?;
+    let mut queued = [0; 2];
+    for (i, n) in p.nodes.iter().enumerate() {
+        queued[i] = queued_rows(n.name(), &n.db).await?;
+        if queued[i] > 0 && !before[i].up_to_date {
+            bail!("{} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", queued[i], n.name());
         }
     }
     // Both tables hold the union of their rows before the triggers go live; the locks keep writers out
@@ -257,11 +276,12 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
     let mut merges = Vec::new();
     for (table, pair) in cfg.tables.iter().zip(&p.tables) {
         let diff = compare::compare(p.sides(), &pair[0]).await?;
+        let policy = cfg.merge_policy(table);
         let report = merge::merge(
             p.sides(),
             &pair[0],
             &diff,
-            cfg.merge_policy(table).as_ref(),
+            policy.as_ref(),
             dry_run,
             &progress,
         )
@@ -275,8 +295,12 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
         merges.push(report);
     }
     drop(progress);
+    // Sequences start above the largest keys after the merge.
     let plans = build(cfg, p).await?;
-    if dry_run || plans.iter().all(|pl| pl.up_to_date) {
+    let merged = merges
+        .iter()
+        .any(|m| m.copied_to != [0, 0] || m.deleted_on != [0, 0]);
+    if dry_run || (!merged && plans.iter().all(|pl| pl.up_to_date)) {
         for n in &p.nodes {
             apply::rollback(&n.db).await;
         }
@@ -286,11 +310,23 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
             merges,
         });
     }
-    for (n, plan) in p.nodes.iter().zip(&plans) {
-        apply::run(n.name(), &n.db, &plan.steps).await?;
+    for (i, (n, plan)) in p.nodes.iter().zip(&plans).enumerate() {
+        if !plan.up_to_date {
+            apply::run(n.name(), &n.db, &plan.steps).await?;
+        }
+        // With the peer's queue empty, no replay record here refers to a live entry (queue numbers
+        // restart with a reinstalled peer).
+        if queued[1 - i] == 0 {
+            n.db.execute(
+                &format!("DELETE FROM {} WHERE origin = $1", names::replayed_table()),
+                &[&p.nodes[1 - i].name()],
+            )
+            .await
+            .map_err(on_node(n.name(), "clearing replay records"))?;
+        }
     }
     // No two-phase commit across servers: if the second commit fails, the first node is installed
-    // alone, and running `up` again completes the other (every step is idempotent).
+    // alone; its triggers queue (the peer has no inbox yet) until `up` is run again.
     for n in &p.nodes {
         apply::commit(n.name(), &n.db).await?;
     }
@@ -318,6 +354,13 @@ pub async fn repair(
     progress: bool,
 ) -> Result<RepairReport> {
     let p = prepare(cfg).await?;
+    // Queued changes are differences on their way: repairing them away would undo them on replay.
+    for n in &p.nodes {
+        let queued = queued_rows(n.name(), &n.db).await?;
+        if queued > 0 {
+            bail!("{queued} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", n.name());
+        }
+    }
     let mut suspects = Vec::new();
     for pair in &p.tables {
         let diff = compare::compare(p.sides(), &pair[0]).await?;
@@ -355,8 +398,8 @@ async fn repair_locked(
         for (i, n) in p.nodes.iter().enumerate() {
             lock_table(n.name(), &n.db, &pair[i].name).await?;
         }
-        // Under the locks, the suspects are compared once more: only rows that differ now are touched.
-        let diff = compare::compare(p.sides(), &pair[0]).await?;
+        // Under the locks, the suspects are compared once more: only rows that still differ are touched.
+        let diff = compare::reread(p.sides(), &pair[0], suspect.clone()).await?;
         tables.push(
             merge::merge(p.sides(), &pair[0], &diff, Some(policy), dry_run, &progress).await?,
         );

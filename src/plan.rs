@@ -46,11 +46,13 @@ impl Step {
     }
 }
 
-/// Hash of the steps that describe the installed objects; recorded by `up` on each node.
+/// Hash of the steps that describe the installed objects; recorded by `up` on each node. Over the SQL as
+/// shown, secrets masked: the hash is printed, and a fast hash of a password is a password one brute
+/// force away. (A changed password is noticed by comparing the user mapping itself.)
 pub fn plan_hash(steps: &[Step]) -> String {
     let mut text = String::new();
     for s in steps.iter().filter(|s| s.hashed) {
-        text.push_str(&s.sql);
+        text.push_str(&s.shown);
         text.push('\0');
     }
     format!("{:016x}", fnv1a64(text.as_bytes()))

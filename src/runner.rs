@@ -1,11 +1,15 @@
 //! `pgtwin run`: replays each node's queue on its peer, in order, exactly once, and keeps doing so.
 //!
 //! Each queue entry is a chunk of changes exactly as the capture trigger would have shipped it. The
-//! runner applies entries on the peer through the same inbox view the triggers use, and records the last
-//! applied entry in the peer's `pgtwin.applied` in the same transaction: a replay cut short at any point
-//! (runner killed, peer gone again) is repeated from there, and nothing is applied twice. Only then are the
-//! entries deleted from the origin's queue; while it holds any, the origin's writers keep queueing, so no
-//! change overtakes an older one.
+//! runner applies entries on the peer through the same inbox view the triggers use, and records each
+//! applied entry in the peer's `pgtwin.replayed` in the same transaction: a replay cut short at any point
+//! (runner killed, peer gone again) is repeated from there, and nothing is applied twice. Only then are
+//! the entries deleted from the origin's queue (and their records from the peer); while the queue holds
+//! any, the origin's writers keep queueing, so no change overtakes an older one of the same key.
+//!
+//! Entries are tracked one by one, not by a high-water mark: sequence numbers are taken at insert time,
+//! so a transaction can commit entry 101 after entry 102 has been replayed. Per key the order holds: a
+//! second writer of a key waits for the first's row lock, so its entry is numbered and committed later.
 
 use std::time::Duration;
 
@@ -87,23 +91,22 @@ async fn drain(from: &Listener, to: &Listener) -> Result<Drained> {
             .batch_execute("BEGIN")
             .await
             .map_err(on_node(&to.name, "BEGIN"))?;
-        let step = drain_batch(from, to).await;
-        match step {
+        match drain_batch(from, to).await {
             Ok(None) => {
                 to.db
-                    .batch_execute("ROLLBACK")
+                    .batch_execute("COMMIT")
                     .await
-                    .map_err(on_node(&to.name, "ROLLBACK"))?;
+                    .map_err(on_node(&to.name, "COMMIT"))?;
                 return Ok(total);
             }
-            Ok(Some((last_seq, done))) => {
+            Ok(Some((seqs, done))) => {
                 to.db
                     .batch_execute("COMMIT")
                     .await
                     .map_err(on_node(&to.name, "COMMIT"))?;
                 // Applied and recorded on the peer; now the origin may forget them. If this fails, the
-                // next round skips them by the peer's record.
-                forget(from, last_seq).await?;
+                // next round finds them recorded on the peer and forgets them then.
+                forget(from, to, &seqs).await?;
                 total.entries += done.entries;
                 total.rows += done.rows;
                 tracing::info!(from = %from.name, to = %to.name, entries = done.entries, rows = done.rows, "replayed");
@@ -116,48 +119,63 @@ async fn drain(from: &Listener, to: &Listener) -> Result<Drained> {
     }
 }
 
-/// One transaction's worth: returns the last entry applied, or None when nothing is left.
-async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(i64, Drained)>> {
+/// One transaction's worth on the peer: returns the entries applied, or None when none are left.
+async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(Vec<i64>, Drained)>> {
     let origin = from.name.as_str();
-    // The record of what was applied, locked: a second runner on the same pair would wait here.
+    // The progress row, locked: a second runner on the same pair waits here.
     to.db
         .execute(
             &format!(
-                "INSERT INTO {} VALUES ($1, 0, now()) ON CONFLICT (origin) DO NOTHING",
+                "INSERT INTO {} VALUES ($1, now()) ON CONFLICT (origin) DO NOTHING",
                 names::applied_table()
             ),
             &[&origin],
         )
         .await
         .map_err(on_node(&to.name, "recording replay progress"))?;
-    let applied: i64 = to
-        .db
-        .query_one(
+    to.db
+        .execute(
             &format!(
-                "SELECT seq FROM {} WHERE origin = $1 FOR UPDATE",
+                "SELECT FROM {} WHERE origin = $1 FOR UPDATE",
                 names::applied_table()
             ),
             &[&origin],
         )
         .await
+        .map_err(on_node(&to.name, "recording replay progress"))?;
+    // Entries a run before this one applied but could not yet delete from the origin's queue.
+    let already: Vec<i64> = to
+        .db
+        .query(
+            &format!(
+                "SELECT seq FROM {} WHERE origin = $1",
+                names::replayed_table()
+            ),
+            &[&origin],
+        )
+        .await
         .map_err(on_node(&to.name, "reading replay progress"))?
-        .get(0);
-    forget(from, applied).await?;
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !already.is_empty() {
+        forget(from, to, &already).await?;
+    }
     let entries = from
         .db
         .query(
             &format!(
-                "SELECT seq, table_tag, rows, batch, changed_at::text FROM {} WHERE seq > $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, table_tag, rows, batch, changed_at::text FROM {} ORDER BY seq LIMIT $1",
                 names::queue_table()
             ),
-            &[&applied, &ENTRIES_PER_TRANSACTION],
+            &[&ENTRIES_PER_TRANSACTION],
         )
         .await
         .map_err(on_node(&from.name, "reading the queue"))?;
-    let Some(last) = entries.last() else {
+    if entries.is_empty() {
         return Ok(None);
-    };
-    let last_seq: i64 = last.get(0);
+    }
+    let seqs: Vec<i64> = entries.iter().map(|r| r.get(0)).collect();
     let mut done = Drained::default();
     // Tables with changes queued on the peer too: their chunks go one by one, each with its own time,
     // for the peer's conflict resolution. The others are merged into larger chunks.
@@ -205,14 +223,24 @@ async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(i64, Drai
     to.db
         .execute(
             &format!(
-                "UPDATE {} SET seq = $2, applied_at = now() WHERE origin = $1",
-                names::applied_table()
+                "INSERT INTO {} SELECT $1, unnest($2::bigint[])",
+                names::replayed_table()
             ),
-            &[&origin, &last_seq],
+            &[&origin, &seqs],
         )
         .await
         .map_err(on_node(&to.name, "recording replay progress"))?;
-    Ok(Some((last_seq, done)))
+    to.db
+        .execute(
+            &format!(
+                "UPDATE {} SET applied_at = now() WHERE origin = $1",
+                names::applied_table()
+            ),
+            &[&origin],
+        )
+        .await
+        .map_err(on_node(&to.name, "recording replay progress"))?;
+    Ok(Some((seqs, done)))
 }
 
 /// One queue entry: a chunk of changes of one table, or 'T' (truncate).
@@ -261,19 +289,30 @@ fn merge_entries(entries: Vec<Entry>, contested: &[String]) -> Vec<Entry> {
     out
 }
 
-async fn forget(from: &Listener, up_to: i64) -> Result<()> {
+/// Deletes replayed entries from the origin's queue, then their records from the peer.
+async fn forget(from: &Listener, to: &Listener, seqs: &[i64]) -> Result<()> {
     from.db
         .execute(
-            &format!("DELETE FROM {} WHERE seq <= $1", names::queue_table()),
-            &[&up_to],
+            &format!("DELETE FROM {} WHERE seq = ANY($1)", names::queue_table()),
+            &[&seqs],
         )
         .await
         .map_err(on_node(&from.name, "removing replayed queue entries"))?;
+    to.db
+        .execute(
+            &format!(
+                "DELETE FROM {} WHERE origin = $1 AND seq = ANY($2)",
+                names::replayed_table()
+            ),
+            &[&from.name, &seqs],
+        )
+        .await
+        .map_err(on_node(&to.name, "removing replay records"))?;
     Ok(())
 }
 
-/// `run --once`: drains both queues and returns; an unreachable node is an error after the other
-/// direction has been drained as far as it can be.
+/// `run --once`: drains both queues and returns; either node unreachable is an error (nothing can be
+/// replayed without both).
 pub async fn run_once(cfg: &Config) -> Result<[Drained; 2]> {
     let (wake, _) = mpsc::unbounded_channel();
     let (a, b) = tokio::join!(

@@ -80,17 +80,17 @@ pub struct Drift {
 /// Needs both nodes; None when either is unreachable.
 pub async fn pair_status(cfg: &Config) -> Option<PairStatus> {
     let nodes = twin::connect_both(cfg).await.ok()?;
-    let mut out = PairStatus::default();
-    let mut tables = Vec::new();
-    for table in &cfg.tables {
-        match twin::inspect_table(&nodes, table).await {
-            Ok(pair) => tables.push(pair),
-            Err(e) => out.schema_drift.push(Drift {
-                table: table.name.to_string(),
-                problem: format!("{e:#}"),
-            }),
-        }
-    }
+    let (tables, problems) = twin::inspect_tolerant(cfg, &nodes).await;
+    let mut out = PairStatus {
+        schema_drift: problems
+            .into_iter()
+            .map(|(table, problem)| Drift {
+                table: table.to_string(),
+                problem,
+            })
+            .collect(),
+        up_to_date: None,
+    };
     if out.schema_drift.is_empty() && nodes.iter().all(|n| n.info.installed.is_some()) {
         let p = crate::install::Prepared { nodes, tables };
         if let Ok(plans) = crate::install::build(cfg, &p).await {

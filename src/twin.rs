@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use crate::catalog::{self, NodeInfo, TableInfo};
 use crate::config::{Config, Node, Sequences};
 use crate::sql::gen::{interleaved_start, SequenceChange};
-use crate::sql::ident::QualName;
+use crate::sql::ident::{Ident, QualName};
 use crate::sql::names;
 
 pub struct Connected {
@@ -49,6 +49,23 @@ pub async fn inspect_tables(cfg: &Config, nodes: &[Connected; 2]) -> Result<Vec<
         out.push(inspect_table(nodes, table).await?);
     }
     Ok(out)
+}
+
+/// Like `inspect_tables`, but a table that cannot be synced as it is (drifted apart, missing) does not
+/// stop the others: it is returned with what is wrong, for `check` and `status` to report.
+pub async fn inspect_tolerant(
+    cfg: &Config,
+    nodes: &[Connected; 2],
+) -> (Vec<[TableInfo; 2]>, Vec<(QualName, String)>) {
+    let mut tables = Vec::new();
+    let mut problems = Vec::new();
+    for table in &cfg.tables {
+        match inspect_table(nodes, table).await {
+            Ok(pair) => tables.push(pair),
+            Err(e) => problems.push((table.name.clone(), format!("{e:#}"))),
+        }
+    }
+    (tables, problems)
 }
 
 /// Reads one configured table on both nodes; an error says how they differ and what to run.
@@ -125,13 +142,15 @@ pub async fn sequence_changes(
     }
     let count = nodes.len() as i64;
     for pair in tables {
-        // Both nodes' sequences for the same column.
-        for seq_a in &pair[0].key_sequences {
-            let column = &seq_a.column;
-            let seqs = [
-                Some(seq_a),
-                pair[1].key_sequences.iter().find(|s| &s.column == column),
-            ];
+        // Every key column with a sequence on either node, and both nodes' sequences for it.
+        let mut columns: Vec<&Ident> = pair
+            .iter()
+            .flat_map(|t| t.key_sequences.iter().map(|s| &s.column))
+            .collect();
+        columns.sort();
+        columns.dedup();
+        for column in columns {
+            let seqs = [0, 1].map(|i| pair[i].key_sequences.iter().find(|s| &s.column == column));
             // Ids in use (largest key on either node), and ids that either sequence may already have
             // handed out to a transaction not yet visible.
             let mut key_floor = 0;

@@ -200,9 +200,8 @@ async fn connect(server: &LocalServer, db: &str) -> Result<Client> {
 }
 
 impl Bench {
-    /// Fresh databases with the table on both servers, set up for the variant.
-    async fn prepare(&self, variant: Variant, rep: usize) -> Result<String> {
-        let db = format!("bench_{}_{rep}", format!("{variant:?}").to_lowercase());
+    /// A new database of this name on both servers, with the table created.
+    async fn fresh_databases(&self, db: &str, table: &str) -> Result<()> {
         for s in &self.servers {
             let admin = s.connect("postgres").await?;
             admin
@@ -211,8 +210,15 @@ impl Bench {
             admin
                 .batch_execute(&format!("CREATE DATABASE {db}"))
                 .await?;
-            connect(s, &db).await?.batch_execute(TABLE).await?;
+            connect(s, db).await?.batch_execute(table).await?;
         }
+        Ok(())
+    }
+
+    /// Fresh databases with the table on both servers, set up for the variant.
+    async fn prepare(&self, variant: Variant, rep: usize) -> Result<String> {
+        let db = format!("bench_{}_{rep}", format!("{variant:?}").to_lowercase());
+        self.fresh_databases(&db, TABLE).await?;
         match variant {
             Variant::Unsynced => {}
             Variant::Article => {
@@ -630,16 +636,7 @@ async fn data_section(bench: &Bench, reps: usize, rows: i64) -> Result<()> {
     let mut found_all = true;
     for rep in 0..reps {
         let db = format!("bench_data_{rep}");
-        for s in &bench.servers {
-            let admin = s.connect("postgres").await?;
-            admin
-                .batch_execute(&format!("DROP DATABASE IF EXISTS {db}"))
-                .await?;
-            admin
-                .batch_execute(&format!("CREATE DATABASE {db}"))
-                .await?;
-            connect(s, &db).await?.batch_execute(table).await?;
-        }
+        bench.fresh_databases(&db, table).await?;
         let a = connect(&bench.servers[0], &db).await?;
         let b = connect(&bench.servers[1], &db).await?;
         a.batch_execute(&fill).await?;

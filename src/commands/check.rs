@@ -9,14 +9,11 @@ use crate::twin;
 pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
     let nodes = twin::connect_both(cfg).await?;
     // A table whose definition drifted apart cannot be compared row by row: say how, and go on.
-    let mut drift = Vec::new();
-    let mut tables_info = Vec::new();
-    for table in &cfg.tables {
-        match twin::inspect_table(&nodes, table).await {
-            Ok(pair) => tables_info.push(pair),
-            Err(e) => drift.push(serde_json::json!({ "table": table.name.to_string(), "schema_drift": format!("{e:#}") })),
-        }
-    }
+    let (tables_info, problems) = twin::inspect_tolerant(cfg, &nodes).await;
+    let drift: Vec<serde_json::Value> = problems
+        .iter()
+        .map(|(table, problem)| serde_json::json!({ "table": table.to_string(), "schema_drift": problem }))
+        .collect();
     let p = install::Prepared {
         nodes,
         tables: tables_info,

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::{pin_mut, TryStreamExt};
-use tokio_postgres::Client;
 
 use crate::catalog::TableInfo;
-use crate::data::{content_columns, key_text};
+use crate::data::{content_columns, key_text, Side};
 use crate::db::on_node;
 use crate::sql::ident::{comma_list, Ident};
 
@@ -55,9 +54,6 @@ impl Diff {
             .chain(&self.different)
     }
 }
-
-/// A node to compare: its name and connection.
-pub type Side<'a> = (&'a str, &'a Client);
 
 /// How rows fall into buckets. A single integer key is bucketed by ranges of its values, so reading a
 /// differing bucket again is an index range scan; any other key by a hash of its value.
@@ -239,32 +235,38 @@ async fn read_buckets(
 /// Changes in flight when the first comparison read the nodes are not differences.
 pub async fn recheck(nodes: [Side<'_>; 2], t: &TableInfo, diff: Diff, rounds: u32) -> Result<Diff> {
     let mut diff = diff;
-    let Some(scheme) = diff.scheme.clone() else {
-        return Ok(diff);
-    };
     for _ in 0..rounds {
         if diff.is_equal() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let suspects: HashSet<String> = diff.keys().cloned().collect();
-        let mut again = Diff {
-            rows: diff.rows,
-            ..Diff::default()
-        };
-        read_buckets(nodes, t, &scheme, &diff.differing_buckets, &mut again).await?;
-        for list in again.only_on.iter_mut().chain([&mut again.different]) {
-            list.retain(|k| suspects.contains(k));
-        }
-        let stable = again.keys().count() == suspects.len();
-        again.scheme = diff.scheme.clone();
-        again.differing_buckets = diff.differing_buckets.clone();
-        diff = again;
-        if stable {
+        let before = diff.keys().count();
+        diff = reread(nodes, t, diff).await?;
+        if diff.keys().count() == before {
             break;
         }
     }
     Ok(diff)
+}
+
+/// Reads the differing buckets again and keeps the keys that still differ (no new ones: a key that
+/// starts to differ now is a change in flight).
+pub async fn reread(nodes: [Side<'_>; 2], t: &TableInfo, diff: Diff) -> Result<Diff> {
+    let Some(scheme) = diff.scheme.clone() else {
+        return Ok(diff);
+    };
+    let suspects: HashSet<String> = diff.keys().cloned().collect();
+    let mut again = Diff {
+        rows: diff.rows,
+        ..Diff::default()
+    };
+    read_buckets(nodes, t, &scheme, &diff.differing_buckets, &mut again).await?;
+    for list in again.only_on.iter_mut().chain([&mut again.different]) {
+        list.retain(|k| suspects.contains(k));
+    }
+    again.scheme = diff.scheme;
+    again.differing_buckets = diff.differing_buckets;
+    Ok(again)
 }
 
 fn classify(a: &HashMap<String, i64>, b: &HashMap<String, i64>, diff: &mut Diff) {

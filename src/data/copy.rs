@@ -5,13 +5,12 @@
 use anyhow::Result;
 use bytes::Bytes;
 use futures_util::{pin_mut, SinkExt, TryStreamExt};
-use tokio_postgres::Client;
 
 use crate::catalog::TableInfo;
-use crate::data::key_text;
+use crate::data::{key_text, Side};
 use crate::db::on_node;
 use crate::progress::Progress;
-use crate::sql::ident::{comma_list, Ident};
+use crate::sql::ident::comma_list;
 
 /// What to do when the target already has a row with the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,8 +18,6 @@ pub enum OnConflict {
     Overwrite,
     Keep,
 }
-
-pub type Side<'a> = (&'a str, &'a Client);
 
 fn format_clause(t: &TableInfo) -> &'static str {
     if t.shipped_columns().all(|c| c.binary_ok) {
@@ -103,7 +100,10 @@ pub async fn copy_rows(
         .await
         .map_err(on_node(to.0, &format!("writing {}", t.name)))?;
     if !empty {
-        let action = conflict_action(t, on_conflict);
+        let action = match on_conflict {
+            OnConflict::Overwrite => crate::sql::gen::upsert_action(t),
+            OnConflict::Keep => "NOTHING".to_string(),
+        };
         to.1.batch_execute(&format!(
             "INSERT INTO {} AS t ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_temp.pgtwin_stage
              ON CONFLICT ({}) DO {action}; DROP TABLE pg_temp.pgtwin_stage",
@@ -132,21 +132,6 @@ pub async fn delete_rows(side: Side<'_>, t: &TableInfo, keys: &[String]) -> Resu
         )
         .await
         .map_err(on_node(side.0, &format!("deleting from {}", t.name)))
-}
-
-fn conflict_action(t: &TableInfo, on_conflict: OnConflict) -> String {
-    let non_key: Vec<&Ident> = t
-        .shipped_columns()
-        .map(|c| &c.name)
-        .filter(|c| !t.key.contains(c))
-        .collect();
-    if on_conflict == OnConflict::Keep || non_key.is_empty() {
-        return "NOTHING".into();
-    }
-    format!(
-        "UPDATE SET {}",
-        comma_list(non_key.iter().map(|c| format!("{c} = EXCLUDED.{c}")))
-    )
 }
 
 /// Puts the keys in a temporary table on the source, for COPY's query to join against (COPY takes no

@@ -5,8 +5,9 @@ use anyhow::{bail, Result};
 
 use crate::catalog::TableInfo;
 use crate::data::compare::Diff;
-use crate::data::copy::{copy_rows, delete_rows, OnConflict, Side};
+use crate::data::copy::{copy_rows, delete_rows, OnConflict};
 use crate::data::key_text;
+use crate::data::Side;
 use crate::db::on_node;
 use crate::progress::Progress;
 use crate::sql::ident::Ident;
@@ -120,32 +121,26 @@ pub async fn merge(
         return Ok(report);
     }
     for i in 0..2 {
-        if copy_to[i].is_empty() {
-            continue;
+        if !copy_to[i].is_empty() {
+            progress.set_label(&format!("{}: {} -> {}", t.name, names[1 - i], names[i]));
+            // All of one node's rows into an empty table: copy the whole table, no key list.
+            let all = copy_to[i].len() as u64 == diff.rows[1 - i] && diff.rows[i] == 0;
+            let keys = if all {
+                None
+            } else {
+                Some(copy_to[i].as_slice())
+            };
+            report.copied_to[i] = copy_rows(
+                nodes[1 - i],
+                nodes[i],
+                t,
+                keys,
+                OnConflict::Overwrite,
+                progress,
+            )
+            .await?;
         }
-        progress.set_label(&format!("{}: {} -> {}", t.name, names[1 - i], names[i]));
-        // Every key on one node only, or all rows to an empty table: copy the whole table, no key list.
-        let all = copy_to[i].len() as u64 == diff.rows[1 - i] && diff.rows[i] == 0;
-        let keys = if all {
-            None
-        } else {
-            Some(copy_to[i].as_slice())
-        };
-        report.copied_to[i] = copy_rows(
-            nodes[1 - i],
-            nodes[i],
-            t,
-            keys,
-            OnConflict::Overwrite,
-            progress,
-        )
-        .await?;
         report.deleted_on[i] = delete_rows(nodes[i], t, &delete_on[i]).await?;
-    }
-    for i in 0..2 {
-        if copy_to[i].is_empty() {
-            report.deleted_on[i] = delete_rows(nodes[i], t, &delete_on[i]).await?;
-        }
     }
     Ok(report)
 }

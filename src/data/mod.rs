@@ -6,6 +6,9 @@ pub mod copy;
 pub mod merge;
 
 use crate::catalog::TableInfo;
+
+/// One node, as the data functions take it: its name (for errors) and its connection.
+pub type Side<'a> = (&'a str, &'a tokio_postgres::Client);
 use crate::sql::ident::{comma_list, Ident};
 
 /// `ROW(key columns)::text`: how keys are named between pgtwin and the servers. Unambiguous for any key

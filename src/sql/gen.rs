@@ -48,23 +48,23 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
     let mut steps = Vec::new();
     let schema = names::schema();
     if i.create_extension {
-        steps.push(Step::new(
-            "extension",
-            "CREATE EXTENSION IF NOT EXISTS postgres_fdw",
-        ));
+        // Unhashed, like every step that depends on what a node had before: the first `up` creates the
+        // extension, the next finds it, and must still read as up to date.
+        steps
+            .push(Step::new("extension", "CREATE EXTENSION IF NOT EXISTS postgres_fdw").unhashed());
     }
     steps.push(Step::new(
         "schema",
         format!("CREATE SCHEMA IF NOT EXISTS {schema};\nREVOKE ALL ON SCHEMA {schema} FROM PUBLIC"),
     ));
-    steps.push(Step::new("state tables", STATE_SQL.trim()));
+    steps.push(Step::new("state tables", fill(STATE_SQL, &[]).trim()));
     steps.push(Step::new(
         "enqueue function",
         function_sql(
             &names::enqueue_function(),
             "pgtwin_tag text, pgtwin_batch text, pgtwin_rows integer",
             "void",
-            &render(
+            &fill(
                 ENQUEUE_TEMPLATE,
                 &[("max_age_s", i.options.max_queue_age_s.to_string())],
             ),
@@ -72,20 +72,27 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
         ),
     ));
     for stale in i.stale_tables {
-        steps.push(Step::new(
-            format!("stale table {stale}: drop triggers"),
-            drop_capture_triggers(stale),
-        ));
+        steps.push(
+            Step::new(
+                format!("stale table {stale}: drop triggers"),
+                drop_capture_triggers(stale),
+            )
+            .unhashed(),
+        );
     }
     // Recreating the server drops (CASCADE) the user mapping and the foreign tables that depend on it, so
     // a changed peer address or password takes effect everywhere at once.
     let server = names::server();
-    steps.push(Step::new(
-        "foreign server",
+    let create_server = |masked: bool| {
         format!(
             "DROP SERVER IF EXISTS {server} CASCADE;\nCREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw\n    OPTIONS ({})",
-            server_options(i)
-        ),
+            server_options(i, masked)
+        )
+    };
+    steps.push(Step::with_secret(
+        "foreign server",
+        create_server(false),
+        create_server(true),
     ));
     let mapping = |password: &str| {
         format!(
@@ -159,7 +166,10 @@ pub fn record_step(
 /// libpq options for the connection from this node to its peer. `options` marks the session as pgtwin's
 /// (so the peer's triggers do not echo) and bounds its lock waits: a lock wait that crosses servers is a
 /// deadlock neither server can see (POSTGRES-NOTES 9).
-fn server_options(i: &Install) -> String {
+/// libpq parameters whose values are secrets: shown masked, like the password.
+const SECRET_PARAMS: [&str; 1] = ["sslpassword"];
+
+fn server_options(i: &Install, masked: bool) -> String {
     let c = i.peer_conn;
     let mut session = format!(
         "-c {}={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}s",
@@ -190,10 +200,14 @@ fn server_options(i: &Install) -> String {
         ));
     }
     opts.push(("options".into(), session));
-    comma_list(
-        opts.iter()
-            .map(|(k, v)| format!("{} {}", Ident::new(k.as_str()), Literal(v))),
-    )
+    comma_list(opts.iter().map(|(k, v)| {
+        let value = if masked && SECRET_PARAMS.contains(&k.as_str()) {
+            "********"
+        } else {
+            v.as_str()
+        };
+        format!("{} {}", Ident::new(k.as_str()), Literal(value))
+    }))
 }
 
 fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
@@ -341,7 +355,7 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
             "NULL".to_string()
         }
     }));
-    render(
+    fill(
         CAPTURE_TEMPLATE,
         &[
             ("chunk", options.batch_size.to_string()),
@@ -360,21 +374,24 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
     )
 }
 
-fn apply_body(t: &TableInfo) -> String {
+/// `ON CONFLICT (key) DO ...` of an upsert: overwrite every non-key column (NOTHING if there is none).
+pub fn upsert_action(t: &TableInfo) -> String {
     let non_key: Vec<&Ident> = t
         .shipped_columns()
         .map(|c| &c.name)
         .filter(|c| !t.key.contains(c))
         .collect();
-    let conflict_action = if non_key.is_empty() {
-        "NOTHING".to_string()
-    } else {
-        format!(
-            "UPDATE SET {}",
-            comma_list(non_key.iter().map(|c| format!("{c} = EXCLUDED.{c}")))
-        )
-    };
-    render(
+    if non_key.is_empty() {
+        return "NOTHING".into();
+    }
+    format!(
+        "UPDATE SET {}",
+        comma_list(non_key.iter().map(|c| format!("{c} = EXCLUDED.{c}")))
+    )
+}
+
+fn apply_body(t: &TableInfo) -> String {
+    fill(
         APPLY_TEMPLATE,
         &[
             ("table", t.name.to_string()),
@@ -396,7 +413,7 @@ fn apply_body(t: &TableInfo) -> String {
             ),
             ("keys", comma_list(&t.key)),
             ("key_match", key_match(t, "t", "b")),
-            ("conflict_action", conflict_action),
+            ("conflict_action", upsert_action(t)),
         ],
     )
 }
@@ -410,14 +427,15 @@ fn ship_body(t: &TableInfo, options: &Options) -> String {
     let direct = match (options.mode, options.on_peer_down) {
         (Mode::Async, _) => "NULL; -- async mode: every change is queued".to_string(),
         (Mode::Sync, OnPeerDown::Fail) => update,
-        // Only connection failures (SQLSTATE class 08) mean "peer down"; anything else (a lock
-        // timeout, a constraint on the peer) fails the write, as it must.
+        // "Peer unavailable" is: unreachable (class 08), refusing pgtwin's login (class 28), or without
+        // its inbox (42P01: not installed there yet, as after an `up` that committed on one node only).
+        // Anything else (a lock timeout, a constraint on the peer) fails the write, as it must.
         (Mode::Sync, OnPeerDown::Queue) => format!(
-            "BEGIN\n            {}\n        EXCEPTION WHEN connection_exception THEN\n            NULL; -- the peer is unreachable: queue this chunk and the rest\n        END;",
+            "BEGIN\n            {}\n        EXCEPTION WHEN connection_exception OR invalid_authorization_specification OR undefined_table THEN\n            NULL; -- the peer is unavailable: queue this chunk and the rest\n        END;",
             update.replace('\n', "\n    ")
         ),
     };
-    render(
+    fill(
         SHIP_TEMPLATE,
         &[
             ("direct", direct),
@@ -427,7 +445,7 @@ fn ship_body(t: &TableInfo, options: &Options) -> String {
 }
 
 fn resolve_body(t: &TableInfo, i: &Install) -> String {
-    render(
+    fill(
         RESOLVE_TEMPLATE,
         &[
             ("b_keys", comma_list(t.key.iter().map(|k| format!("b.{k}")))),
@@ -440,6 +458,33 @@ fn resolve_body(t: &TableInfo, i: &Install) -> String {
             ("peer", Literal(i.peer).to_string()),
         ],
     )
+}
+
+/// The names every template may use: pgtwin's own tables, functions, channel and settings.
+fn common_names() -> Vec<(&'static str, String)> {
+    vec![
+        ("installation", names::installation_table().to_string()),
+        ("sequences", names::sequences_table().to_string()),
+        ("queue", names::queue_table().to_string()),
+        ("applied", names::applied_table().to_string()),
+        ("replayed", names::replayed_table().to_string()),
+        ("conflicts", names::conflicts_table().to_string()),
+        ("link", names::link_table().to_string()),
+        ("enqueue", names::enqueue_function().to_string()),
+        ("channel", Literal(names::QUEUE_CHANNEL).to_string()),
+        ("origin_setting", Literal(names::ORIGIN_SETTING).to_string()),
+        (
+            "replay_setting",
+            Literal(names::REPLAY_AT_SETTING).to_string(),
+        ),
+    ]
+}
+
+/// Fills a template: its own values, then pgtwin's common names.
+fn fill(template: &str, values: &[(&str, String)]) -> String {
+    let mut all: Vec<(&str, String)> = values.to_vec();
+    all.extend(common_names());
+    render(template, &all)
 }
 
 /// Fills `{{name}}` placeholders in one pass, so text substituted in (identifiers may contain anything,

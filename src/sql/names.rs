@@ -26,6 +26,8 @@ pub const OP_COLUMN: &str = "pgtwin_op";
 pub const RESERVED_PREFIX: &str = "pgtwin_";
 /// Session setting that marks a session whose writes pgtwin applied (see sql/gen and db::SESSION_SETUP).
 pub const ORIGIN_SETTING: &str = "pgtwin.origin";
+/// Session setting carrying, during `pgtwin run`, the commit time of the changes being replayed.
+pub const REPLAY_AT_SETTING: &str = "pgtwin.replay_at";
 /// Advisory lock key held by `up`/`down` on a node ("pgtw" in ASCII).
 pub const ADVISORY_LOCK_KEY: i64 = 0x7067_7477;
 
@@ -93,6 +95,10 @@ pub fn queue_table() -> QualName {
 
 pub fn applied_table() -> QualName {
     in_schema("applied".into())
+}
+
+pub fn replayed_table() -> QualName {
+    in_schema("replayed".into())
 }
 
 pub fn conflicts_table() -> QualName {

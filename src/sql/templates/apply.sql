@@ -12,9 +12,9 @@ BEGIN
     pgtwin_rows := NEW.pgtwin_batch::{{change_type}}[];
     -- Changes of this table wait in the local queue: the peer's version and ours may both have changed
     -- while the nodes were apart. Keep the later of each (a replayed chunk carries its commit time).
-    IF EXISTS (SELECT FROM pgtwin.queue WHERE table_tag = {{tag}}) THEN
+    IF EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
         pgtwin_rows := {{resolve}}(pgtwin_rows,
-            coalesce(nullif(current_setting('pgtwin.replay_at', true), '')::timestamptz, transaction_timestamp()));
+            coalesce(nullif(current_setting({{replay_setting}}, true), '')::timestamptz, transaction_timestamp()));
         IF pgtwin_rows IS NULL THEN
             RETURN NEW;
         END IF;
@@ -23,7 +23,7 @@ BEGIN
     -- only one statement runs, planned for the chunk's real size.
     IF (pgtwin_rows[1]).pgtwin_op = 'D' THEN
         DELETE FROM {{table}} t USING unnest(pgtwin_rows) b WHERE {{key_match}};
-    ELSIF nullif(current_setting('pgtwin.replay_at', true), '') IS NOT NULL THEN
+    ELSIF nullif(current_setting({{replay_setting}}, true), '') IS NOT NULL THEN
         -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more than
         -- once (one transaction after another): its last change wins.
         INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE

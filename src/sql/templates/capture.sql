@@ -9,12 +9,12 @@ DECLARE
     pgtwin_queue boolean;
 BEGIN
     -- Writes applied by pgtwin (from the peer, or by repair) carry pgtwin.origin: never ship them back.
-    IF coalesce(current_setting('pgtwin.origin', true), '') <> '' THEN
+    IF coalesce(current_setting({{origin_setting}}, true), '') <> '' THEN
         RETURN NULL;
     END IF;
     -- Queue when the mode says so, or while older changes wait in the queue (the peer was found
     -- down): a change must never overtake an earlier one of the same key.
-    pgtwin_queue := {{always_queue}} OR EXISTS (SELECT FROM pgtwin.queue);
+    pgtwin_queue := {{always_queue}} OR EXISTS (SELECT FROM {{queue}});
     IF TG_OP = 'TRUNCATE' THEN
         PERFORM {{ship}}('T', 0, pgtwin_queue);
         RETURN NULL;

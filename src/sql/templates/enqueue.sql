@@ -3,20 +3,20 @@
 DECLARE
     oldest timestamptz;
 BEGIN
-    IF (SELECT needs_repair_since FROM pgtwin.link) IS NOT NULL THEN
+    IF (SELECT needs_repair_since FROM {{link}}) IS NOT NULL THEN
         RETURN;
     END IF;
-    SELECT changed_at INTO oldest FROM pgtwin.queue ORDER BY seq LIMIT 1;
+    SELECT changed_at INTO oldest FROM {{queue}} ORDER BY seq LIMIT 1;
     IF oldest < transaction_timestamp() - make_interval(secs => {{max_age_s}}) THEN
-        UPDATE pgtwin.link SET needs_repair_since = now(),
+        UPDATE {{link}} SET needs_repair_since = now(),
             reason = format('the queue for the peer held changes older than %s seconds', {{max_age_s}});
         RETURN;
     END IF;
-    INSERT INTO pgtwin.queue (table_tag, rows, batch) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch);
+    INSERT INTO {{queue}} (table_tag, rows, batch) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch);
     -- Wake `pgtwin run` when the queue was empty. Not on every entry: NOTIFY serializes the commits of
     -- all notifying transactions (a database-wide lock held through the commit's WAL flush), and while
     -- entries wait the runner is draining anyway (it re-checks shortly after each drain).
     IF oldest IS NULL THEN
-        PERFORM pg_notify('pgtwin_queue', '');
+        PERFORM pg_notify({{channel}}, '');
     END IF;
 END

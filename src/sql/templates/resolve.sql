@@ -2,34 +2,34 @@
 -- changes of the same keys still waiting in the local queue. Records each conflict; drops the local
 -- changes that lost from the queue (so they never reach the peer); returns the arriving changes that won.
 DECLARE
-    local_won text[];
-    remote_won text[];
+    pgtwin_local_won text[];
+    pgtwin_remote_won text[];
 BEGIN
     WITH incoming AS (
         SELECT ROW({{b_keys}})::text AS k, b AS c FROM unnest(pgtwin_rows) b
     ), pending AS (
         SELECT ROW({{p_keys}})::text AS k, max(q.changed_at) AS at, (array_agg(p ORDER BY q.seq DESC))[1] AS latest
-        FROM pgtwin.queue q, unnest(q.batch::{{change_type}}[]) p
+        FROM {{queue}} q, unnest(q.batch::{{change_type}}[]) p
         WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
         GROUP BY 1
     ), decided AS (
         SELECT i.k, i.c, p.latest, (p.at > pgtwin_at OR (p.at = pgtwin_at AND {{local_wins_ties}})) AS local_wins
         FROM incoming i JOIN pending p USING (k)
     ), logged AS (
-        INSERT INTO pgtwin.conflicts (table_name, key, local_change, remote_change, winner)
+        INSERT INTO {{conflicts}} (table_name, key, local_change, remote_change, winner)
         SELECT {{table_name}}, k, latest::text, c::text, CASE WHEN local_wins THEN {{local}} ELSE {{peer}} END
         FROM decided
     )
     SELECT coalesce(array_agg(k) FILTER (WHERE local_wins), '{}'), coalesce(array_agg(k) FILTER (WHERE NOT local_wins), '{}')
-    INTO local_won, remote_won
+    INTO pgtwin_local_won, pgtwin_remote_won
     FROM decided;
-    IF cardinality(remote_won) > 0 THEN
-        UPDATE pgtwin.queue q SET
+    IF cardinality(pgtwin_remote_won) > 0 THEN
+        UPDATE {{queue}} q SET
             batch = coalesce((SELECT array_agg(p)::text FROM unnest(q.batch::{{change_type}}[]) p
-                              WHERE NOT ROW({{p_keys}})::text = ANY (remote_won)), '{}'),
-            rows = (SELECT count(*) FROM unnest(q.batch::{{change_type}}[]) p WHERE NOT ROW({{p_keys}})::text = ANY (remote_won))
+                              WHERE NOT ROW({{p_keys}})::text = ANY (pgtwin_remote_won)), '{}'),
+            rows = (SELECT count(*) FROM unnest(q.batch::{{change_type}}[]) p WHERE NOT ROW({{p_keys}})::text = ANY (pgtwin_remote_won))
         WHERE q.table_tag = {{tag}} AND q.batch <> 'T';
-        DELETE FROM pgtwin.queue WHERE table_tag = {{tag}} AND rows = 0;
+        DELETE FROM {{queue}} WHERE table_tag = {{tag}} AND rows = 0;
     END IF;
-    RETURN (SELECT array_agg(b) FROM unnest(pgtwin_rows) b WHERE NOT ROW({{b_keys}})::text = ANY (local_won));
+    RETURN (SELECT array_agg(b) FROM unnest(pgtwin_rows) b WHERE NOT ROW({{b_keys}})::text = ANY (pgtwin_local_won));
 END

@@ -4,6 +4,6 @@ BEGIN
     IF NOT pgtwin_queue THEN
         {{direct}}
     END IF;
-    PERFORM pgtwin.enqueue({{tag}}, pgtwin_chunk, pgtwin_rows);
+    PERFORM {{enqueue}}({{tag}}, pgtwin_chunk, pgtwin_rows);
     RETURN true;
 END

@@ -1,6 +1,6 @@
 -- pgtwin's own state on a node. Created once and kept by every later `up`: the queue and the record of
 -- what was applied must survive a reinstall. `down` drops it with the schema.
-CREATE TABLE IF NOT EXISTS pgtwin.installation (
+CREATE TABLE IF NOT EXISTS {{installation}} (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version text NOT NULL,
     node text NOT NULL,
@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS pgtwin.installation (
     installed_at timestamptz NOT NULL
 );
 -- Increments `up` changed, to be restored by `down`.
-CREATE TABLE IF NOT EXISTS pgtwin.sequences (
+CREATE TABLE IF NOT EXISTS {{sequences}} (
     schema_name text NOT NULL,
     sequence_name text NOT NULL,
     original_increment bigint NOT NULL,
@@ -19,22 +19,28 @@ CREATE TABLE IF NOT EXISTS pgtwin.sequences (
 );
 -- Changes for the peer that were not applied there directly (peer down, or async mode), in order. Each
 -- entry is one chunk, exactly as it would have been shipped: `pgtwin run` ships it later.
-CREATE TABLE IF NOT EXISTS pgtwin.queue (
+CREATE TABLE IF NOT EXISTS {{queue}} (
     seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     table_tag text NOT NULL,
     rows integer NOT NULL,
     batch text NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT transaction_timestamp()
 );
--- The peer's last queue entry applied here, written in the applying transaction: replay is exactly once.
-CREATE TABLE IF NOT EXISTS pgtwin.applied (
+-- When changes from the peer were last replayed here (one row per origin; `pgtwin run` locks it).
+CREATE TABLE IF NOT EXISTS {{applied}} (
     origin text PRIMARY KEY,
-    seq bigint NOT NULL,
     applied_at timestamptz NOT NULL
+);
+-- The peer's queue entries applied here and not yet deleted from its queue, written in the applying
+-- transaction: replay is exactly once.
+CREATE TABLE IF NOT EXISTS {{replayed}} (
+    origin text NOT NULL,
+    seq bigint NOT NULL,
+    PRIMARY KEY (origin, seq)
 );
 -- Keys both nodes changed while apart, and which version won (the later change; ties to the node whose
 -- name sorts last).
-CREATE TABLE IF NOT EXISTS pgtwin.conflicts (
+CREATE TABLE IF NOT EXISTS {{conflicts}} (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     resolved_at timestamptz NOT NULL DEFAULT now(),
     table_name text NOT NULL,
@@ -45,9 +51,9 @@ CREATE TABLE IF NOT EXISTS pgtwin.conflicts (
 );
 -- Set when the queue outgrew its limit: changes are no longer recorded, and only a repair joins the
 -- nodes again.
-CREATE TABLE IF NOT EXISTS pgtwin.link (
+CREATE TABLE IF NOT EXISTS {{link}} (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     needs_repair_since timestamptz,
     reason text
 );
-INSERT INTO pgtwin.link VALUES (true, NULL, NULL) ON CONFLICT DO NOTHING;
+INSERT INTO {{link}} VALUES (true, NULL, NULL) ON CONFLICT DO NOTHING;
