@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use tokio_postgres::{Client, NoTls};
 
 /// A libpq connection URL, split into the parts pgtwin needs. Query parameters other than the ones named
@@ -126,7 +126,24 @@ impl ConnInfo {
         if let Some(o) = self.params.get("options") {
             c.options(o);
         }
+        // A connection whose peer vanished without a reset (network cut, host frozen) is noticed
+        // within seconds, not after the kernel's two hours.
+        c.keepalives_idle(Duration::from_secs(KEEPALIVE.idle_s))
+            .keepalives_interval(Duration::from_secs(KEEPALIVE.interval_s))
+            .keepalives_retries(KEEPALIVE.count)
+            .tcp_user_timeout(Duration::from_millis(KEEPALIVE.tcp_user_timeout_ms));
         c
+    }
+
+    /// pgtwin's own connections do not speak TLS (the foreign servers do, by the URL's sslmode).
+    fn check_tls(&self, node: &str) -> Result<()> {
+        match self.params.get("sslmode").map(String::as_str) {
+            Some(mode @ ("require" | "verify-ca" | "verify-full")) => bail!(
+                "node {node}: sslmode={mode}: pgtwin's own connections do not support TLS yet; \
+                 use sslmode=prefer for this node, or reach it through a local TLS tunnel"
+            ),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -147,6 +164,34 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// TCP keepalive and unacknowledged-data limits on every connection to a node: pgtwin's own, and the
+/// foreign server's (a write waiting on a peer that vanished fails, then queues, instead of hanging).
+pub struct Keepalive {
+    pub idle_s: u64,
+    pub interval_s: u64,
+    pub count: u32,
+    pub tcp_user_timeout_ms: u64,
+}
+
+pub const KEEPALIVE: Keepalive = Keepalive {
+    idle_s: 10,
+    interval_s: 5,
+    count: 3,
+    tcp_user_timeout_ms: 30_000,
+};
+
+impl Keepalive {
+    /// The same limits as libpq connection parameters.
+    pub fn libpq_params(&self) -> [(&'static str, String); 4] {
+        [
+            ("keepalives_idle", self.idle_s.to_string()),
+            ("keepalives_interval", self.interval_s.to_string()),
+            ("keepalives_count", self.count.to_string()),
+            ("tcp_user_timeout", self.tcp_user_timeout_ms.to_string()),
+        ]
+    }
+}
+
 /// Settings on every pgtwin session. `search_path` is pinned so catalog output (format_type, regclass)
 /// comes back fully qualified; UTC and fixed date, interval and bytea styles make text output (keys, rows)
 /// the same on both nodes; `pgtwin.origin` marks the session so the capture triggers do not ship
@@ -161,6 +206,7 @@ type Connection =
 /// Opens a connection, bounded in time even against a peer that accepts TCP but never answers. The
 /// caller drives the returned connection.
 pub async fn open(node: &str, info: &ConnInfo, timeout: Duration) -> Result<(Client, Connection)> {
+    info.check_tls(node)?;
     tokio::time::timeout(timeout, info.pg_config(timeout).connect(NoTls))
         .await
         .map_err(|_| {

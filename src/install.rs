@@ -259,14 +259,16 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
             lock_table(n.name(), &n.db, &pair[i].name).await?;
         }
     }
-    // Queued chunks are the text of the installed change types: a node whose objects would be rebuilt
-    // must have an empty queue. (A node that stays as it is keeps its queue: after a half-done `up`, the
-    // installed node queues until the other is installed, then `run` replays.)
+    // Queued changes must reach the peer first: the merge would take them for differences, and a node
+    // whose objects are rebuilt could not read its queue (chunks are the text of its change types). The
+    // one exception is a half-done `up`: the installed node queued because its peer had no inbox yet;
+    // it keeps its queue, and `run` replays it once the peer is installed.
     let before = build(cfg, p).await?;
     let mut queued = [0; 2];
     for (i, n) in p.nodes.iter().enumerate() {
         queued[i] = queued_rows(n.name(), &n.db).await?;
-        if queued[i] > 0 && !before[i].up_to_date {
+        let peer_installed = p.nodes[1 - i].info.installed.is_some();
+        if queued[i] > 0 && (peer_installed || !before[i].up_to_date) {
             bail!("{} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", queued[i], n.name());
         }
     }
@@ -354,17 +356,22 @@ pub async fn repair(
     progress: bool,
 ) -> Result<RepairReport> {
     let p = prepare(cfg).await?;
-    // Queued changes are differences on their way: repairing them away would undo them on replay.
     for n in &p.nodes {
-        let queued = queued_rows(n.name(), &n.db).await?;
-        if queued > 0 {
-            bail!("{queued} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", n.name());
-        }
+        refuse_queued(n, None).await?;
+    }
+    // A link that stopped queueing (past max_queue_age_s) dropped changes that only the table data
+    // shows now: every table is then compared under its locks, not just the suspects found without.
+    let mut stopped_queueing = false;
+    for n in &p.nodes {
+        stopped_queueing |= needs_repair(n).await?;
     }
     let mut suspects = Vec::new();
     for pair in &p.tables {
         let diff = compare::compare(p.sides(), &pair[0]).await?;
-        suspects.push(compare::recheck(p.sides(), &pair[0], diff, 3).await?);
+        suspects.push(match stopped_queueing {
+            true => None,
+            false => Some(compare::recheck(p.sides(), &pair[0], diff, 3).await?),
+        });
     }
     let result = repair_locked(&p, policy, &suspects, dry_run, progress).await;
     if result.is_err() || dry_run {
@@ -375,10 +382,12 @@ pub async fn repair(
     result
 }
 
+/// `suspects`: per table, the keys that differed when compared without locks, or None to compare the
+/// whole table under the locks.
 async fn repair_locked(
     p: &Prepared,
     policy: &merge::Policy,
-    suspects: &[Diff],
+    suspects: &[Option<Diff>],
     dry_run: bool,
     progress: bool,
 ) -> Result<RepairReport> {
@@ -388,7 +397,7 @@ async fn repair_locked(
     let progress = Progress::new(progress, "repairing");
     let mut tables = Vec::new();
     for (pair, suspect) in p.tables.iter().zip(suspects) {
-        if suspect.is_equal() {
+        if suspect.as_ref().is_some_and(|d| d.is_equal()) {
             tables.push(merge::MergeReport {
                 table: pair[0].name.to_string(),
                 ..Default::default()
@@ -398,13 +407,33 @@ async fn repair_locked(
         for (i, n) in p.nodes.iter().enumerate() {
             lock_table(n.name(), &n.db, &pair[i].name).await?;
         }
+        // Queued changes are differences on their way: repairing them away would undo them on replay.
+        // Checked again under the locks, which keep new ones out.
+        for n in &p.nodes {
+            refuse_queued(n, Some(&pair[0].name)).await?;
+        }
         // Under the locks, the suspects are compared once more: only rows that still differ are touched.
-        let diff = compare::reread(p.sides(), &pair[0], suspect.clone()).await?;
+        let diff = match suspect {
+            Some(suspect) => compare::reread(p.sides(), &pair[0], suspect.clone()).await?,
+            None => compare::compare(p.sides(), &pair[0]).await?,
+        };
         tables.push(
             merge::merge(p.sides(), &pair[0], &diff, Some(policy), dry_run, &progress).await?,
         );
     }
     drop(progress);
+    // Repaired: changes are queued again from the commit on (writers of the locked tables wait for it).
+    for n in p.nodes.iter().filter(|n| n.info.installed.is_some()) {
+        n.db.execute(
+            &format!(
+                "UPDATE {} SET needs_repair_since = NULL, reason = NULL",
+                names::link_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(n.name(), "clearing the repair mark"))?;
+    }
     if dry_run {
         return Ok(RepairReport {
             dry_run,
@@ -439,7 +468,21 @@ pub struct DownOutcome {
 }
 
 /// Removes pgtwin from each node independently: an unreachable node does not stop the other's cleanup.
-pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Vec<DownOutcome> {
+/// Unless `force`, first refuses (changing nothing) while either reachable node's queue holds changes:
+/// removing either node would leave them with nowhere to go.
+pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOutcome>> {
+    if !force && !dry_run {
+        for node in &cfg.nodes {
+            let Ok(n) = twin::connect(cfg, node).await else {
+                continue;
+            };
+            if n.info.installed.is_some() {
+                refuse_queued(&n, None)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e:#}, or down --force to drop them"))?;
+            }
+        }
+    }
     let mut out = Vec::new();
     for node in &cfg.nodes {
         let mut outcome = DownOutcome {
@@ -447,36 +490,32 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Vec<DownOutcome> 
             steps: Vec::new(),
             error: None,
         };
-        if let Err(e) = down_node(cfg, node, dry_run, force, &mut outcome.steps).await {
+        if let Err(e) = down_node(cfg, node, dry_run, &mut outcome.steps).await {
             outcome.error = Some(format!("{e:#}"));
         }
         out.push(outcome);
     }
-    out
+    Ok(out)
 }
 
 async fn down_node(
     cfg: &Config,
     node: &crate::config::Node,
     dry_run: bool,
-    force: bool,
     steps: &mut Vec<Step>,
 ) -> Result<()> {
     let n = twin::connect(cfg, node).await?;
     apply::begin(n.name(), &n.db).await?;
     // Re-read inside the lock: another run may have changed the node meanwhile.
     let info = catalog::node_info(n.name(), &n.db).await?;
+    if info.foreign_schema {
+        bail!("node {}: schema pgtwin exists but was not created by pgtwin: down leaves it alone (rename it, then run down again)", n.name());
+    }
     let captured: Vec<QualName> = catalog::captured_tables(n.name(), &n.db)
         .await?
         .into_iter()
         .map(|(t, _)| t)
         .collect();
-    if info.installed.is_some() && !force && !dry_run {
-        let queued = queued_rows(n.name(), &n.db).await?;
-        if queued > 0 {
-            bail!("{queued} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first, or down --force to drop them", n.name());
-        }
-    }
     let sequences = if info.installed.is_some() {
         recorded_sequences(n.name(), &n.db).await?
     } else {
@@ -517,6 +556,50 @@ async fn recorded_sequences(node: &str, db: &Client) -> Result<Vec<(QualName, i6
             )
         })
         .collect())
+}
+
+/// Fails while changes wait in the node's queue (of one table, or of any).
+async fn refuse_queued(n: &Connected, table: Option<&QualName>) -> Result<()> {
+    let queued = queued_rows(n.name(), &n.db).await?;
+    if queued == 0 {
+        return Ok(());
+    }
+    let Some(table) = table else {
+        bail!("{queued} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", n.name());
+    };
+    let of_table: i64 =
+        n.db.query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE table_tag = $1",
+                names::queue_table()
+            ),
+            &[&names::table_tag(table)],
+        )
+        .await
+        .map_err(on_node(n.name(), "reading the queue"))?
+        .get(0);
+    if of_table > 0 {
+        bail!("table {table}: changes on node {} still wait to be applied to its peer: run pgtwin run --once, then repair again", n.name());
+    }
+    Ok(())
+}
+
+/// Whether the node's link stopped queueing and only a repair joins the nodes again.
+async fn needs_repair(n: &Connected) -> Result<bool> {
+    if n.info.installed.is_none() {
+        return Ok(false);
+    }
+    Ok(n.db
+        .query_one(
+            &format!(
+                "SELECT needs_repair_since IS NOT NULL FROM {}",
+                names::link_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(n.name(), "reading the link state"))?
+        .get(0))
 }
 
 /// Changes waiting in a node's queue (0 where the queue does not exist yet).

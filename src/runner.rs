@@ -13,13 +13,14 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::config::{Config, Node};
 use crate::db::{on_node, pg_message};
+use crate::sql::ident::{Ident, Literal};
 use crate::sql::names;
 
 /// Queue entries replayed per transaction on the peer.
@@ -83,114 +84,99 @@ async fn connect_listening(
     })
 }
 
-/// Replays `from`'s queue on `to` until it is empty.
-async fn drain(from: &Listener, to: &Listener) -> Result<Drained> {
+/// Replays `from`'s queue on `to`, up to the last entry queued when it starts (writers that never
+/// stop must not keep one direction, or `run --once`, going forever).
+/// Stops between two transactions once `stop` says so.
+async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
     let mut total = Drained::default();
-    loop {
-        to.db
-            .batch_execute("BEGIN")
-            .await
-            .map_err(on_node(&to.name, "BEGIN"))?;
-        match drain_batch(from, to).await {
+    let last: Option<i64> = from
+        .db
+        .query_one(
+            &format!("SELECT max(seq) FROM {}", names::queue_table()),
+            &[],
+        )
+        .await
+        .map_err(on_node(&from.name, "reading the queue"))?
+        .get(0);
+    let Some(last) = last else {
+        return Ok(total);
+    };
+    forget_replayed(from, to).await?;
+    while !*stop.borrow() {
+        begin(from).await?;
+        match drain_batch(from, to, last).await {
             Ok(None) => {
-                to.db
-                    .batch_execute("COMMIT")
-                    .await
-                    .map_err(on_node(&to.name, "COMMIT"))?;
+                commit(from).await?;
                 return Ok(total);
             }
             Ok(Some((seqs, done))) => {
-                to.db
-                    .batch_execute("COMMIT")
+                // Applied and recorded on the peer; now the origin forgets them. If this fails, the
+                // next drain finds them recorded on the peer and forgets them then.
+                from.db
+                    .execute(
+                        &format!("DELETE FROM {} WHERE seq = ANY($1)", names::queue_table()),
+                        &[&seqs],
+                    )
                     .await
-                    .map_err(on_node(&to.name, "COMMIT"))?;
-                // Applied and recorded on the peer; now the origin may forget them. If this fails, the
-                // next round finds them recorded on the peer and forgets them then.
-                forget(from, to, &seqs).await?;
+                    .map_err(on_node(&from.name, "removing replayed queue entries"))?;
+                commit(from).await?;
+                forget_records(from, to, &seqs).await?;
                 total.entries += done.entries;
                 total.rows += done.rows;
                 tracing::info!(from = %from.name, to = %to.name, entries = done.entries, rows = done.rows, "replayed");
             }
             Err(e) => {
-                let _ = to.db.batch_execute("ROLLBACK").await;
+                let _ = from.db.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
         }
     }
+    Ok(total)
 }
 
-/// One transaction's worth on the peer: returns the entries applied, or None when none are left.
-async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(Vec<i64>, Drained)>> {
-    let origin = from.name.as_str();
-    // The progress row, locked: a second runner on the same pair waits here.
-    to.db
-        .execute(
-            &format!(
-                "INSERT INTO {} VALUES ($1, now()) ON CONFLICT (origin) DO NOTHING",
-                names::applied_table()
-            ),
-            &[&origin],
-        )
+/// Set to true on SIGINT/SIGTERM.
+type Stop = watch::Receiver<bool>;
+
+async fn begin(node: &Listener) -> Result<()> {
+    node.db
+        .batch_execute("BEGIN")
         .await
-        .map_err(on_node(&to.name, "recording replay progress"))?;
-    to.db
-        .execute(
-            &format!(
-                "SELECT FROM {} WHERE origin = $1 FOR UPDATE",
-                names::applied_table()
-            ),
-            &[&origin],
-        )
+        .map_err(on_node(&node.name, "BEGIN"))
+}
+
+async fn commit(node: &Listener) -> Result<()> {
+    node.db
+        .batch_execute("COMMIT")
         .await
-        .map_err(on_node(&to.name, "recording replay progress"))?;
-    // Entries a run before this one applied but could not yet delete from the origin's queue.
-    let already: Vec<i64> = to
+        .map_err(on_node(&node.name, "COMMIT"))
+}
+
+/// One transaction's worth, inside a transaction on `from`: reads the next queue entries `FOR UPDATE`
+/// (a change arriving from the peer that beats one of them waits to rewrite it until they are replayed,
+/// never rewrites the copy being replayed), and applies them on `to` in one transaction of its own,
+/// committed before this returns. Returns the entries applied, or None when none are left.
+async fn drain_batch(
+    from: &Listener,
+    to: &Listener,
+    last: i64,
+) -> Result<Option<(Vec<i64>, Drained)>> {
+    let rows = from
         .db
         .query(
             &format!(
-                "SELECT seq FROM {} WHERE origin = $1",
-                names::replayed_table()
-            ),
-            &[&origin],
-        )
-        .await
-        .map_err(on_node(&to.name, "reading replay progress"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !already.is_empty() {
-        forget(from, to, &already).await?;
-    }
-    let entries = from
-        .db
-        .query(
-            &format!(
-                "SELECT seq, table_tag, rows, batch, changed_at::text FROM {} ORDER BY seq LIMIT $1",
+                "SELECT seq, table_tag, rows, batch, changed_at::text FROM {} WHERE seq <= $1 \
+                 ORDER BY seq LIMIT $2 FOR UPDATE",
                 names::queue_table()
             ),
-            &[&ENTRIES_PER_TRANSACTION],
+            &[&last, &ENTRIES_PER_TRANSACTION],
         )
         .await
         .map_err(on_node(&from.name, "reading the queue"))?;
-    if entries.is_empty() {
+    if rows.is_empty() {
         return Ok(None);
     }
-    let seqs: Vec<i64> = entries.iter().map(|r| r.get(0)).collect();
-    let mut done = Drained::default();
-    // Tables with changes queued on the peer too: their chunks go one by one, each with its own time,
-    // for the peer's conflict resolution. The others are merged into larger chunks.
-    let contested: Vec<String> = to
-        .db
-        .query(
-            &format!("SELECT DISTINCT table_tag FROM {}", names::queue_table()),
-            &[],
-        )
-        .await
-        .map_err(on_node(&to.name, "reading the queue"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let entries: Vec<Entry> = entries
+    let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let entries: Vec<Entry> = rows
         .iter()
         .map(|r| Entry {
             tag: r.get(1),
@@ -199,24 +185,93 @@ async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(Vec<i64>,
             changed_at: r.get(4),
         })
         .collect();
-    for chunk in merge_entries(entries, &contested) {
+    // Joined chunks first; should one meet changes queued on the peer (whose queue may fill at any
+    // time), the entries go again one by one, each with its own time for the conflict resolution.
+    let mut join = true;
+    loop {
+        begin(to).await?;
+        match apply_entries(from, to, &entries, &seqs, join).await {
+            Ok(done) => {
+                commit(to).await?;
+                return Ok(Some((seqs, done)));
+            }
+            Err(e) => {
+                let _ = to.db.batch_execute("ROLLBACK").await;
+                let unjoined = e
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .and_then(|e| e.code())
+                    .is_some_and(|c| c.code() == names::RETRY_UNJOINED_SQLSTATE);
+                if !(join && unjoined) {
+                    let cause = match e.downcast_ref::<tokio_postgres::Error>() {
+                        Some(pg) => pg_message(pg),
+                        None => format!("{e:#}"),
+                    };
+                    bail!(
+                        "node {}: applying queued changes from {}: {cause}",
+                        to.name,
+                        from.name
+                    );
+                }
+                join = false;
+            }
+        }
+    }
+}
+
+/// Applies entries on `to` (in its open transaction) and records them as applied there.
+async fn apply_entries(
+    from: &Listener,
+    to: &Listener,
+    entries: &[Entry],
+    seqs: &[i64],
+    join: bool,
+) -> Result<Drained> {
+    let origin = from.name.as_str();
+    // The progress row, locked: should a second runner reach this pair, it waits here.
+    to.db
+        .execute(
+            &format!(
+                "INSERT INTO {} VALUES ($1, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now()",
+                names::applied_table()
+            ),
+            &[&origin],
+        )
+        .await?;
+    // Tables with changes queued on the peer too are not joined: each chunk keeps its own time.
+    let contested: Vec<String> = if join {
+        to.db
+            .query(
+                &format!("SELECT DISTINCT table_tag FROM {}", names::queue_table()),
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let chunks = if join {
+        join_entries(entries.to_vec(), &contested)
+    } else {
+        entries.iter().map(|e| (e.clone(), false)).collect()
+    };
+    let mut done = Drained::default();
+    for (chunk, joined) in chunks {
         // The time of the change travels with it (set in the WHERE clause, which runs before the
         // INSTEAD OF trigger): the peer compares it with its own queued changes of the same keys.
         let sql = format!(
-            "UPDATE {} SET {} = $1 WHERE set_config('pgtwin.replay_at', $2, true) IS NOT NULL",
+            "UPDATE {} SET {} = $1 WHERE set_config({}, $2, true) IS NOT NULL \
+             AND set_config({}, $3, true) IS NOT NULL",
             names::inbox_of_tag(&chunk.tag),
-            crate::sql::ident::Ident::new(names::BATCH_COLUMN)
+            Ident::new(names::BATCH_COLUMN),
+            Literal(names::REPLAY_AT_SETTING),
+            Literal(names::REPLAY_JOINED_SETTING),
         );
+        let joined = if joined { "on" } else { "off" };
         to.db
-            .execute(&sql, &[&chunk.batch, &chunk.changed_at])
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "node {}: applying queued changes from {origin}: {}",
-                    to.name,
-                    pg_message(&e)
-                )
-            })?;
+            .execute(&sql, &[&chunk.batch, &chunk.changed_at, &joined])
+            .await?;
         done.entries += 1;
         done.rows += chunk.rows;
     }
@@ -228,19 +283,8 @@ async fn drain_batch(from: &Listener, to: &Listener) -> Result<Option<(Vec<i64>,
             ),
             &[&origin, &seqs],
         )
-        .await
-        .map_err(on_node(&to.name, "recording replay progress"))?;
-    to.db
-        .execute(
-            &format!(
-                "UPDATE {} SET applied_at = now() WHERE origin = $1",
-                names::applied_table()
-            ),
-            &[&origin],
-        )
-        .await
-        .map_err(on_node(&to.name, "recording replay progress"))?;
-    Ok(Some((seqs, done)))
+        .await?;
+    Ok(done)
 }
 
 /// One queue entry: a chunk of changes of one table, or 'T' (truncate).
@@ -252,8 +296,8 @@ struct Entry {
     changed_at: String,
 }
 
-/// Largest chunk the runner builds by merging queue entries.
-const MERGED_ROWS: u64 = 10_000;
+/// Largest chunk the runner builds by joining queue entries.
+const JOINED_ROWS: u64 = 10_000;
 
 /// The op of a chunk: its text is an array of change-type rows, `{"(U,...)",...}`, each starting with
 /// the op; None for anything else (a truncate, or a form this does not recognise: never merged).
@@ -264,33 +308,52 @@ fn chunk_op(batch: &str) -> Option<u8> {
     }
 }
 
-/// Merges runs of entries of the same table and op (arrays concatenate as text) into chunks of up to
-/// MERGED_ROWS rows: fewer, larger set-wise applies on the peer. Order is kept; contested tables and
-/// truncates are left alone. A merged chunk carries the time of its last entry.
-fn merge_entries(entries: Vec<Entry>, contested: &[String]) -> Vec<Entry> {
-    let mut out: Vec<Entry> = Vec::new();
+/// Joins runs of entries of the same table and op (arrays concatenate as text) into chunks of up to
+/// JOINED_ROWS rows: fewer, larger set-wise applies on the peer. Order is kept; contested tables and
+/// truncates are left alone. A joined chunk carries the time of its last entry, and says it was joined.
+fn join_entries(entries: Vec<Entry>, contested: &[String]) -> Vec<(Entry, bool)> {
+    let mut out: Vec<(Entry, bool)> = Vec::new();
     for e in entries {
-        if let Some(last) = out.last_mut() {
+        if let Some((last, joined)) = out.last_mut() {
             let same_kind = last.tag == e.tag
                 && chunk_op(&last.batch).is_some()
                 && chunk_op(&last.batch) == chunk_op(&e.batch)
                 && !contested.contains(&e.tag);
-            if same_kind && last.rows + e.rows <= MERGED_ROWS {
+            if same_kind && last.rows + e.rows <= JOINED_ROWS {
                 last.batch.pop();
                 last.batch.push(',');
                 last.batch.push_str(&e.batch[1..]);
                 last.rows += e.rows;
                 last.changed_at = e.changed_at;
+                *joined = true;
                 continue;
             }
         }
-        out.push(e);
+        out.push((e, false));
     }
     out
 }
 
-/// Deletes replayed entries from the origin's queue, then their records from the peer.
-async fn forget(from: &Listener, to: &Listener, seqs: &[i64]) -> Result<()> {
+/// Entries a drain before this one applied on `to` but could not delete from `from`'s queue: deletes
+/// them now, then their records.
+async fn forget_replayed(from: &Listener, to: &Listener) -> Result<()> {
+    let seqs: Vec<i64> = to
+        .db
+        .query(
+            &format!(
+                "SELECT seq FROM {} WHERE origin = $1",
+                names::replayed_table()
+            ),
+            &[&from.name],
+        )
+        .await
+        .map_err(on_node(&to.name, "reading replay progress"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if seqs.is_empty() {
+        return Ok(());
+    }
     from.db
         .execute(
             &format!("DELETE FROM {} WHERE seq = ANY($1)", names::queue_table()),
@@ -298,6 +361,11 @@ async fn forget(from: &Listener, to: &Listener, seqs: &[i64]) -> Result<()> {
         )
         .await
         .map_err(on_node(&from.name, "removing replayed queue entries"))?;
+    forget_records(from, to, &seqs).await
+}
+
+/// Deletes the records of entries that are gone from the origin's queue.
+async fn forget_records(from: &Listener, to: &Listener, seqs: &[i64]) -> Result<()> {
     to.db
         .execute(
             &format!(
@@ -320,8 +388,9 @@ pub async fn run_once(cfg: &Config) -> Result<[Drained; 2]> {
         connect_listening(cfg, &cfg.nodes[1], wake)
     );
     let (a, b) = (a?, b?);
-    let ab = drain(&a, &b).await.context("replaying")?;
-    let ba = drain(&b, &a).await.context("replaying")?;
+    let (_keep, never) = watch::channel(false);
+    let ab = drain(&a, &b, &never).await.context("replaying")?;
+    let ba = drain(&b, &a, &never).await.context("replaying")?;
     Ok([ab, ba])
 }
 
@@ -329,8 +398,12 @@ pub async fn run_once(cfg: &Config) -> Result<[Drained; 2]> {
 /// backoff after an outage; returns on SIGINT/SIGTERM between two transactions.
 pub async fn run_forever(cfg: &Config) -> Result<()> {
     let mut backoff = Duration::from_millis(500);
-    let mut shutdown = shutdown_signal();
-    loop {
+    let (stop_tx, mut stop) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    while !*stop.borrow() {
         let (wake_tx, mut wake) = mpsc::unbounded_channel();
         let connected = tokio::join!(
             connect_listening(cfg, &cfg.nodes[0], wake_tx.clone()),
@@ -343,7 +416,7 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
                 tracing::warn!("{e:#}; retrying in {:?}", backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = &mut shutdown => return Ok(()),
+                    _ = stop.changed() => return Ok(()),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 continue;
@@ -356,8 +429,8 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
         );
         loop {
             let result = async {
-                let ab = drain(&a, &b).await?;
-                let ba = drain(&b, &a).await?;
+                let ab = drain(&a, &b, &stop).await?;
+                let ba = drain(&b, &a, &stop).await?;
                 Ok::<_, anyhow::Error>(ab.entries + ba.entries)
             }
             .await;
@@ -379,11 +452,12 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
             tokio::select! {
                 _ = wake.recv() => {}
                 _ = tokio::time::sleep(idle_wait) => {}
-                _ = &mut shutdown => return Ok(()),
+                _ = stop.changed() => return Ok(()),
             }
             while wake.try_recv().is_ok() {}
         }
     }
+    Ok(())
 }
 
 fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
@@ -411,26 +485,29 @@ mod tests {
     }
 
     #[test]
-    fn runs_of_one_table_and_op_merge_in_order() {
-        let merged = merge_entries(
+    fn runs_of_one_table_and_op_join_in_order() {
+        let joined = join_entries(
             vec![
                 entry("t", 1, r#"{"(U,1,a)"}"#, "1"),
                 entry("t", 2, r#"{"(U,2,b)","(U,3,c)"}"#, "2"),
                 entry("t", 1, r#"{"(D,1,)"}"#, "3"),
-                entry("t", 0, "T", "4"),
+                entry("t", 1, "T", "4"),
                 entry("t", 1, r#"{"(U,4,d)"}"#, "5"),
                 entry("u", 1, r#"{"(U,9,z)"}"#, "6"),
             ],
             &[],
         );
         assert_eq!(
-            merged,
+            joined,
             vec![
-                entry("t", 3, r#"{"(U,1,a)","(U,2,b)","(U,3,c)"}"#, "2"),
-                entry("t", 1, r#"{"(D,1,)"}"#, "3"),
-                entry("t", 0, "T", "4"),
-                entry("t", 1, r#"{"(U,4,d)"}"#, "5"),
-                entry("u", 1, r#"{"(U,9,z)"}"#, "6"),
+                (
+                    entry("t", 3, r#"{"(U,1,a)","(U,2,b)","(U,3,c)"}"#, "2"),
+                    true
+                ),
+                (entry("t", 1, r#"{"(D,1,)"}"#, "3"), false),
+                (entry("t", 1, "T", "4"), false),
+                (entry("t", 1, r#"{"(U,4,d)"}"#, "5"), false),
+                (entry("u", 1, r#"{"(U,9,z)"}"#, "6"), false),
             ]
         );
     }
@@ -441,12 +518,12 @@ mod tests {
             entry("t", 1, r#"{"(U,1,a)"}"#, "1"),
             entry("t", 1, r#"{"(U,2,b)"}"#, "2"),
         ];
-        assert_eq!(merge_entries(two.clone(), &["t".to_string()]).len(), 2);
+        assert_eq!(join_entries(two.clone(), &["t".to_string()]).len(), 2);
         let big = vec![
-            entry("t", MERGED_ROWS, r#"{"(U,1,a)"}"#, "1"),
+            entry("t", JOINED_ROWS, r#"{"(U,1,a)"}"#, "1"),
             entry("t", 1, r#"{"(U,2,b)"}"#, "2"),
         ];
-        assert_eq!(merge_entries(big, &[]).len(), 2);
+        assert_eq!(join_entries(big, &[]).len(), 2);
         assert_eq!(chunk_op("T"), None);
         assert_eq!(chunk_op(r#"{"(D,1,)"}"#), Some(b'D'));
     }

@@ -395,6 +395,194 @@ async fn fail_mode_fails_the_write_and_a_full_queue_asks_for_repair() {
         text.contains("NEEDS REPAIR") && text.contains("link to peer: DOWN"),
         "{text}"
     );
+    // Link back: the queue drains, and repair brings over what was not recorded and clears the mark.
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    p.pgtwin(&["repair", "--prefer", "a"]).ok();
+    assert_eq!(p.assert_same("items").await.len(), 2);
+    let status: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    assert!(
+        status["nodes"][0]["queue"]["needs_repair_since"].is_null(),
+        "{status}"
+    );
+    // Changes are recorded again: one made while the link is cut arrives after it is back.
+    set_peer_port(&p, 0, closed).await;
+    p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (3, 'queued again', 1)")
+        .await
+        .unwrap();
+    assert_eq!(queued(&p, 0).await, 1);
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.assert_same("items").await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_queued_truncate_counts_and_blocks_up_repair_and_down() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items VALUES (1, 'seed', 1)").await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    set_peer_port(&p, 0, closed).await;
+    p.owner[0].batch_execute("TRUNCATE items").await.unwrap();
+    assert_eq!(queued(&p, 0).await, 1, "a truncate is one queued change");
+    // The queue is the only record of the truncate: nothing may repair, merge or drop it away.
+    p.pgtwin(&["up"])
+        .fails_with(&["node a", "run pgtwin run --once"]);
+    p.pgtwin(&["repair", "--prefer", "b"])
+        .fails_with(&["node a", "run pgtwin run --once"]);
+    p.pgtwin(&["down"]).fails_with(&["node a", "--force"]);
+    assert_eq!(p.rows(1, "items").await.len(), 1);
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    assert!(p.assert_same("items").await.is_empty());
+}
+
+/// A replayed change and a local transaction writing the same row at that moment: the replay waits for
+/// the row, then sees the local change in the queue and weighs it (the later one wins on both nodes),
+/// instead of overwriting it unseen.
+#[tokio::test]
+async fn a_local_write_in_flight_during_replay_is_weighed_not_overwritten() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items VALUES (1, 'seed', 1)").await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[1]
+        .batch_execute("UPDATE items SET v = 'b, earlier' WHERE id = 1")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let a = &p.owner[0];
+    a.batch_execute("BEGIN; UPDATE items SET v = 'a, later, in flight' WHERE id = 1")
+        .await
+        .unwrap();
+    let runner = Runner::start(&p, &["run", "--once"]);
+    // The replay of b's change reaches the row a's open transaction holds, and waits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = p.admin[0]
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtwin' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replay never reached the row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.batch_execute("COMMIT").await.unwrap();
+    assert!(runner.wait(Duration::from_secs(20)).success());
+    // a's change, queued by the transaction that was in flight, goes across on the next drain.
+    p.pgtwin(&["run", "--once"]).ok();
+    let rows = p.assert_same("items").await;
+    assert_eq!(rows, vec!["(1,\"a, later, in flight\",1)"]);
+    let conflicts: i64 = p.admin[0]
+        .query_one(
+            "SELECT count(*) FROM pgtwin.conflicts WHERE winner = 'a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(conflicts, 1);
+}
+
+/// A chunk `pgtwin run` joined from several entries has one time for all: where the node it reaches
+/// holds queued changes of that table, the apply refuses it (SQLSTATE PT409) so the runner sends the
+/// entries one by one.
+#[tokio::test]
+async fn a_joined_chunk_meeting_queued_changes_is_refused_for_a_retry() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[1]
+        .batch_execute("INSERT INTO items VALUES (5, 'queued on b', 1)")
+        .await
+        .unwrap();
+    let inbox: String = p.admin[1]
+        .query_one(
+            "SELECT format('%I.%I', schemaname, viewname) FROM pg_views WHERE schemaname = 'pgtwin'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let batch: String = p.admin[1]
+        .query_one("SELECT batch FROM pgtwin.queue", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let replay =
+        |joined: &'static str| {
+            format!(
+            "BEGIN; SET LOCAL pgtwin.origin = 'a'; SET LOCAL pgtwin.replay_at = '2000-01-01 UTC'; \
+             SET LOCAL pgtwin.replay_joined = '{joined}'; UPDATE {inbox} SET pgtwin_batch = '{}'",
+            batch.replace("queued on b", "older, from a").replace('\'', "''")
+        )
+        };
+    let err = p.owner[1].batch_execute(&replay("on")).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("PT409"), "{err:?}");
+    p.owner[1].batch_execute("ROLLBACK").await.unwrap();
+    // Unjoined, the same chunk is weighed against the queue: b's own change is later, and stays.
+    p.owner[1].batch_execute(&replay("off")).await.unwrap();
+    p.owner[1].batch_execute("COMMIT").await.unwrap();
+    assert_eq!(p.rows(1, "items").await, vec!["(5,\"queued on b\",1)"]);
+}
+
+/// A `pgtwin` process in the background, killed if the test ends first.
+struct Runner(std::process::Child);
+
+impl Runner {
+    fn start(p: &Pair, args: &[&str]) -> Runner {
+        Runner(
+            Command::new(env!("CARGO_BIN_EXE_pgtwin"))
+                .arg("-c")
+                .arg(p.dir.path().join("pgtwin.toml"))
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "pgtwin did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test]

@@ -155,7 +155,7 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("\n$ pgtwin down");
-    for o in install::down(&cfg, false, false).await {
+    for o in install::down(&cfg, false, false).await? {
         match o.error {
             None => println!("  node {}: pgtwin removed, table data kept", o.node),
             Some(e) => println!("  node {}: {e}", o.node),

@@ -7,14 +7,12 @@ use crate::install;
 use crate::plan::render;
 
 pub async fn run(cfg: &Config, dry_run: bool, force: bool) -> Result<ExitCode> {
-    let outcomes = install::down(cfg, dry_run, force).await;
+    let outcomes = install::down(cfg, dry_run, force).await?;
     let mut failed = Vec::new();
     for o in &outcomes {
         match &o.error {
-            Some(e) => {
-                eprintln!("node {}: not cleaned: {e}", o.node);
-                failed.push(o.node.as_str());
-            }
+            // Each error names its node already.
+            Some(e) => failed.push(e.as_str()),
             None if dry_run => {
                 println!("-- ===== node {} =====\n", o.node);
                 print!("{}", render(&o.steps));
@@ -23,9 +21,10 @@ pub async fn run(cfg: &Config, dry_run: bool, force: bool) -> Result<ExitCode> {
         }
     }
     if !failed.is_empty() {
+        // One line, as every error: what failed on each node, and what to do.
         bail!(
-            "down incomplete: node {} not cleaned; run down again when it is reachable",
-            failed.join(", ")
+            "down incomplete: {}; run down again once that is fixed",
+            failed.join("; ")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::cli::RepairArgs;
 use crate::config::Config;
@@ -31,20 +31,12 @@ pub async fn run(cfg: &Config, args: &RepairArgs) -> Result<ExitCode> {
         for m in &report.tables {
             super::print_merge(m, names, args.dry_run);
         }
-        if !args.dry_run {
-            println!(
-                "{}",
-                if report.equal_after {
-                    "check: both nodes equal"
-                } else {
-                    "check: STILL DIFFERENT (writes in flight?): run pgtwin check"
-                }
-            );
-        }
     }
-    Ok(if args.dry_run || report.equal_after {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    if !args.dry_run && !report.equal_after {
+        bail!("repair copied the rows, but a check afterwards still finds differences (writes in flight?): run pgtwin check");
+    }
+    if !args.json && !args.dry_run {
+        println!("check: both nodes equal");
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -163,12 +163,13 @@ pub fn record_step(
     .unhashed()
 }
 
-/// libpq options for the connection from this node to its peer. `options` marks the session as pgtwin's
-/// (so the peer's triggers do not echo) and bounds its lock waits: a lock wait that crosses servers is a
-/// deadlock neither server can see (POSTGRES-NOTES 9).
 /// libpq parameters whose values are secrets: shown masked, like the password.
 const SECRET_PARAMS: [&str; 1] = ["sslpassword"];
 
+/// libpq options for the connection from this node to its peer. `options` marks the session as pgtwin's
+/// (so the peer's triggers do not echo) and bounds its lock waits: a lock wait that crosses servers is a
+/// deadlock neither server can see (POSTGRES-NOTES 9). Connect timeout and keepalives bound the waits
+/// on a peer that does not answer.
 fn server_options(i: &Install, masked: bool) -> String {
     let c = i.peer_conn;
     let mut session = format!(
@@ -193,11 +194,12 @@ fn server_options(i: &Install, masked: bool) -> String {
             _ => opts.push((k.clone(), v.clone())),
         }
     }
-    if !c.params.contains_key("connect_timeout") {
-        opts.push((
-            "connect_timeout".into(),
-            i.options.connect_timeout_s.to_string(),
-        ));
+    let defaults = std::iter::once(("connect_timeout", i.options.connect_timeout_s.to_string()))
+        .chain(crate::db::KEEPALIVE.libpq_params());
+    for (k, v) in defaults {
+        if !c.params.contains_key(k) {
+            opts.push((k.into(), v));
+        }
     }
     opts.push(("options".into(), session));
     comma_list(opts.iter().map(|(k, v)| {
@@ -476,6 +478,14 @@ fn common_names() -> Vec<(&'static str, String)> {
         (
             "replay_setting",
             Literal(names::REPLAY_AT_SETTING).to_string(),
+        ),
+        (
+            "joined_setting",
+            Literal(names::REPLAY_JOINED_SETTING).to_string(),
+        ),
+        (
+            "retry_unjoined",
+            Literal(names::RETRY_UNJOINED_SQLSTATE).to_string(),
         ),
     ]
 }

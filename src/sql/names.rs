@@ -28,6 +28,11 @@ pub const RESERVED_PREFIX: &str = "pgtwin_";
 pub const ORIGIN_SETTING: &str = "pgtwin.origin";
 /// Session setting carrying, during `pgtwin run`, the commit time of the changes being replayed.
 pub const REPLAY_AT_SETTING: &str = "pgtwin.replay_at";
+/// Session setting set by `pgtwin run` on a chunk it joined from several queue entries.
+pub const REPLAY_JOINED_SETTING: &str = "pgtwin.replay_joined";
+/// SQLSTATE the apply trigger raises when a joined chunk meets changes queued on its node: `pgtwin run`
+/// then replays those entries one by one, each with its own time.
+pub const RETRY_UNJOINED_SQLSTATE: &str = "PT409";
 /// Advisory lock key held by `up`/`down` on a node ("pgtw" in ASCII).
 pub const ADVISORY_LOCK_KEY: i64 = 0x7067_7477;
 

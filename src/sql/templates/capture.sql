@@ -16,7 +16,7 @@ BEGIN
     -- down): a change must never overtake an earlier one of the same key.
     pgtwin_queue := {{always_queue}} OR EXISTS (SELECT FROM {{queue}});
     IF TG_OP = 'TRUNCATE' THEN
-        PERFORM {{ship}}('T', 0, pgtwin_queue);
+        PERFORM {{ship}}('T', 1, pgtwin_queue);
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' THEN

@@ -29,7 +29,7 @@ BEGIN
                               WHERE NOT ROW({{p_keys}})::text = ANY (pgtwin_remote_won)), '{}'),
             rows = (SELECT count(*) FROM unnest(q.batch::{{change_type}}[]) p WHERE NOT ROW({{p_keys}})::text = ANY (pgtwin_remote_won))
         WHERE q.table_tag = {{tag}} AND q.batch <> 'T';
-        DELETE FROM {{queue}} WHERE table_tag = {{tag}} AND rows = 0;
+        DELETE FROM {{queue}} WHERE table_tag = {{tag}} AND batch <> 'T' AND rows = 0;
     END IF;
     RETURN (SELECT array_agg(b) FROM unnest(pgtwin_rows) b WHERE NOT ROW({{b_keys}})::text = ANY (pgtwin_local_won));
 END
