@@ -129,11 +129,17 @@ impl Config {
 
     /// Parses and validates config text; `env` resolves `${VAR}` references.
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            // toml's message spans several lines with a source excerpt; keep the first, which names the key.
-            let msg = e.message().lines().next().unwrap_or("invalid TOML");
-            anyhow::anyhow!("{}", hide_urls(msg))
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|e| {
+                // toml's own message spans several lines with a source excerpt (which may hold a
+                // password); keep its first line, after the path of the key at fault.
+                let msg = e.inner().message().lines().next().unwrap_or("invalid TOML");
+                let msg = hide_urls(msg);
+                match e.path().to_string().as_str() {
+                    "" | "." => anyhow::anyhow!("{msg}"),
+                    path => anyhow::anyhow!("{path}: {msg}"),
+                }
+            })?;
         if raw.nodes.len() != 2 {
             bail!(
                 "[nodes] must name exactly two nodes, found {}: add [nodes.NAME] sections with a url",
@@ -341,7 +347,13 @@ mod tests {
             "[[tables]]\n        name = \"products\"\n        colour = 1"
         ))
         .contains("colour"));
-        assert!(err(&format!("{GOOD}\n[options]\nmode = \"eventually\"")).contains("eventually"));
+        let e = err(&format!("{GOOD}\n[options]\nmode = \"eventually\""));
+        assert!(
+            e.contains("options.mode") && e.contains("eventually"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}\n[options]\nbatch_size = \"many\""));
+        assert!(e.contains("options.batch_size"), "{e}");
         assert!(err(&GOOD.replace("${LEGACY_URL}", "${NOPE}")).contains("NOPE"));
         assert!(
             err(&GOOD.replace("[nodes.legacy]\n        url = \"${LEGACY_URL}\"", ""))

@@ -62,7 +62,25 @@ pub fn plan_hash(steps: &[Step]) -> String {
 pub fn render(steps: &[Step]) -> String {
     let mut out = String::new();
     for s in steps {
-        out.push_str(&format!("-- {}\n{};\n\n", s.id, s.shown.trim_end()));
+        // An id may hold a quoted identifier, and an identifier may hold a line break: keep the
+        // comment on one line, so the printed plan stays safe to feed to psql.
+        let id = s.id.replace('\r', "\\r").replace('\n', "\\n");
+        out.push_str(&format!("-- {id}\n{};\n\n", s.shown.trim_end()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_break_in_a_step_id_cannot_leave_its_comment() {
+        let step = Step::new("table \"a\nDROP TABLE x; --\": inbox", "SELECT 1");
+        let text = render(&[step]);
+        assert_eq!(
+            text,
+            "-- table \"a\\nDROP TABLE x; --\": inbox\nSELECT 1;\n\n"
+        );
+    }
 }

@@ -107,10 +107,15 @@ async fn crossing_updates_of_one_row_end_within_seconds_and_agree() {
         .await
         .unwrap();
     let started = Instant::now();
-    let (ra, rb) = tokio::join!(
-        a.batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 1"),
-        b.batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
-    );
+    // Bounded here too: a regression must fail the test, not hang it.
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            a.batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 1"),
+            b.batch_execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+        )
+    })
+    .await
+    .expect("the crossing updates hang");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "took {:?}",
@@ -149,32 +154,35 @@ async fn crossing_transactions_on_two_rows_are_untangled_by_the_idle_timeout() {
         .await
         .unwrap();
     let started = Instant::now();
-    let (ra, rb) = tokio::join!(
-        async {
-            let r = a
-                .batch_execute("UPDATE accounts SET balance = 11 WHERE id = 2")
-                .await;
-            match r {
-                Ok(()) => a.batch_execute("COMMIT").await,
-                Err(e) => {
-                    a.batch_execute("ROLLBACK").await.unwrap();
-                    Err(e)
+    let crossing = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(
+            async {
+                let r = a
+                    .batch_execute("UPDATE accounts SET balance = 11 WHERE id = 2")
+                    .await;
+                match r {
+                    Ok(()) => a.batch_execute("COMMIT").await,
+                    Err(e) => {
+                        a.batch_execute("ROLLBACK").await.unwrap();
+                        Err(e)
+                    }
+                }
+            },
+            async {
+                let r = b
+                    .batch_execute("UPDATE accounts SET balance = 22 WHERE id = 1")
+                    .await;
+                match r {
+                    Ok(()) => b.batch_execute("COMMIT").await,
+                    Err(e) => {
+                        b.batch_execute("ROLLBACK").await.unwrap();
+                        Err(e)
+                    }
                 }
             }
-        },
-        async {
-            let r = b
-                .batch_execute("UPDATE accounts SET balance = 22 WHERE id = 1")
-                .await;
-            match r {
-                Ok(()) => b.batch_execute("COMMIT").await,
-                Err(e) => {
-                    b.batch_execute("ROLLBACK").await.unwrap();
-                    Err(e)
-                }
-            }
-        }
-    );
+        )
+    });
+    let (ra, rb) = crossing.await.expect("the crossing transactions hang");
     assert!(
         started.elapsed() < Duration::from_secs(15),
         "took {:?}",

@@ -90,6 +90,12 @@ async fn writes_survive_a_stopped_peer_and_replay_in_order() {
     let status: serde_json::Value =
         serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
     assert!(status["nodes"][0]["queue"]["entries"].as_i64().unwrap() > 50);
+    assert!(
+        status["nodes"][0]["queue"]["oldest_age_s"]
+            .as_f64()
+            .unwrap()
+            >= 0.0
+    );
     assert_eq!(status["nodes"][1]["reachable"], false);
     let once = p.pgtwin(&["run", "--once"]);
     assert_eq!(
@@ -106,12 +112,53 @@ async fn writes_survive_a_stopped_peer_and_replay_in_order() {
     assert_eq!(queued(&p, 0).await, 0);
     let rows = p.assert_same("items").await;
     assert_eq!(rows.len(), 20);
+    let status: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    assert!(
+        status["nodes"][0]["queue"]["oldest_age_s"].is_null(),
+        "{status}"
+    );
+    assert!(
+        status["nodes"][1]["queue"]["last_replay_from_peer"].is_string(),
+        "{status}"
+    );
     // Back to direct sync: a new write arrives at once, with no runner.
     a.batch_execute("INSERT INTO items VALUES (999, 'direct', 0)")
         .await
         .unwrap();
     assert_eq!(queued(&p, 0).await, 0);
     assert_eq!(p.assert_same("items").await.len(), 21);
+}
+
+/// `run` started while the peer is down keeps trying, and replays by itself once the peer is back.
+#[tokio::test]
+async fn run_reconnects_by_itself_when_the_peer_comes_back() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    server_b().stop(true).unwrap();
+    p.owner[0]
+        .batch_execute(
+            "INSERT INTO items SELECT g, 'while b was down', g FROM generate_series(1, 100) g",
+        )
+        .await
+        .unwrap();
+    let runner = Runner::start(&p, &["run"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server_b().start_again().unwrap();
+    p.reconnect(1).await;
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while queued(&p, 0).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "run did not resume after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(runner);
+    assert_eq!(p.assert_same("items").await.len(), 100);
 }
 
 #[tokio::test]

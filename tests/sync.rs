@@ -68,10 +68,24 @@ async fn lifecycle_insert_update_delete_truncate_both_ways() {
         .unwrap();
     p.owner[1].batch_execute("TRUNCATE products").await.unwrap();
     assert!(p.assert_same("products").await.is_empty());
+    p.owner[1]
+        .batch_execute("INSERT INTO products (name) VALUES ('refill')")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("products").await.len(), 1);
+    p.owner[0].batch_execute("TRUNCATE products").await.unwrap();
+    assert!(p.assert_same("products").await.is_empty());
     p.pgtwin(&["check"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO products (name) VALUES ('kept by down')")
+        .await
+        .unwrap();
 
     p.pgtwin(&["down"]).ok();
     p.assert_clean().await;
+    // down leaves the data as it was, on both nodes.
+    assert_eq!(p.assert_same("products").await.len(), 1);
+    p.both("DELETE FROM products").await;
     // After down, writes are no longer synced, and data stayed.
     p.owner[0]
         .batch_execute("INSERT INTO products (name) VALUES ('solo')")

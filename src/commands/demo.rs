@@ -142,9 +142,12 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
     drop(p);
 
     if keep {
-        println!("\nservers left running. Try:");
+        println!(
+            "\nservers left running (the password is in {}). Try:",
+            config_path.display()
+        );
         for (s, name) in servers.iter().zip(nodes) {
-            println!("  psql '{}'", s.url("app", Some(PASSWORD), name));
+            println!("  psql '{}'", s.url("app", None, name));
         }
         println!("  pgtwin -c {} status", config_path.display());
         println!(

@@ -39,6 +39,8 @@ pub struct MergeReport {
     pub deleted_on: [u64; 2],
     /// Keys both nodes held with different rows.
     pub conflicts: u64,
+    /// All of them, by key (`ROW(key)::text`).
+    pub conflict_keys: Vec<String>,
     /// The first of them, both versions side by side: the same key can mean different things on the two
     /// nodes (product 5 a hat on one, a shoe on the other), which only a person can tell.
     pub conflict_rows: Vec<ConflictRow>,
@@ -101,6 +103,7 @@ pub async fn merge(
             &diff.different[..diff.different.len().min(REPORTED_CONFLICTS)],
         )
         .await?;
+        report.conflict_keys = diff.different.clone();
         for (i, key) in diff.different.iter().enumerate() {
             let w = winners[i];
             copy_to[1 - w].push(key.clone());

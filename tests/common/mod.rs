@@ -124,6 +124,11 @@ impl Pair {
         servers().nodes[i].url("app", Some(APP_PW), &self.db)
     }
 
+    /// A new connection to node i as the tables' owner (for a task of its own).
+    pub async fn owner_connection(&self, i: usize) -> Client {
+        connect(&self.url(i)).await
+    }
+
     pub async fn app(&self, i: usize) -> Client {
         connect(&self.app_url(i)).await
     }
