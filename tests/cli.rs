@@ -311,3 +311,24 @@ async fn status_reports_install_triggers_sequences_and_link() {
         "{text}"
     );
 }
+
+/// The demo runs from start to end on servers of its own: merge, sync both ways, an outage replayed,
+/// check equal, down, and no password in what it prints.
+#[test]
+fn demo_runs_end_to_end() {
+    let run = common::pgtwin(std::path::Path::new("no-config-needed.toml"), &["demo"]).ok();
+    for expected in [
+        "node shop: installed",
+        "change(s) queued for its peer",
+        "products: equal on both nodes",
+        "pgtwin removed, table data kept",
+        "servers stopped",
+    ] {
+        assert!(
+            run.stdout.contains(expected),
+            "{expected:?} missing:\n{}",
+            run.stdout
+        );
+    }
+    assert!(!run.stdout.contains("demo-secret") && !run.stderr.contains("demo-secret"));
+}
