@@ -30,13 +30,24 @@ pub async fn begin(node: &str, db: &Client) -> Result<()> {
 pub async fn run(node: &str, db: &Client, steps: &[Step]) -> Result<()> {
     for step in steps {
         tracing::debug!(node, step = %step.id, "running step");
-        db.batch_execute(&step.sql).await.map_err(|e| {
+        let failed = |e: tokio_postgres::Error| {
             anyhow!(
                 "node {node}: step \"{}\" failed: {}",
                 step.id,
                 pg_message(&e)
             )
-        })?;
+        };
+        for (name, value) in &step.settings {
+            db.execute("SELECT set_config($1, $2, true)", &[name, value])
+                .await
+                .map_err(failed)?;
+        }
+        db.batch_execute(&step.sql).await.map_err(failed)?;
+        for (name, _) in &step.settings {
+            db.execute("SELECT set_config($1, '', true)", &[name])
+                .await
+                .map_err(failed)?;
+        }
     }
     Ok(())
 }

@@ -17,6 +17,9 @@ pub struct Step {
     /// the plan hash, so that an unchanged config reads as "up to date".
     #[serde(skip)]
     pub hashed: bool,
+    /// Settings (name, value) set for the step only; see `with_settings`.
+    #[serde(skip)]
+    pub settings: Vec<(&'static str, String)>,
 }
 
 impl Step {
@@ -27,6 +30,7 @@ impl Step {
             shown: sql.clone(),
             sql,
             hashed: true,
+            settings: Vec::new(),
         }
     }
 
@@ -37,6 +41,23 @@ impl Step {
             sql,
             shown,
             hashed: true,
+            settings: Vec::new(),
+        }
+    }
+
+    /// A step whose SQL reads values from transaction-local settings, which `apply` sets (as bound
+    /// parameters) just before the step and clears after it: a secret passed this way appears in no
+    /// statement text, so neither the server log (`log_statement = 'ddl'`) nor pg_stat_statements
+    /// can record it.
+    pub fn with_settings(
+        id: impl Into<String>,
+        sql: String,
+        shown: String,
+        settings: Vec<(&'static str, String)>,
+    ) -> Step {
+        Step {
+            settings,
+            ..Step::with_secret(id, sql, shown)
         }
     }
 

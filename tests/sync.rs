@@ -419,3 +419,63 @@ async fn a_single_row_write_costs_one_statement_on_the_peer() {
             && statements[3].starts_with("statement: RELEASE SAVEPOINT")
     );
 }
+
+/// The peer's password reaches the user mapping as a bound setting, so a server that logs DDL (a
+/// common setting) records every statement of `up` but never the password.
+#[tokio::test]
+async fn the_password_stays_out_of_the_server_log() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    p.config("[[tables]]\nname = \"t\"");
+    let logs = common::servers()
+        .nodes
+        .iter()
+        .map(|s| s.data_dir.join("server.log"))
+        .collect::<Vec<_>>();
+    let mut before = Vec::new();
+    for (admin, log) in p.admin.iter().zip(&logs) {
+        admin
+            .batch_execute(&format!(
+                "ALTER ROLE twin IN DATABASE {} SET log_statement = 'ddl'",
+                p.db
+            ))
+            .await
+            .unwrap();
+        before.push(std::fs::read_to_string(log).unwrap().len());
+    }
+    p.pgtwin(&["up"]).ok();
+    for (log, from) in logs.iter().zip(before) {
+        let text = std::fs::read_to_string(log).unwrap()[from..].to_string();
+        assert!(
+            text.contains("CREATE SERVER"),
+            "up's DDL should be in the log:\n{text}"
+        );
+        assert!(
+            !text.contains(common::TWIN_PW),
+            "password in the server log"
+        );
+    }
+    let mapping: Vec<String> = p.admin[0]
+        .query_one(
+            "SELECT umoptions FROM pg_user_mappings WHERE srvname = 'pgtwin_peer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        mapping,
+        vec![
+            "user=twin".to_string(),
+            format!("password={}", common::TWIN_PW)
+        ]
+    );
+    p.owner[0]
+        .batch_execute("INSERT INTO t VALUES (1, 'through the mapping')")
+        .await
+        .unwrap();
+    p.assert_same("t").await;
+    // The login is compared with the config's, not just the masked plan: nothing to redo.
+    let again = p.pgtwin(&["up"]).ok().stdout;
+    assert!(again.contains("up to date"), "{again}");
+}

@@ -94,23 +94,32 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
         create_server(false),
         create_server(true),
     ));
-    let mapping = |password: &str| {
-        format!(
-            "CREATE USER MAPPING FOR CURRENT_USER SERVER {server}\n    OPTIONS (user {}{password})",
-            Literal(&i.peer_conn.user)
-        )
-    };
-    let (secret, masked) = match &i.peer_conn.password {
-        Some(p) => (
-            format!(", password {}", Literal(p)),
-            ", password '********'".to_string(),
-        ),
-        None => (String::new(), String::new()),
-    };
-    steps.push(Step::with_secret(
+    // The login travels in settings, not in the statement text (see Step::with_settings); the DO block
+    // is the same on every node and holds nothing from the config.
+    let password = i.peer_conn.password.clone().unwrap_or_default();
+    let shown = format!(
+        "CREATE USER MAPPING FOR CURRENT_USER SERVER {server}\n    OPTIONS (user {}{})",
+        Literal(&i.peer_conn.user),
+        if password.is_empty() {
+            ""
+        } else {
+            ", password '********'"
+        }
+    );
+    let run = format!(
+        "DO $pgtwin$\nBEGIN\n    EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER %I OPTIONS (user %L%s)',\n        {server_name}, current_setting({user_setting}),\n        CASE WHEN current_setting({password_setting}) = '' THEN ''\n             ELSE format(', password %L', current_setting({password_setting})) END);\nEND\n$pgtwin$",
+        server_name = Literal(names::SERVER),
+        user_setting = Literal(names::PEER_USER_SETTING),
+        password_setting = Literal(names::PEER_PASSWORD_SETTING),
+    );
+    steps.push(Step::with_settings(
         "user mapping",
-        mapping(&secret),
-        mapping(&masked),
+        run,
+        shown,
+        vec![
+            (names::PEER_USER_SETTING, i.peer_conn.user.clone()),
+            (names::PEER_PASSWORD_SETTING, password),
+        ],
     ));
     for t in i.tables {
         steps.extend(table_steps(t, i));
@@ -646,7 +655,9 @@ mod tests {
     fn the_password_runs_but_is_never_shown() {
         let steps = steps(&[products()]);
         let mapping = steps.iter().find(|s| s.id == "user mapping").unwrap();
-        assert!(mapping.sql.contains("password 's3cret'"));
+        // It runs, as a bound setting: in no statement text, so in no server log.
+        assert!(mapping.settings.iter().any(|(_, v)| v == "s3cret"));
+        assert!(!mapping.sql.contains("s3cret"));
         assert!(steps.iter().all(|s| !s.shown.contains("s3cret")));
         assert!(!serde_json::to_string(&steps).unwrap().contains("s3cret"));
     }

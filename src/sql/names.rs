@@ -28,6 +28,9 @@ pub const RESERVED_PREFIX: &str = "pgtwin_";
 pub const ORIGIN_SETTING: &str = "pgtwin.origin";
 /// Session setting carrying, during `pgtwin run`, the commit time of the changes being replayed.
 pub const REPLAY_AT_SETTING: &str = "pgtwin.replay_at";
+/// Transaction-local settings that carry the peer login into the user mapping step (see plan::Step).
+pub const PEER_USER_SETTING: &str = "pgtwin.peer_user";
+pub const PEER_PASSWORD_SETTING: &str = "pgtwin.peer_password";
 /// Session setting set by `pgtwin run` on a chunk it joined from several queue entries.
 pub const REPLAY_JOINED_SETTING: &str = "pgtwin.replay_joined";
 /// SQLSTATE the apply trigger raises when a joined chunk meets changes queued on its node: `pgtwin run`
