@@ -369,7 +369,7 @@ async fn large_statements_ship_in_chunks() {
 
 /// The statements postgres_fdw runs on node b for one single-row INSERT on node a, after a first
 /// INSERT has opened the connection.
-async fn peer_statements_for_one_insert(options: &str) -> Vec<String> {
+async fn peer_statements_for(options: &str, measured: &str) -> Vec<String> {
     let p = Pair::new().await;
     p.both("CREATE TABLE t (id int PRIMARY KEY, v text)").await;
     p.config(&format!("[[tables]]\nname = \"t\"\n[options]\n{options}"));
@@ -388,9 +388,7 @@ async fn peer_statements_for_one_insert(options: &str) -> Vec<String> {
         .await
         .unwrap();
     let before = std::fs::read_to_string(&log).unwrap().len();
-    a.batch_execute("INSERT INTO t VALUES (2, 'measured')")
-        .await
-        .unwrap();
+    a.batch_execute(measured).await.unwrap();
     let text = std::fs::read_to_string(&log).unwrap()[before..].to_string();
     p.assert_same("t").await;
     text.lines()
@@ -401,7 +399,8 @@ async fn peer_statements_for_one_insert(options: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_single_row_write_costs_one_statement_on_the_peer() {
-    let statements = peer_statements_for_one_insert("on_peer_down = \"fail\"").await;
+    const ONE: &str = "INSERT INTO t VALUES (2, 'measured')";
+    let statements = peer_statements_for("on_peer_down = \"fail\"", ONE).await;
     assert_eq!(
         statements.len(),
         3,
@@ -412,12 +411,20 @@ async fn a_single_row_write_costs_one_statement_on_the_peer() {
     assert!(statements[1].contains("UPDATE pgtwin.inbox_"));
     assert!(statements[2].contains("COMMIT TRANSACTION"));
     // Catching "peer down" takes a subtransaction, which postgres_fdw mirrors as a savepoint.
-    let statements = peer_statements_for_one_insert("on_peer_down = \"queue\"").await;
+    let statements = peer_statements_for("on_peer_down = \"queue\"", ONE).await;
     assert_eq!(statements.len(), 5, "{}", statements.join("\n"));
     assert!(
         statements[1].starts_with("statement: SAVEPOINT")
             && statements[3].starts_with("statement: RELEASE SAVEPOINT")
     );
+    // Once per transaction: a second write in it goes without the savepoint.
+    let statements = peer_statements_for(
+        "on_peer_down = \"queue\"",
+        "BEGIN; INSERT INTO t VALUES (2, 'one'); INSERT INTO t VALUES (3, 'two'); COMMIT",
+    )
+    .await;
+    assert_eq!(statements.len(), 6, "{}", statements.join("\n"));
+    assert!(statements[4].contains("UPDATE pgtwin.inbox_"));
 }
 
 /// The peer's password reaches the user mapping as a bound setting, so a server that logs DDL (a

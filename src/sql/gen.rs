@@ -441,9 +441,21 @@ fn ship_body(t: &TableInfo, options: &Options) -> String {
         // "Peer unavailable" is: unreachable (class 08), refusing pgtwin's login (class 28), or without
         // its inbox (42P01: not installed there yet, as after an `up` that committed on one node only).
         // Anything else (a lock timeout, a constraint on the peer) fails the write, as it must.
+        // The subtransaction that catches it costs two round trips (postgres_fdw mirrors it as a
+        // savepoint), so it is paid once per transaction: once the peer has taken part, its failure
+        // loses the transaction's remote part anyway, and no savepoint could save the transaction.
         (Mode::Sync, OnPeerDown::Queue) => format!(
-            "BEGIN\n            {}\n        EXCEPTION WHEN connection_exception OR invalid_authorization_specification OR undefined_table THEN\n            NULL; -- the peer is unavailable: queue this chunk and the rest\n        END;",
-            update.replace('\n', "\n    ")
+            "IF current_setting({reached}, true) = 'on' THEN\n            {update}\n        END IF;\n        BEGIN\n            {marked}\n        EXCEPTION WHEN connection_exception OR invalid_authorization_specification OR undefined_table THEN\n            NULL; -- the peer is unavailable: queue this chunk and the rest\n        END;",
+            reached = Literal(names::PEER_REACHED_SETTING),
+            update = update.replace('\n', "\n    "),
+            marked = update
+                .replace(
+                    "\n        RETURN false;",
+                    &format!(
+                        "\n            PERFORM set_config({}, 'on', true);\n            RETURN false;",
+                        Literal(names::PEER_REACHED_SETTING)
+                    )
+                ),
         ),
     };
     fill(

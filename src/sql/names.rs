@@ -28,6 +28,8 @@ pub const RESERVED_PREFIX: &str = "pgtwin_";
 pub const ORIGIN_SETTING: &str = "pgtwin.origin";
 /// Session setting carrying, during `pgtwin run`, the commit time of the changes being replayed.
 pub const REPLAY_AT_SETTING: &str = "pgtwin.replay_at";
+/// Transaction-local setting: the peer has taken part in this transaction (see sql/gen ship_body).
+pub const PEER_REACHED_SETTING: &str = "pgtwin.peer_reached";
 /// Transaction-local settings that carry the peer login into the user mapping step (see plan::Step).
 pub const PEER_USER_SETTING: &str = "pgtwin.peer_user";
 pub const PEER_PASSWORD_SETTING: &str = "pgtwin.peer_password";
