@@ -101,13 +101,15 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
     let Some(last) = last else {
         return Ok(total);
     };
-    forget_replayed(from, to).await?;
+    // Records on the peer of entries gone from the origin's queue; deleted in the next transaction
+    // on the peer (they only have to go eventually: each costs a commit of its own otherwise).
+    let mut stale = forget_replayed(from, to).await?;
     while !*stop.borrow() {
         begin(from).await?;
-        match drain_batch(from, to, last).await {
+        match drain_batch(from, to, last, &stale).await {
             Ok(None) => {
                 commit(from).await?;
-                return Ok(total);
+                break;
             }
             Ok(Some((seqs, done))) => {
                 // Applied and recorded on the peer; now the origin forgets them. If this fails, the
@@ -120,10 +122,16 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
                     .await
                     .map_err(on_node(&from.name, "removing replayed queue entries"))?;
                 commit(from).await?;
-                forget_records(from, to, &seqs).await?;
                 total.entries += done.entries;
                 total.rows += done.rows;
                 tracing::info!(from = %from.name, to = %to.name, entries = done.entries, rows = done.rows, "replayed");
+                // A short batch was the last one up to `last` (an entry committed out of order
+                // since is the next drain's).
+                let finished = (seqs.len() as i64) < ENTRIES_PER_TRANSACTION;
+                stale = seqs;
+                if finished {
+                    break;
+                }
             }
             Err(e) => {
                 let _ = from.db.batch_execute("ROLLBACK").await;
@@ -159,6 +167,7 @@ async fn drain_batch(
     from: &Listener,
     to: &Listener,
     last: i64,
+    stale: &[i64],
 ) -> Result<Option<(Vec<i64>, Drained)>> {
     let rows = from
         .db
@@ -190,7 +199,7 @@ async fn drain_batch(
     let mut join = true;
     loop {
         begin(to).await?;
-        match apply_entries(from, to, &entries, &seqs, join).await {
+        match apply_entries(from, to, &entries, &seqs, stale, join).await {
             Ok(done) => {
                 commit(to).await?;
                 return Ok(Some((seqs, done)));
@@ -218,15 +227,28 @@ async fn drain_batch(
     }
 }
 
-/// Applies entries on `to` (in its open transaction) and records them as applied there.
+/// Applies entries on `to` (in its open transaction) and records them as applied there; deletes the
+/// records of `stale` entries, which are gone from the origin's queue.
 async fn apply_entries(
     from: &Listener,
     to: &Listener,
     entries: &[Entry],
     seqs: &[i64],
+    stale: &[i64],
     join: bool,
 ) -> Result<Drained> {
     let origin = from.name.as_str();
+    if !stale.is_empty() {
+        to.db
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE origin = $1 AND seq = ANY($2)",
+                    names::replayed_table()
+                ),
+                &[&origin, &stale],
+            )
+            .await?;
+    }
     // The progress row, locked: should a second runner reach this pair, it waits here.
     to.db
         .execute(
@@ -335,8 +357,8 @@ fn join_entries(entries: Vec<Entry>, contested: &[String]) -> Vec<(Entry, bool)>
 }
 
 /// Entries a drain before this one applied on `to` but could not delete from `from`'s queue: deletes
-/// them now, then their records.
-async fn forget_replayed(from: &Listener, to: &Listener) -> Result<()> {
+/// them now, and returns them, whose records on `to` may go.
+async fn forget_replayed(from: &Listener, to: &Listener) -> Result<Vec<i64>> {
     let seqs: Vec<i64> = to
         .db
         .query(
@@ -351,32 +373,16 @@ async fn forget_replayed(from: &Listener, to: &Listener) -> Result<()> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    if seqs.is_empty() {
-        return Ok(());
+    if !seqs.is_empty() {
+        from.db
+            .execute(
+                &format!("DELETE FROM {} WHERE seq = ANY($1)", names::queue_table()),
+                &[&seqs],
+            )
+            .await
+            .map_err(on_node(&from.name, "removing replayed queue entries"))?;
     }
-    from.db
-        .execute(
-            &format!("DELETE FROM {} WHERE seq = ANY($1)", names::queue_table()),
-            &[&seqs],
-        )
-        .await
-        .map_err(on_node(&from.name, "removing replayed queue entries"))?;
-    forget_records(from, to, &seqs).await
-}
-
-/// Deletes the records of entries that are gone from the origin's queue.
-async fn forget_records(from: &Listener, to: &Listener, seqs: &[i64]) -> Result<()> {
-    to.db
-        .execute(
-            &format!(
-                "DELETE FROM {} WHERE origin = $1 AND seq = ANY($2)",
-                names::replayed_table()
-            ),
-            &[&from.name, &seqs],
-        )
-        .await
-        .map_err(on_node(&to.name, "removing replay records"))?;
-    Ok(())
+    Ok(seqs)
 }
 
 /// `run --once`: drains both queues and returns; either node unreachable is an error (nothing can be
@@ -441,20 +447,19 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
                     break;
                 }
             };
-            // Writers notify only when they find the queue empty, so right after a busy drain look
-            // again soon; when idle, wait for a notification (or a few seconds: a peer coming back
-            // sends none).
-            let idle_wait = if applied > 0 {
-                Duration::from_millis(50)
-            } else {
-                Duration::from_secs(5)
-            };
+            // Writers notify only when they find the queue empty: one that found entries left by a
+            // drain in progress relies on the runner to look again. So after a drain that applied
+            // anything, drain again at once; only a drain that found nothing waits, for a notification
+            // (or a few seconds: a peer coming back sends none).
+            if applied > 0 {
+                while wake.try_recv().is_ok() {}
+                continue;
+            }
             tokio::select! {
                 _ = wake.recv() => {}
-                _ = tokio::time::sleep(idle_wait) => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = stop.changed() => return Ok(()),
             }
-            while wake.try_recv().is_ok() {}
         }
     }
     Ok(())

@@ -286,6 +286,20 @@ impl Bench {
         let cfg = self.config(db, Variant::Async)?;
         let runner = tokio::spawn(async move { pgtwin::runner::run_forever(&cfg).await });
         let c = connect(&self.servers[0], db).await?;
+        let b = connect(&self.servers[1], db).await?;
+        // One write first, measured once it arrived: the runner is connected and listening.
+        let warm: i64 = c
+            .query_one(
+                "INSERT INTO items (name, price) VALUES ('warm up', 0) RETURNING id",
+                &[],
+            )
+            .await?
+            .get(0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while commit_times(&b, &[warm]).await?.is_empty() {
+            anyhow::ensure!(Instant::now() < deadline, "the runner never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let writes = (self.singles / 4).max(50);
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         let mut ids = Vec::new();
@@ -299,7 +313,6 @@ impl Bench {
                 .await?;
             ids.push(row.get::<_, i64>(0));
         }
-        let b = connect(&self.servers[1], db).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let on_b = loop {
             let on_b = commit_times(&b, &ids).await?;
