@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
-use tokio_postgres::{Client, NoTls};
+use anyhow::{anyhow, Result};
+use tokio_postgres::Client;
 
 /// A libpq connection URL, split into the parts pgtwin needs. Query parameters other than the ones named
 /// here pass through to postgres_fdw unchanged (sslmode, sslrootcert, target_session_attrs, ...).
@@ -97,6 +97,7 @@ impl ConnInfo {
         if dbname.is_empty() {
             return Err("no database name: write postgres://USER:PASSWORD@HOST/DB".into());
         }
+        crate::tls::mode(params.get("sslmode").map(String::as_str))?;
         for reserved in ["client_encoding", "fallback_application_name"] {
             if params.contains_key(reserved) {
                 return Err(format!("parameter {reserved} is set by pgtwin: remove it"));
@@ -120,6 +121,9 @@ impl ConnInfo {
             .dbname(&self.dbname)
             .application_name("pgtwin")
             .connect_timeout(connect_timeout);
+        if let Ok((mode, _)) = crate::tls::mode(self.params.get("sslmode").map(String::as_str)) {
+            c.ssl_mode(mode);
+        }
         if let Some(p) = &self.password {
             c.password(p);
         }
@@ -133,17 +137,6 @@ impl ConnInfo {
             .keepalives_retries(KEEPALIVE.count)
             .tcp_user_timeout(Duration::from_millis(KEEPALIVE.tcp_user_timeout_ms));
         c
-    }
-
-    /// pgtwin's own connections do not speak TLS (the foreign servers do, by the URL's sslmode).
-    fn check_tls(&self, node: &str) -> Result<()> {
-        match self.params.get("sslmode").map(String::as_str) {
-            Some(mode @ ("require" | "verify-ca" | "verify-full")) => bail!(
-                "node {node}: sslmode={mode}: pgtwin's own connections do not support TLS yet; \
-                 use sslmode=prefer for this node, or reach it through a local TLS tunnel"
-            ),
-            _ => Ok(()),
-        }
     }
 }
 
@@ -200,14 +193,18 @@ const SESSION_SETUP: &str = "SET search_path = pg_catalog, pg_temp; SET TimeZone
      SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; SET bytea_output = 'hex'; \
      SET extra_float_digits = 3; SET lock_timeout = '5s'; SET pgtwin.origin = 'pgtwin'";
 
-type Connection =
-    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+        tokio_postgres::Socket,
+    >>::Stream,
+>;
 
 /// Opens a connection, bounded in time even against a peer that accepts TCP but never answers. The
 /// caller drives the returned connection.
 pub async fn open(node: &str, info: &ConnInfo, timeout: Duration) -> Result<(Client, Connection)> {
-    info.check_tls(node)?;
-    tokio::time::timeout(timeout, info.pg_config(timeout).connect(NoTls))
+    let tls = crate::tls::connector(info).map_err(|e| anyhow!("node {node}: {e:#}"))?;
+    tokio::time::timeout(timeout, info.pg_config(timeout).connect(tls))
         .await
         .map_err(|_| {
             anyhow!(
@@ -301,6 +298,7 @@ mod tests {
             "postgres://a:secret@h",
             "postgres://:secret@h/db",
             "postgres://a:secret@h:xx/db",
+            "postgres://a:secret@h/db?sslmode=sometimes",
         ] {
             let e = ConnInfo::parse(bad).unwrap_err();
             assert!(!e.contains("secret"), "{e}");

@@ -15,4 +15,5 @@ pub mod progress;
 pub mod runner;
 pub mod sql;
 pub mod status;
+pub mod tls;
 pub mod twin;

@@ -667,3 +667,63 @@ async fn a_peer_lost_mid_transaction_fails_that_transaction_only() {
     p.pgtwin(&["run", "--once"]).ok();
     assert_eq!(p.assert_same("items").await, vec!["(3,queued,1)"]);
 }
+
+/// pgtwin's own connections and the foreign servers speak TLS as the URLs' sslmode says, and a
+/// certificate that does not pass the check the URL asks for is a clear error.
+#[tokio::test]
+async fn tls_as_the_urls_sslmode_says() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    let cert = common::servers().tls_cert.display().to_string();
+    let config = |mode: &str| {
+        let url = |i| format!("{}?sslmode={mode}&sslrootcert={cert}", p.url(i));
+        p.config_text(&format!(
+            "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"items\"\n",
+            url(0),
+            url(1)
+        ));
+    };
+    // The certificate names localhost; the URLs say 127.0.0.1: verify-full refuses, verify-ca passes.
+    config("verify-full");
+    p.pgtwin(&["plan"])
+        .fails_with(&["node a", "certificate", "127.0.0.1"]);
+    config("verify-ca");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (1, 'over TLS', 1)")
+        .await
+        .unwrap();
+    p.assert_same("items").await;
+    let encrypted = |app: &'static str| {
+        let admin = &p.admin[1];
+        async move {
+            let row = admin
+                .query_one(
+                    "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s \
+                     JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+                    &[&app],
+                )
+                .await
+                .unwrap();
+            (row.get::<_, i64>(0), row.get::<_, i64>(1))
+        }
+    };
+    let (tls, all) = encrypted("pgtwin from a").await;
+    assert!(
+        all > 0 && tls == all,
+        "foreign server sessions: {tls} of {all} over TLS"
+    );
+    let runner = Runner::start(&p, &["run"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (tls, all) = encrypted("pgtwin").await;
+        if all > 0 {
+            assert_eq!(tls, all, "pgtwin's own sessions over TLS");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pgtwin run never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(runner);
+}

@@ -17,6 +17,10 @@ pub const APP_PW: &str = "app-pw";
 
 pub struct Servers {
     pub nodes: [LocalServer; 2],
+    /// The CA that signed the servers' TLS certificate (which names `localhost` only). The servers
+    /// accept TLS, and pgtwin's connections and the foreign servers use it, as libpq's default
+    /// sslmode=prefer does.
+    pub tls_cert: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -28,8 +32,16 @@ pub fn servers() -> &'static Servers {
         // Started on a plain thread: this may be called from inside a test's tokio runtime.
         std::thread::spawn(|| {
             let dir = tempfile::Builder::new().prefix("pgtwin-test-").tempdir().unwrap();
+            let (tls_cert, server_cert, server_key) = test_certificates(dir.path());
+            let tls = [
+                "ssl = on".to_string(),
+                format!("ssl_cert_file = '{}'", server_cert.display()),
+                format!("ssl_key_file = '{}'", server_key.display()),
+            ];
             let start = |name: &str| {
-                let s = LocalServer::start(&dir.path().join(name), &["fsync = off", "max_connections = 300"])
+                let mut settings = vec!["fsync = off", "max_connections = 300"];
+                settings.extend(tls.iter().map(String::as_str));
+                let s = LocalServer::start(&dir.path().join(name), &settings)
                     .expect("start test server (are PostgreSQL server binaries installed? run scripts/test)");
                 s.stop_when_process_ends(std::process::id()).unwrap();
                 s
@@ -47,7 +59,7 @@ pub fn servers() -> &'static Servers {
                         .unwrap();
                 }
             });
-            Servers { nodes, _dir: dir }
+            Servers { nodes, tls_cert, _dir: dir }
         })
         .join()
         .expect("test servers")
@@ -295,4 +307,91 @@ fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
             panic!("pgtwin did not finish within {limit:?}");
         }
     }
+}
+
+/// A test CA, and a certificate it signed for `localhost` with its key, readable by the servers (which
+/// run as `postgres` when the tests run as root; PostgreSQL wants the key private to its owner).
+/// Returns (CA certificate, server certificate, server key).
+fn test_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let path = |name: &str| dir.join(name);
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        path("server.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pgtwin test CA",
+        ]
+        .into_iter()
+        .chain(["-keyout", "ca.key", "-out", "ca.crt"])
+        .collect::<Vec<_>>(),
+    );
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+    let is_root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    for f in ["ca.crt", "server.crt", "server.key"] {
+        if is_root {
+            assert!(Command::new("chown")
+                .arg("postgres")
+                .arg(path(f))
+                .status()
+                .unwrap()
+                .success());
+        }
+    }
+    assert!(Command::new("chmod")
+        .arg("600")
+        .arg(path("server.key"))
+        .status()
+        .unwrap()
+        .success());
+    (path("ca.crt"), path("server.crt"), path("server.key"))
 }
