@@ -16,7 +16,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::types::Type;
+use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 
 use crate::config::{Config, Node};
 use crate::db::{on_node, pg_message};
@@ -85,58 +86,84 @@ async fn connect_listening(
 }
 
 /// Replays `from`'s queue on `to`, up to the last entry queued when it starts (writers that never
-/// stop must not keep one direction, or `run --once`, going forever).
-/// Stops between two transactions once `stop` says so.
+/// stop must not keep one direction, or `run --once`, going forever). Stops between two transactions
+/// once `stop` says so.
+///
+/// Each batch is one transaction on each node, in as few round trips as the protocol allows (the lag
+/// of async mode is mostly round trips and the two commits): the origin's entries are read and locked,
+/// applied and recorded on the peer (commit), then deleted from the origin (commit). A record on the
+/// peer goes once its entry's deletion has committed, in the peer's next transaction.
 async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
     let mut total = Drained::default();
-    let last: Option<i64> = from
-        .db
-        .query_one(
-            &format!("SELECT max(seq) FROM {}", names::queue_table()),
-            &[],
-        )
-        .await
-        .map_err(on_node(&from.name, "reading the queue"))?
-        .get(0);
-    let Some(last) = last else {
+    let (last, recorded) = tokio::join!(
+        async {
+            from.db
+                .query_one(
+                    &format!("SELECT max(seq) FROM {}", names::queue_table()),
+                    &[],
+                )
+                .await
+                .map_err(on_node(&from.name, "reading the queue"))
+        },
+        async {
+            to.db
+                .query(
+                    &format!(
+                        "SELECT seq FROM {} WHERE origin = $1",
+                        names::replayed_table()
+                    ),
+                    &[&from.name],
+                )
+                .await
+                .map_err(on_node(&to.name, "reading replay progress"))
+        }
+    );
+    let Some(last) = last?.get::<_, Option<i64>>(0) else {
         return Ok(total);
     };
-    // Records on the peer of entries gone from the origin's queue; deleted in the next transaction
-    // on the peer (they only have to go eventually: each costs a commit of its own otherwise).
-    let mut stale = forget_replayed(from, to).await?;
+    // Entries applied before (by a run cut short) but still in the origin's queue go with the first
+    // batch's transaction there; their records, after it commits.
+    let mut applied_earlier: Vec<i64> = recorded?.iter().map(|r| r.get(0)).collect();
+    let mut forgotten: Vec<i64> = Vec::new();
     while !*stop.borrow() {
-        begin(from).await?;
-        match drain_batch(from, to, last, &stale).await {
-            Ok(None) => {
-                commit(from).await?;
-                break;
-            }
-            Ok(Some((seqs, done))) => {
-                // Applied and recorded on the peer; now the origin forgets them. If this fails, the
-                // next drain finds them recorded on the peer and forgets them then.
-                from.db
-                    .execute(
-                        &format!("DELETE FROM {} WHERE seq = ANY($1)", names::queue_table()),
-                        &[&seqs],
-                    )
-                    .await
-                    .map_err(on_node(&from.name, "removing replayed queue entries"))?;
-                commit(from).await?;
-                total.entries += done.entries;
-                total.rows += done.rows;
-                tracing::info!(from = %from.name, to = %to.name, entries = done.entries, rows = done.rows, "replayed");
-                // A short batch was the last one up to `last` (an entry committed out of order
-                // since is the next drain's).
-                let finished = (seqs.len() as i64) < ENTRIES_PER_TRANSACTION;
-                stale = seqs;
-                if finished {
-                    break;
-                }
-            }
+        let entries = match read_batch(from, last, &applied_earlier).await {
+            Ok(entries) => entries,
             Err(e) => {
                 let _ = from.db.batch_execute("ROLLBACK").await;
                 return Err(e);
             }
+        };
+        if entries.is_empty() {
+            let _ = from.db.batch_execute("COMMIT").await;
+            break;
+        }
+        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+        let done = match apply_batch(from, to, &entries, &forgotten).await {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = from.db.batch_execute("ROLLBACK").await;
+                return Err(e);
+            }
+        };
+        // Applied and recorded on the peer; now the origin forgets them. If this fails, the next
+        // drain finds them recorded on the peer and deletes them then.
+        from.db
+            .batch_execute(&format!(
+                "DELETE FROM {} WHERE seq = ANY({}); COMMIT",
+                names::queue_table(),
+                bigint_array(&seqs)
+            ))
+            .await
+            .map_err(on_node(&from.name, "removing replayed queue entries"))?;
+        forgotten = std::mem::take(&mut applied_earlier);
+        forgotten.extend(&seqs);
+        total.entries += done.entries;
+        total.rows += done.rows;
+        tracing::info!(from = %from.name, to = %to.name, entries = done.entries, rows = done.rows, "replayed");
+        // A short batch was the last one up to `last` (an entry committed out of order since is the
+        // next drain's).
+        if (seqs.len() as i64) < ENTRIES_PER_TRANSACTION {
+            break;
         }
     }
     Ok(total)
@@ -145,73 +172,70 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
 /// Set to true on SIGINT/SIGTERM.
 type Stop = watch::Receiver<bool>;
 
-async fn begin(node: &Listener) -> Result<()> {
-    node.db
-        .batch_execute("BEGIN")
-        .await
-        .map_err(on_node(&node.name, "BEGIN"))
+/// `'{1,2,3}'::bigint[]`, through the literal quoting like every value in SQL text.
+fn bigint_array(values: &[i64]) -> String {
+    let text = values
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("{}::bigint[]", Literal(&format!("{{{text}}}")))
 }
 
-async fn commit(node: &Listener) -> Result<()> {
-    node.db
-        .batch_execute("COMMIT")
-        .await
-        .map_err(on_node(&node.name, "COMMIT"))
-}
-
-/// One transaction's worth, inside a transaction on `from`: reads the next queue entries `FOR UPDATE`
-/// (a change arriving from the peer that beats one of them waits to rewrite it until they are replayed,
-/// never rewrites the copy being replayed), and applies them on `to` in one transaction of its own,
-/// committed before this returns. Returns the entries applied, or None when none are left.
-async fn drain_batch(
-    from: &Listener,
-    to: &Listener,
-    last: i64,
-    stale: &[i64],
-) -> Result<Option<(Vec<i64>, Drained)>> {
-    let rows = from
+/// Opens a transaction on `from`, deletes `applied_earlier` from its queue, and reads the next entries
+/// `FOR UPDATE`: a change arriving from the peer that beats one of them waits to rewrite it until they
+/// are replayed, and never rewrites the copy being replayed. One round trip.
+async fn read_batch(from: &Listener, last: i64, applied_earlier: &[i64]) -> Result<Vec<Entry>> {
+    let queue = names::queue_table();
+    let sql = format!(
+        "BEGIN; DELETE FROM {queue} WHERE seq = ANY({}); \
+         SELECT seq, table_tag, rows, batch, changed_at FROM {queue} WHERE seq <= {} \
+         ORDER BY seq LIMIT {ENTRIES_PER_TRANSACTION} FOR UPDATE",
+        bigint_array(applied_earlier),
+        Literal(&last.to_string())
+    );
+    let messages = from
         .db
-        .query(
-            &format!(
-                "SELECT seq, table_tag, rows, batch, changed_at::text FROM {} WHERE seq <= $1 \
-                 ORDER BY seq LIMIT $2 FOR UPDATE",
-                names::queue_table()
-            ),
-            &[&last, &ENTRIES_PER_TRANSACTION],
-        )
+        .simple_query(&sql)
         .await
         .map_err(on_node(&from.name, "reading the queue"))?;
-    if rows.is_empty() {
-        return Ok(None);
+    let mut entries = Vec::new();
+    for m in messages {
+        if let SimpleQueryMessage::Row(r) = m {
+            let field = |i: usize| r.get(i).unwrap_or_default().to_string();
+            entries.push(Entry {
+                seq: field(0).parse().context("queue seq")?,
+                tag: field(1),
+                rows: field(2).parse::<u64>().unwrap_or(0),
+                batch: field(3),
+                changed_at: field(4),
+            });
+        }
     }
-    let seqs: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let entries: Vec<Entry> = rows
-        .iter()
-        .map(|r| Entry {
-            tag: r.get(1),
-            rows: r.get::<_, i32>(2).max(0) as u64,
-            batch: r.get(3),
-            changed_at: r.get(4),
-        })
-        .collect();
-    // Joined chunks first; should one meet changes queued on the peer (whose queue may fill at any
-    // time), the entries go again one by one, each with its own time for the conflict resolution.
+    Ok(entries)
+}
+
+/// Applies a batch on `to` in one transaction, committed before this returns. Joined chunks first;
+/// should one meet changes queued on the peer (whose queue may fill at any time), the entries go again
+/// one by one, each with its own time for the conflict resolution.
+async fn apply_batch(
+    from: &Listener,
+    to: &Listener,
+    entries: &[Entry],
+    forgotten: &[i64],
+) -> Result<Drained> {
     let mut join = true;
     loop {
-        begin(to).await?;
-        match apply_entries(from, to, &entries, &seqs, stale, join).await {
-            Ok(done) => {
-                commit(to).await?;
-                return Ok(Some((seqs, done)));
-            }
+        match apply_entries(from, to, entries, forgotten, join).await {
+            Ok(done) => return Ok(done),
             Err(e) => {
                 let _ = to.db.batch_execute("ROLLBACK").await;
-                let unjoined = e
-                    .downcast_ref::<tokio_postgres::Error>()
+                let pg = e.downcast_ref::<tokio_postgres::Error>();
+                let unjoined = pg
                     .and_then(|e| e.code())
                     .is_some_and(|c| c.code() == names::RETRY_UNJOINED_SQLSTATE);
                 if !(join && unjoined) {
-                    let cause = match e.downcast_ref::<tokio_postgres::Error>() {
+                    let cause = match pg {
                         Some(pg) => pg_message(pg),
                         None => format!("{e:#}"),
                     };
@@ -227,52 +251,38 @@ async fn drain_batch(
     }
 }
 
-/// Applies entries on `to` (in its open transaction) and records them as applied there; deletes the
-/// records of `stale` entries, which are gone from the origin's queue.
+/// One transaction on `to`: deletes the records of `forgotten` entries (gone from the origin's queue),
+/// applies the entries through the inbox, records them as applied, commits. Two round trips and one
+/// per chunk.
 async fn apply_entries(
     from: &Listener,
     to: &Listener,
     entries: &[Entry],
-    seqs: &[i64],
-    stale: &[i64],
+    forgotten: &[i64],
     join: bool,
 ) -> Result<Drained> {
-    let origin = from.name.as_str();
-    if !stale.is_empty() {
-        to.db
-            .execute(
-                &format!(
-                    "DELETE FROM {} WHERE origin = $1 AND seq = ANY($2)",
-                    names::replayed_table()
-                ),
-                &[&origin, &stale],
-            )
-            .await?;
-    }
-    // The progress row, locked: should a second runner reach this pair, it waits here.
-    to.db
-        .execute(
-            &format!(
-                "INSERT INTO {} VALUES ($1, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now()",
-                names::applied_table()
-            ),
-            &[&origin],
-        )
-        .await?;
-    // Tables with changes queued on the peer too are not joined: each chunk keeps its own time.
-    let contested: Vec<String> = if join {
-        to.db
-            .query(
-                &format!("SELECT DISTINCT table_tag FROM {}", names::queue_table()),
-                &[],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let origin = Literal(&from.name);
+    // The progress row is locked: should a second runner reach this pair, it waits here. Tables with
+    // changes queued on the peer too are not joined: each chunk keeps its own time.
+    let start = format!(
+        "BEGIN; DELETE FROM {replayed} WHERE origin = {origin} AND seq = ANY({forgotten}); \
+         INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now(); \
+         SELECT DISTINCT table_tag FROM {queue}",
+        replayed = names::replayed_table(),
+        applied = names::applied_table(),
+        queue = names::queue_table(),
+        forgotten = bigint_array(forgotten),
+    );
+    let contested: Vec<String> = to
+        .db
+        .simple_query(&start)
+        .await?
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
     let chunks = if join {
         join_entries(entries.to_vec(), &contested)
     } else {
@@ -282,6 +292,7 @@ async fn apply_entries(
     for (chunk, joined) in chunks {
         // The time of the change travels with it (set in the WHERE clause, which runs before the
         // INSTEAD OF trigger): the peer compares it with its own queued changes of the same keys.
+        // Typed parameters: one round trip, no separate prepare.
         let sql = format!(
             "UPDATE {} SET {} = $1 WHERE set_config({}, $2, true) IS NOT NULL \
              AND set_config({}, $3, true) IS NOT NULL",
@@ -292,19 +303,25 @@ async fn apply_entries(
         );
         let joined = if joined { "on" } else { "off" };
         to.db
-            .execute(&sql, &[&chunk.batch, &chunk.changed_at, &joined])
+            .execute_typed(
+                &sql,
+                &[
+                    (&chunk.batch, Type::TEXT),
+                    (&chunk.changed_at, Type::TEXT),
+                    (&joined, Type::TEXT),
+                ],
+            )
             .await?;
         done.entries += 1;
         done.rows += chunk.rows;
     }
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
     to.db
-        .execute(
-            &format!(
-                "INSERT INTO {} SELECT $1, unnest($2::bigint[])",
-                names::replayed_table()
-            ),
-            &[&origin, &seqs],
-        )
+        .batch_execute(&format!(
+            "INSERT INTO {} SELECT {origin}, unnest({}); COMMIT",
+            names::replayed_table(),
+            bigint_array(&seqs)
+        ))
         .await?;
     Ok(done)
 }
@@ -312,6 +329,7 @@ async fn apply_entries(
 /// One queue entry: a chunk of changes of one table, or 'T' (truncate).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
+    seq: i64,
     tag: String,
     rows: u64,
     batch: String,
@@ -354,35 +372,6 @@ fn join_entries(entries: Vec<Entry>, contested: &[String]) -> Vec<(Entry, bool)>
         out.push((e, false));
     }
     out
-}
-
-/// Entries a drain before this one applied on `to` but could not delete from `from`'s queue: deletes
-/// them now, and returns them, whose records on `to` may go.
-async fn forget_replayed(from: &Listener, to: &Listener) -> Result<Vec<i64>> {
-    let seqs: Vec<i64> = to
-        .db
-        .query(
-            &format!(
-                "SELECT seq FROM {} WHERE origin = $1",
-                names::replayed_table()
-            ),
-            &[&from.name],
-        )
-        .await
-        .map_err(on_node(&to.name, "reading replay progress"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    if !seqs.is_empty() {
-        from.db
-            .execute(
-                &format!("DELETE FROM {} WHERE seq = ANY($1)", names::queue_table()),
-                &[&seqs],
-            )
-            .await
-            .map_err(on_node(&from.name, "removing replayed queue entries"))?;
-    }
-    Ok(seqs)
 }
 
 /// `run --once`: drains both queues and returns; either node unreachable is an error (nothing can be
@@ -482,6 +471,7 @@ mod tests {
 
     fn entry(tag: &str, rows: u64, batch: &str, at: &str) -> Entry {
         Entry {
+            seq: 0,
             tag: tag.into(),
             rows,
             batch: batch.into(),
@@ -515,6 +505,12 @@ mod tests {
                 (entry("u", 1, r#"{"(U,9,z)"}"#, "6"), false),
             ]
         );
+    }
+
+    #[test]
+    fn seq_lists_become_array_literals() {
+        assert_eq!(bigint_array(&[]), "'{}'::bigint[]");
+        assert_eq!(bigint_array(&[1, -2, 30]), "'{1,-2,30}'::bigint[]");
     }
 
     #[test]
