@@ -121,7 +121,12 @@ impl ConnInfo {
             .dbname(&self.dbname)
             .application_name("pgtwin")
             .connect_timeout(connect_timeout);
-        if let Ok((mode, _)) = crate::tls::mode(self.params.get("sslmode").map(String::as_str)) {
+        // libpq ignores sslmode on a Unix socket.
+        let socket = self.host.starts_with('/');
+        if let (false, Ok((mode, _))) = (
+            socket,
+            crate::tls::mode(self.params.get("sslmode").map(String::as_str)),
+        ) {
             c.ssl_mode(mode);
         }
         if let Some(p) = &self.password {
@@ -132,10 +137,26 @@ impl ConnInfo {
         }
         // A connection whose peer vanished without a reset (network cut, host frozen) is noticed
         // within seconds, not after the kernel's two hours.
-        c.keepalives_idle(Duration::from_secs(KEEPALIVE.idle_s))
-            .keepalives_interval(Duration::from_secs(KEEPALIVE.interval_s))
-            .keepalives_retries(KEEPALIVE.count)
-            .tcp_user_timeout(Duration::from_millis(KEEPALIVE.tcp_user_timeout_ms));
+        // A URL's own values win, as on the foreign server.
+        let param = |name: &str, default: u64| -> u64 {
+            self.params
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        c.keepalives_idle(Duration::from_secs(param(
+            "keepalives_idle",
+            KEEPALIVE.idle_s,
+        )))
+        .keepalives_interval(Duration::from_secs(param(
+            "keepalives_interval",
+            KEEPALIVE.interval_s,
+        )))
+        .keepalives_retries(param("keepalives_count", KEEPALIVE.count.into()) as u32)
+        .tcp_user_timeout(Duration::from_millis(param(
+            "tcp_user_timeout",
+            KEEPALIVE.tcp_user_timeout_ms,
+        )));
         c
     }
 }

@@ -261,15 +261,15 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
     }
     // Queued changes must reach the peer first: the merge would take them for differences, and a node
     // whose objects are rebuilt could not read its queue (chunks are the text of its change types). The
-    // one exception is a half-done `up`: the installed node queued because its peer had no inbox yet;
-    // it keeps its queue, and `run` replays it once the peer is installed.
-    let before = build(cfg, p).await?;
-    let mut queued = [0; 2];
+    // one exception is a half-done `up`: the installed node queued because its peer had no inbox yet,
+    // so nothing can replay it. Its changes are in its table, and the merge below carries them over;
+    // the queue is then emptied with the merge, so they are not replayed on top of it.
+    let mut stranded = [false; 2];
     for (i, n) in p.nodes.iter().enumerate() {
-        queued[i] = queued_rows(n.name(), &n.db).await?;
-        let peer_installed = p.nodes[1 - i].info.installed.is_some();
-        if queued[i] > 0 && (peer_installed || !before[i].up_to_date) {
-            bail!("{} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", queued[i], n.name());
+        if p.nodes[1 - i].info.installed.is_none() {
+            stranded[i] = queued_rows(n.name(), &n.db).await? > 0;
+        } else {
+            refuse_queued(n, None).await?;
         }
     }
     // Both tables hold the union of their rows before the triggers go live; the locks keep writers out
@@ -299,9 +299,10 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
     drop(progress);
     // Sequences start above the largest keys after the merge.
     let plans = build(cfg, p).await?;
-    let merged = merges
-        .iter()
-        .any(|m| m.copied_to != [0, 0] || m.deleted_on != [0, 0]);
+    let merged = stranded.contains(&true)
+        || merges
+            .iter()
+            .any(|m| m.copied_to != [0, 0] || m.deleted_on != [0, 0]);
     if dry_run || (!merged && plans.iter().all(|pl| pl.up_to_date)) {
         for n in &p.nodes {
             apply::rollback(&n.db).await;
@@ -316,16 +317,19 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
         if !plan.up_to_date {
             apply::run(n.name(), &n.db, &plan.steps).await?;
         }
-        // With the peer's queue empty, no replay record here refers to a live entry (queue numbers
-        // restart with a reinstalled peer).
-        if queued[1 - i] == 0 {
-            n.db.execute(
-                &format!("DELETE FROM {} WHERE origin = $1", names::replayed_table()),
-                &[&p.nodes[1 - i].name()],
-            )
-            .await
-            .map_err(on_node(n.name(), "clearing replay records"))?;
+        if stranded[i] {
+            n.db.execute(&format!("DELETE FROM {}", names::queue_table()), &[])
+                .await
+                .map_err(on_node(n.name(), "emptying the merged queue"))?;
         }
+        // The peer's queue is empty now, so no replay record here refers to a live entry (queue
+        // numbers restart with a reinstalled peer).
+        n.db.execute(
+            &format!("DELETE FROM {} WHERE origin = $1", names::replayed_table()),
+            &[&p.nodes[1 - i].name()],
+        )
+        .await
+        .map_err(on_node(n.name(), "clearing replay records"))?;
     }
     // No two-phase commit across servers: if the second commit fails, the first node is installed
     // alone; its triggers queue (the peer has no inbox yet) until `up` is run again.
@@ -477,9 +481,7 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
                 continue;
             };
             if n.info.installed.is_some() {
-                refuse_queued(&n, None)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e:#}, or down --force to drop them"))?;
+                refuse_queued_for_down(&n).await?;
             }
         }
     }
@@ -490,7 +492,7 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
             steps: Vec::new(),
             error: None,
         };
-        if let Err(e) = down_node(cfg, node, dry_run, &mut outcome.steps).await {
+        if let Err(e) = down_node(cfg, node, dry_run, force, &mut outcome.steps).await {
             outcome.error = Some(format!("{e:#}"));
         }
         out.push(outcome);
@@ -502,6 +504,7 @@ async fn down_node(
     cfg: &Config,
     node: &crate::config::Node,
     dry_run: bool,
+    force: bool,
     steps: &mut Vec<Step>,
 ) -> Result<()> {
     let n = twin::connect(cfg, node).await?;
@@ -516,6 +519,14 @@ async fn down_node(
         .into_iter()
         .map(|(t, _)| t)
         .collect();
+    // The check before `down` began was without locks: with the tables locked against writers (those
+    // in flight have committed, and queued), look once more, so nothing queued is dropped unseen.
+    if info.installed.is_some() && !force && !dry_run {
+        for table in &captured {
+            lock_table(n.name(), &n.db, table).await?;
+        }
+        refuse_queued_for_down(&n).await?;
+    }
     let sequences = if info.installed.is_some() {
         recorded_sequences(n.name(), &n.db).await?
     } else {
@@ -582,6 +593,12 @@ async fn refuse_queued(n: &Connected, table: Option<&QualName>) -> Result<()> {
         bail!("table {table}: changes on node {} still wait to be applied to its peer: run pgtwin run --once, then repair again", n.name());
     }
     Ok(())
+}
+
+async fn refuse_queued_for_down(n: &Connected) -> Result<()> {
+    refuse_queued(n, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}, or down --force to drop them"))
 }
 
 /// Whether the node's link stopped queueing and only a repair joins the nodes again.

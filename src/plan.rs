@@ -3,7 +3,7 @@
 
 use crate::sql::names::fnv1a64;
 
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Step {
     /// Stable id, e.g. `table "public"."products": capture function`.
     pub id: String,
@@ -20,6 +20,25 @@ pub struct Step {
     /// Settings (name, value) set for the step only; see `with_settings`.
     #[serde(skip)]
     pub settings: Vec<(&'static str, String)>,
+}
+
+/// Shows what people may see: the masked SQL, and the names of the settings without their values.
+impl std::fmt::Debug for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Step")
+            .field("id", &self.id)
+            .field("shown", &self.shown)
+            .field("hashed", &self.hashed)
+            .field(
+                "settings",
+                &self
+                    .settings
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl Step {
@@ -94,6 +113,18 @@ pub fn render(steps: &[Step]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let step = Step::with_settings(
+            "user mapping",
+            "SELECT current_setting('x.pw')".into(),
+            "-- shown".into(),
+            vec![("x.pw", "hunter2".into())],
+        );
+        let text = format!("{step:?}");
+        assert!(text.contains("x.pw") && !text.contains("hunter2"), "{text}");
+    }
 
     #[test]
     fn a_line_break_in_a_step_id_cannot_leave_its_comment() {

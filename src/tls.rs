@@ -52,11 +52,20 @@ pub fn mode(sslmode: Option<&str>) -> Result<(SslMode, Verify), String> {
 
 /// The connector for a node's URL.
 pub fn connector(info: &ConnInfo) -> Result<MakeRustlsConnect> {
-    let (_, verify) =
-        mode(info.params.get("sslmode").map(String::as_str)).map_err(|e| anyhow!(e))?;
-    for unsupported in ["sslcert", "sslkey", "sslcrl"] {
+    let sslmode = info.params.get("sslmode").map(String::as_str);
+    let (_, mut verify) = mode(sslmode).map_err(|e| anyhow!(e))?;
+    // As in libpq: `require` with a root certificate at hand verifies like `verify-ca`.
+    if sslmode == Some("require") && root_cert_path(info).is_some_and(|p| p.exists()) {
+        verify = Verify::Chain;
+    }
+    for unsupported in ["sslcert", "sslkey"] {
         if info.params.contains_key(unsupported) {
             bail!("{unsupported}: pgtwin's own connections do not present client certificates yet; remove it from the URL");
+        }
+    }
+    for unsupported in ["sslcrl", "sslcrldir"] {
+        if info.params.contains_key(unsupported) {
+            bail!("{unsupported}: pgtwin's own connections do not check revocation lists yet; remove it from the URL");
         }
     }
     let provider = Arc::new(crypto::ring::default_provider());
@@ -86,16 +95,23 @@ pub fn connector(info: &ConnInfo) -> Result<MakeRustlsConnect> {
 }
 
 /// `sslrootcert`, or libpq's default `~/.postgresql/root.crt`.
+fn root_cert_path(info: &ConnInfo) -> Option<PathBuf> {
+    match info.params.get("sslrootcert") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".postgresql/root.crt")),
+    }
+}
+
 fn root_store(info: &ConnInfo) -> Result<RootCertStore> {
-    let path = match info.params.get("sslrootcert") {
-        Some(p) if p == "system" => {
-            bail!("sslrootcert=system is not supported by pgtwin's own connections: name a file")
-        }
-        Some(p) => PathBuf::from(p),
-        None => std::env::var_os("HOME")
-            .map(|h| PathBuf::from(h).join(".postgresql/root.crt"))
-            .ok_or_else(|| anyhow!("verify-ca/verify-full need sslrootcert=FILE"))?,
-    };
+    if info
+        .params
+        .get("sslrootcert")
+        .is_some_and(|p| p == "system")
+    {
+        bail!("sslrootcert=system is not supported by pgtwin's own connections: name a file");
+    }
+    let path = root_cert_path(info)
+        .ok_or_else(|| anyhow!("verify-ca/verify-full need sslrootcert=FILE"))?;
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(&path)
         .map_err(|e| anyhow!("sslrootcert {}: {e}", path.display()))?;

@@ -305,6 +305,18 @@ async fn up_is_idempotent_and_completes_a_half_done_install() {
         .batch_execute("DROP SCHEMA pgtwin CASCADE; DROP SERVER pgtwin_peer CASCADE")
         .await
         .unwrap();
+    // Meanwhile a's writes queue (b has no inbox): the merge of the next up carries them over, and
+    // their queue entries go with it, so nothing is replayed on top of the merge.
+    p.owner[0]
+        .batch_execute("INSERT INTO products (id, name) VALUES (100, 'while half installed')")
+        .await
+        .unwrap();
+    let queued: i64 = p.admin[0]
+        .query_one("SELECT count(*) FROM pgtwin.queue", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 1);
     let repaired = p.pgtwin(&["up"]).ok();
     assert!(
         repaired.stdout.contains("node b: installed"),
@@ -319,7 +331,13 @@ async fn up_is_idempotent_and_completes_a_half_done_install() {
         .batch_execute("INSERT INTO products (name) VALUES ('y')")
         .await
         .unwrap();
-    assert_eq!(p.assert_same("products").await.len(), 2);
+    assert_eq!(p.assert_same("products").await.len(), 3);
+    let queued: i64 = p.admin[0]
+        .query_one("SELECT count(*) FROM pgtwin.queue", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0, "the merged change must not wait for a replay");
     // A trigger dropped by hand is noticed and put back.
     p.admin[0]
         .batch_execute("DROP TRIGGER pgtwin_capture_delete ON products")

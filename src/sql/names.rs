@@ -26,14 +26,14 @@ pub const OP_COLUMN: &str = "pgtwin_op";
 pub const RESERVED_PREFIX: &str = "pgtwin_";
 /// Session setting that marks a session whose writes pgtwin applied (see sql/gen and db::SESSION_SETUP).
 pub const ORIGIN_SETTING: &str = "pgtwin.origin";
-/// Session setting carrying, during `pgtwin run`, the commit time of the changes being replayed.
+/// Transaction-local setting carrying, during `pgtwin run`, the commit time of the changes replayed.
 pub const REPLAY_AT_SETTING: &str = "pgtwin.replay_at";
 /// Transaction-local setting: the peer has taken part in this transaction (see sql/gen ship_body).
 pub const PEER_REACHED_SETTING: &str = "pgtwin.peer_reached";
 /// Transaction-local settings that carry the peer login into the user mapping step (see plan::Step).
 pub const PEER_USER_SETTING: &str = "pgtwin.peer_user";
 pub const PEER_PASSWORD_SETTING: &str = "pgtwin.peer_password";
-/// Session setting set by `pgtwin run` on a chunk it joined from several queue entries.
+/// Transaction-local setting set by `pgtwin run` on a chunk it joined from several queue entries.
 pub const REPLAY_JOINED_SETTING: &str = "pgtwin.replay_joined";
 /// SQLSTATE the apply trigger raises when a joined chunk meets changes queued on its node: `pgtwin run`
 /// then replays those entries one by one, each with its own time.

@@ -5,6 +5,9 @@ DECLARE
     pgtwin_local_won text[];
     pgtwin_remote_won text[];
 BEGIN
+    -- Wait for a replay of these entries in progress (`pgtwin run` holds them FOR UPDATE): once it
+    -- commits they are gone, and an entry already applied on the peer must not win here.
+    PERFORM FROM {{queue}} WHERE table_tag = {{tag}} FOR SHARE;
     WITH incoming AS (
         SELECT ROW({{b_keys}})::text AS k, b AS c FROM unnest(pgtwin_rows) b
     ), pending AS (
@@ -28,7 +31,8 @@ BEGIN
             batch = coalesce((SELECT array_agg(p)::text FROM unnest(q.batch::{{change_type}}[]) p
                               WHERE NOT ROW({{p_keys}})::text = ANY (pgtwin_remote_won)), '{}'),
             rows = (SELECT count(*) FROM unnest(q.batch::{{change_type}}[]) p WHERE NOT ROW({{p_keys}})::text = ANY (pgtwin_remote_won))
-        WHERE q.table_tag = {{tag}} AND q.batch <> 'T';
+        WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
+            AND EXISTS (SELECT FROM unnest(q.batch::{{change_type}}[]) p WHERE ROW({{p_keys}})::text = ANY (pgtwin_remote_won));
         DELETE FROM {{queue}} WHERE table_tag = {{tag}} AND batch <> 'T' AND rows = 0;
     END IF;
     RETURN (SELECT array_agg(b) FROM unnest(pgtwin_rows) b WHERE NOT ROW({{b_keys}})::text = ANY (pgtwin_local_won));
