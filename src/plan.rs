@@ -64,10 +64,9 @@ impl Step {
         }
     }
 
-    /// A step whose SQL reads values from transaction-local settings, which `apply` sets (as bound
-    /// parameters) just before the step and clears after it: a secret passed this way appears in no
-    /// statement text, so neither the server log (`log_statement = 'ddl'`) nor pg_stat_statements
-    /// can record it.
+    /// A step whose SQL reads values from transaction-local settings, which `apply` sets (passing the
+    /// values as COPY data) just before the step and clears after it: a secret passed this way appears
+    /// in no statement text and no bound parameter, so no server log or statement statistics record it.
     pub fn with_settings(
         id: impl Into<String>,
         sql: String,

@@ -445,8 +445,8 @@ async fn a_single_row_write_costs_one_statement_on_the_peer() {
     assert!(statements[4].contains("UPDATE pgtwin.inbox_"));
 }
 
-/// The peer's password reaches the user mapping as a bound setting, so a server that logs DDL (a
-/// common setting) records every statement of `up` but never the password.
+/// The peer's password reaches the user mapping as COPY data, so a server that logs every statement
+/// records every statement of `up` but never the password.
 #[tokio::test]
 async fn the_password_stays_out_of_the_server_log() {
     let p = Pair::new().await;
@@ -461,7 +461,7 @@ async fn the_password_stays_out_of_the_server_log() {
     for (admin, log) in p.admin.iter().zip(&logs) {
         admin
             .batch_execute(&format!(
-                "ALTER ROLE twin IN DATABASE {} SET log_statement = 'ddl'",
+                "ALTER ROLE twin IN DATABASE {} SET log_statement = 'all'",
                 p.db
             ))
             .await

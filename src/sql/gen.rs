@@ -107,7 +107,7 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
         }
     );
     let run = format!(
-        "DO $pgtwin$\nBEGIN\n    EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER %I OPTIONS (user %L%s)',\n        {server_name}, current_setting({user_setting}),\n        CASE WHEN current_setting({password_setting}) = '' THEN ''\n             ELSE format(', password %L', current_setting({password_setting})) END);\nEND\n$pgtwin$",
+        "DO $pgtwin$\nBEGIN\n    EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER %I OPTIONS (user %L%s)',\n        {server_name}, current_setting({user_setting}),\n        CASE WHEN current_setting({password_setting}) = '' THEN ''\n             ELSE format(', password %L', current_setting({password_setting})) END);\nEXCEPTION WHEN OTHERS THEN\n    -- Raised anew: the error's context would quote the statement, password included.\n    RAISE EXCEPTION 'creating the user mapping: %', SQLERRM USING ERRCODE = SQLSTATE;\nEND\n$pgtwin$",
         server_name = Literal(names::SERVER),
         user_setting = Literal(names::PEER_USER_SETTING),
         password_setting = Literal(names::PEER_PASSWORD_SETTING),
