@@ -26,6 +26,15 @@ CREATE TABLE IF NOT EXISTS {{queue}} (
     batch text NOT NULL,
     changed_at timestamptz NOT NULL DEFAULT transaction_timestamp()
 );
+-- A chunk is tens of kilobytes of text: lz4 compresses it at a fraction of pglz's cost, on the
+-- writer's path in async mode (servers built without lz4 keep pglz).
+DO $lz4$
+BEGIN
+    ALTER TABLE {{queue}} ALTER COLUMN batch SET COMPRESSION lz4;
+EXCEPTION WHEN feature_not_supported OR invalid_parameter_value THEN
+    NULL;
+END
+$lz4$;
 -- When changes from the peer were last replayed here (one row per origin; `pgtwin run` locks it).
 CREATE TABLE IF NOT EXISTS {{applied}} (
     origin text PRIMARY KEY,
