@@ -11,7 +11,7 @@
 //! so a transaction can commit entry 101 after entry 102 has been replayed. Per key the order holds: a
 //! second writer of a key waits for the first's row lock, so its entry is numbered and committed later.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
@@ -24,6 +24,11 @@ use crate::db::{on_node, pg_message};
 use crate::sql::ident::{Ident, Literal};
 use crate::sql::names;
 
+/// After a drain that applied anything, how long `run` keeps looking every TAIL_POLL; then IDLE_POLL
+/// (see run_forever).
+const TAIL: Duration = Duration::from_millis(50);
+const TAIL_POLL: Duration = Duration::from_millis(2);
+const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Queue entries replayed per transaction on the peer.
 const ENTRIES_PER_TRANSACTION: i64 = 100;
 /// Session advisory lock that keeps a second runner off a node ("pgtr").
@@ -422,6 +427,7 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
             "pgtwin run: replaying queues between {} and {}",
             a.name, b.name
         );
+        let mut last_applied = Instant::now();
         loop {
             let result = async {
                 let ab = drain(&a, &b, &stop).await?;
@@ -436,17 +442,25 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
                     break;
                 }
             };
-            // Writers notify only when they find the queue empty: one that found entries left by a
-            // drain in progress relies on the runner to look again. So after a drain that applied
-            // anything, drain again at once; only a drain that found nothing waits, for a notification
-            // (or a few seconds: a peer coming back sends none).
+            // Writers notify only when they find the queue empty (NOTIFY serializes the commits of
+            // all notifying transactions). One that found entries a drain was busy with sends none,
+            // and may commit just after the runner last looked: so after a drain that applied
+            // anything, look again at once, then every few milliseconds for a short while, and only
+            // then wait for a notification (or a second: a peer coming back sends none, nor does a
+            // writer that committed long after it queued).
             if applied > 0 {
+                last_applied = Instant::now();
                 while wake.try_recv().is_ok() {}
                 continue;
             }
+            let wait = if last_applied.elapsed() < TAIL {
+                TAIL_POLL
+            } else {
+                IDLE_POLL
+            };
             tokio::select! {
                 _ = wake.recv() => {}
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.changed() => return Ok(()),
             }
         }

@@ -72,25 +72,25 @@ pub fn connector(info: &ConnInfo) -> Result<MakeRustlsConnect> {
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow!("TLS setup: {e}"))?;
-    let config = match verify {
-        Verify::Nothing => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(TrustAny(provider)))
-            .with_no_client_auth(),
-        Verify::Chain | Verify::Full => {
-            let roots = Arc::new(root_store(info)?);
-            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
-                .build()
-                .map_err(|e| anyhow!("sslrootcert: {e}"))?;
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainVerifier {
-                    webpki,
-                    check_name: verify == Verify::Full,
-                }))
-                .with_no_client_auth()
-        }
+    let webpki = match verify {
+        Verify::Nothing => None,
+        Verify::Chain | Verify::Full => Some(
+            WebPkiServerVerifier::builder_with_provider(
+                Arc::new(root_store(info)?),
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| anyhow!("sslrootcert: {e}"))?,
+        ),
     };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Verifier {
+            provider,
+            webpki,
+            check_name: verify == Verify::Full,
+        }))
+        .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
 }
 
@@ -127,64 +127,17 @@ fn root_store(info: &ConnInfo) -> Result<RootCertStore> {
     Ok(roots)
 }
 
-/// libpq's `require`: encryption without verification (signatures are still checked, so the
-/// handshake itself is sound).
+/// The certificate check libpq's sslmode asks for: none (`allow`, `prefer`, `require` without a root
+/// certificate), the chain (`verify-ca`), or the chain and the name (`verify-full`). Handshake
+/// signatures are checked in every case, so the encryption itself is sound.
 #[derive(Debug)]
-struct TrustAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for TrustAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// verify-ca and verify-full: webpki's verification, minus the name check for verify-ca.
-#[derive(Debug)]
-struct ChainVerifier {
-    webpki: Arc<WebPkiServerVerifier>,
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    webpki: Option<Arc<WebPkiServerVerifier>>,
     check_name: bool,
 }
 
-impl ServerCertVerifier for ChainVerifier {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -193,13 +146,11 @@ impl ServerCertVerifier for ChainVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
@@ -213,7 +164,8 @@ impl ServerCertVerifier for ChainVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -222,10 +174,13 @@ impl ServerCertVerifier for ChainVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

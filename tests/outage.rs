@@ -307,15 +307,7 @@ async fn killing_the_runner_mid_drain_loses_and_repeats_nothing() {
         .await
         .unwrap();
     assert_eq!(queued(&p, 0).await, 18000);
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
-        .arg("-c")
-        .arg(p.dir.path().join("pgtwin.toml"))
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let runner = Runner::start(&p, &["run"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let on_b: i64 = p.admin[1]
@@ -333,8 +325,7 @@ async fn killing_the_runner_mid_drain_loses_and_repeats_nothing() {
         assert!(Instant::now() < deadline, "runner applied nothing");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    runner.kill().unwrap();
-    runner.wait().unwrap();
+    runner.kill();
     p.pgtwin(&["run", "--once"]).ok();
     let rows = p.assert_same("items").await;
     assert_eq!(rows.len(), 12000);
@@ -348,15 +339,7 @@ async fn async_mode_applies_while_run_runs_and_loses_nothing_when_stopped() {
     p.both(ITEMS).await;
     p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
     p.pgtwin(&["up"]).ok();
-    let mut runner = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
-        .arg("-c")
-        .arg(p.dir.path().join("pgtwin.toml"))
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let runner = Runner::start(&p, &["run"]);
     p.owner[0]
         .batch_execute("INSERT INTO items VALUES (1, 'from a', 1)")
         .await
@@ -373,22 +356,11 @@ async fn async_mode_applies_while_run_runs_and_loses_nothing_when_stopped() {
     }
     p.assert_same("items").await;
     // SIGTERM: the runner stops cleanly.
-    Command::new("kill")
-        .arg(runner.id().to_string())
-        .status()
-        .unwrap();
-    let stopped = Instant::now();
-    let status = loop {
-        if let Some(s) = runner.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(10),
-            "run ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success());
+    let status = runner.terminate(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "run did not stop cleanly on SIGTERM: {status:?}"
+    );
     p.owner[0]
         .batch_execute("UPDATE items SET v = 'while stopped'")
         .await
@@ -609,6 +581,18 @@ impl Runner {
         )
     }
 
+    /// SIGKILL, as a crash would.
+    fn kill(self) {
+        drop(self);
+    }
+
+    /// SIGTERM, then waits for the process to exit, at most `limit`.
+    fn terminate(self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill").arg(pid).status().unwrap().success());
+        self.wait(limit)
+    }
+
     /// Waits for the process to exit, at most `limit`.
     fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
         let started = Instant::now();
@@ -726,4 +710,48 @@ async fn tls_as_the_urls_sslmode_says() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(runner);
+}
+
+/// A writer that queues while a drain is busy sends no NOTIFY (it found entries), and may commit after
+/// the runner's last look: `run` still picks its change up within its idle poll, not seconds later.
+#[tokio::test]
+async fn a_change_committed_after_the_runners_last_look_still_arrives_promptly() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (1, 'first', 1)")
+        .await
+        .unwrap();
+    // Hold the first entry, so that the runner waits on it and the writer below finds it queued.
+    let holder = p.owner_connection(0).await;
+    holder
+        .batch_execute("BEGIN; SELECT FROM pgtwin.queue FOR UPDATE")
+        .await
+        .unwrap();
+    let _runner = Runner::start(&p, &["run"]);
+    let late = p.owner_connection(0).await;
+    late.batch_execute("BEGIN; INSERT INTO items VALUES (2, 'committed late', 2)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.rows(1, "items").await.len() < 1 {
+        assert!(Instant::now() < deadline, "the first change never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    late.batch_execute("COMMIT").await.unwrap();
+    let committed = Instant::now();
+    while p.rows(1, "items").await.len() < 2 {
+        assert!(
+            committed.elapsed() < Duration::from_millis(2500),
+            "a change committed after the runner's last look waited for the idle poll too long"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.assert_same("items").await;
 }
