@@ -739,7 +739,7 @@ async fn a_change_committed_after_the_runners_last_look_still_arrives_promptly()
     tokio::time::sleep(Duration::from_millis(300)).await;
     holder.batch_execute("COMMIT").await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while p.rows(1, "items").await.len() < 1 {
+    while p.rows(1, "items").await.is_empty() {
         assert!(Instant::now() < deadline, "the first change never arrived");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
