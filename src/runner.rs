@@ -4,8 +4,9 @@
 //! runner applies entries on the peer through the same inbox view the triggers use, and records each
 //! applied entry in the peer's `pgtwin.replayed` in the same transaction: a replay cut short at any point
 //! (runner killed, peer gone again) is repeated from there, and nothing is applied twice. Only then are
-//! the entries deleted from the origin's queue (and their records from the peer); while the queue holds
-//! any, the origin's writers keep queueing, so no change overtakes an older one of the same key.
+//! the entries deleted from the origin's queue, and once that has committed, their records on the peer;
+//! while the queue holds any, the origin's writers keep queueing, so no change overtakes an older one of
+//! the same key.
 //!
 //! Entries are tracked one by one, not by a high-water mark: sequence numbers are taken at insert time,
 //! so a transaction can commit entry 101 after entry 102 has been replayed. Per key the order holds: a
