@@ -755,3 +755,63 @@ async fn a_change_committed_after_the_runners_last_look_still_arrives_promptly()
     }
     p.assert_same("items").await;
 }
+
+/// The runner joins queue entries into larger chunks; a joined chunk carries one time. When the peer
+/// turns out to hold a change of the same table queued in between (here: committed while the replay
+/// waited for its row), the apply refuses the joined chunk and the runner sends the entries one by one,
+/// so each is weighed with its own time: the change made between them wins over the earlier one.
+#[tokio::test]
+async fn a_joined_replay_meeting_a_change_queued_meanwhile_goes_entry_by_entry() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items VALUES (1, 'seed', 1), (2, 'seed', 2)")
+        .await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    let later = || tokio::time::sleep(Duration::from_millis(20));
+    p.owner[0]
+        .batch_execute("UPDATE items SET v = 'a, first' WHERE id = 1")
+        .await
+        .unwrap();
+    later().await;
+    let b = p.owner_connection(1).await;
+    b.batch_execute("BEGIN; UPDATE items SET v = 'b, in between' WHERE id = 1")
+        .await
+        .unwrap();
+    later().await;
+    p.owner[0]
+        .batch_execute("UPDATE items SET v = 'a, last' WHERE id = 2")
+        .await
+        .unwrap();
+    let runner = Runner::start(&p, &["run", "--once"]);
+    // The replay of a's two entries, joined, reaches row 1 on b, which b's open transaction holds.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = p.admin[1]
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtwin' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replay never reached the row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    b.batch_execute("COMMIT").await.unwrap();
+    assert!(runner.wait(Duration::from_secs(20)).success());
+    p.pgtwin(&["run", "--once"]).ok();
+    let rows = p.assert_same("items").await;
+    assert_eq!(
+        rows,
+        vec!["(1,\"b, in between\",1)", "(2,\"a, last\",2)"],
+        "b's change is later than a's change of row 1, though earlier than a's last entry"
+    );
+}
