@@ -736,11 +736,11 @@ async fn data_section(bench: &Bench, reps: usize, rows: i64) -> Result<()> {
         "<= 1.0x"
     );
     println!(
-        "{:<58}{:>9.2}x{:>26}{:>10}",
+        "{:<58}{:>9.2}x {:>32}{:>10}",
         "check with 100 scattered differences, same baseline",
         m("check 100 differences") / m("copy to /dev/null"),
         format!(
-            "{:.2} s; all 100 found: {}",
+            "{:.2} s, all 100 found: {}",
             m("check 100 differences"),
             if found_all { "yes" } else { "NO" }
         ),

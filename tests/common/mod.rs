@@ -287,7 +287,7 @@ pub fn pgtwin(config: &std::path::Path, args: &[&str]) -> Run {
 }
 
 /// Runs a command, killing it if it outlives `limit`: a hang is a test failure, not a stuck CI.
-fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
     use std::process::Stdio;
     let child = cmd
         .stdin(Stdio::null())
