@@ -98,6 +98,9 @@ pub struct DownArgs {
     /// Remove pgtwin even where changes still wait in the queue (they are lost).
     #[arg(long)]
     pub force: bool,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +108,9 @@ pub struct RunArgs {
     /// Drain both queues and exit: 0 when both are empty, 2 when a node is unreachable.
     #[arg(long)]
     pub once: bool,
+    /// With --once: machine-readable output on stdout.
+    #[arg(long, requires = "once")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

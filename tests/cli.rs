@@ -272,12 +272,13 @@ async fn down_cleans_the_reachable_node_when_the_other_is_gone() {
         p.url(0),
         b_url.replace(&port, &closed.to_string())
     ));
-    let run = p.pgtwin(&["down"]).fails_with(&["node b", "down again"]);
-    assert!(
-        run.stdout.contains("node a: pgtwin removed"),
-        "{}",
-        run.stdout
-    );
+    let run = p
+        .pgtwin(&["down", "--json"])
+        .fails_with(&["node b", "down again"]);
+    let outcomes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(outcomes[0]["node"], "a");
+    assert!(outcomes[0]["error"].is_null(), "{outcomes}");
+    assert!(outcomes[1]["error"].is_string(), "{outcomes}");
     assert!(!p.installed(0).await);
     assert!(p.installed(1).await);
     p.config(TABLES);

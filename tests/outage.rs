@@ -366,7 +366,11 @@ async fn async_mode_applies_while_run_runs_and_loses_nothing_when_stopped() {
         .await
         .unwrap();
     assert!(queued(&p, 0).await > 0);
-    p.pgtwin(&["run", "--once"]).ok();
+    let once: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["run", "--once", "--json"]).ok().stdout).unwrap();
+    assert_eq!(once[0]["from"], "a");
+    assert_eq!(once[0]["rows"], 2, "{once}");
+    assert_eq!(once[1]["rows"], 0, "{once}");
     assert!(p
         .assert_same("items")
         .await

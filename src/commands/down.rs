@@ -2,18 +2,23 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 
+use crate::cli::DownArgs;
 use crate::config::Config;
 use crate::install;
 use crate::plan::render;
 
-pub async fn run(cfg: &Config, dry_run: bool, force: bool) -> Result<ExitCode> {
-    let outcomes = install::down(cfg, dry_run, force).await?;
+pub async fn run(cfg: &Config, args: &DownArgs) -> Result<ExitCode> {
+    let outcomes = install::down(cfg, args.dry_run, args.force).await?;
+    if args.json {
+        super::print_json(&outcomes);
+    }
     let mut failed = Vec::new();
     for o in &outcomes {
         match &o.error {
             // Each error names its node already.
             Some(e) => failed.push(e.as_str()),
-            None if dry_run => {
+            None if args.json => {}
+            None if args.dry_run => {
                 println!("-- ===== node {} =====\n", o.node);
                 print!("{}", render(&o.steps));
             }

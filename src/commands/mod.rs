@@ -24,8 +24,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Plan(a) => plan::run(&cfg, a.json).await,
         Command::Up(a) => up::run(&cfg, a.json, a.dry_run).await,
-        Command::Down(a) => down::run(&cfg, a.dry_run, a.force).await,
-        Command::Run(a) => run::run(&cfg, a.once).await,
+        Command::Down(a) => down::run(&cfg, &a).await,
+        Command::Run(a) => run::run(&cfg, &a).await,
         Command::Status(a) => status::run(&cfg, a.json).await,
         Command::Check(a) => check::run(&cfg, a.json).await,
         Command::Repair(a) => repair::run(&cfg, &a).await,
