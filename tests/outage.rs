@@ -819,3 +819,36 @@ async fn a_joined_replay_meeting_a_change_queued_meanwhile_goes_entry_by_entry()
         "b's change is later than a's change of row 1, though earlier than a's last entry"
     );
 }
+
+/// While changes queue, a TRUNCATE is recorded as the deletion of the keys it removed, so the replay
+/// weighs it key by key: a row the other node changed after the truncate survives it on both nodes.
+#[tokio::test]
+async fn a_truncate_while_apart_is_weighed_key_by_key() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items VALUES (1, 'seed', 1), (2, 'seed', 2), (3, 'seed', 3)")
+        .await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0].batch_execute("TRUNCATE items").await.unwrap();
+    assert_eq!(queued(&p, 0).await, 3, "one deletion per key");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    p.owner[1]
+        .batch_execute("UPDATE items SET v = 'b, after the truncate' WHERE id = 2")
+        .await
+        .unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(
+        p.assert_same("items").await,
+        vec!["(2,\"b, after the truncate\",2)"]
+    );
+    // With the peer reachable in sync mode, a truncate still travels as one TRUNCATE.
+    p.pgtwin(&["down"]).ok();
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0].batch_execute("TRUNCATE items").await.unwrap();
+    assert_eq!(queued(&p, 0).await, 0);
+    assert!(p.assert_same("items").await.is_empty());
+}

@@ -294,17 +294,17 @@ fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
     let mut triggers = drop_capture_triggers(name);
     for (trigger, event) in names::TRIGGER_EVENTS {
         let referencing = match event {
-            "INSERT" => format!("REFERENCING NEW TABLE AS {} ", Ident::new(names::NEW_ROWS)),
-            "UPDATE" => format!(
+            "AFTER INSERT" => format!("REFERENCING NEW TABLE AS {} ", Ident::new(names::NEW_ROWS)),
+            "AFTER UPDATE" => format!(
                 "REFERENCING OLD TABLE AS {} NEW TABLE AS {} ",
                 Ident::new(names::OLD_ROWS),
                 Ident::new(names::NEW_ROWS)
             ),
-            "DELETE" => format!("REFERENCING OLD TABLE AS {} ", Ident::new(names::OLD_ROWS)),
+            "AFTER DELETE" => format!("REFERENCING OLD TABLE AS {} ", Ident::new(names::OLD_ROWS)),
             _ => String::new(),
         };
         triggers.push_str(&format!(
-            ";\nCREATE TRIGGER {} AFTER {event} ON {name}\n    {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {capture}()",
+            ";\nCREATE TRIGGER {} {event} ON {name}\n    {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {capture}()",
             Ident::new(trigger)
         ));
     }
@@ -381,6 +381,7 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
             ("keys", comma_list(&t.key)),
             ("new", Ident::new(names::NEW_ROWS).to_string()),
             ("old", Ident::new(names::OLD_ROWS).to_string()),
+            ("table", t.name.to_string()),
         ],
     )
 }

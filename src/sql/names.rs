@@ -9,10 +9,11 @@ pub const SCHEMA: &str = "pgtwin";
 pub const SERVER: &str = "pgtwin_peer";
 /// Statement triggers on a synced table, by event.
 pub const TRIGGER_EVENTS: [(&str, &str); 4] = [
-    ("pgtwin_capture_insert", "INSERT"),
-    ("pgtwin_capture_update", "UPDATE"),
-    ("pgtwin_capture_delete", "DELETE"),
-    ("pgtwin_capture_truncate", "TRUNCATE"),
+    ("pgtwin_capture_insert", "AFTER INSERT"),
+    ("pgtwin_capture_update", "AFTER UPDATE"),
+    ("pgtwin_capture_delete", "AFTER DELETE"),
+    // BEFORE: while changes queue, a truncate is recorded as the deletion of the keys still there.
+    ("pgtwin_capture_truncate", "BEFORE TRUNCATE"),
 ];
 pub const APPLY_TRIGGER: &str = "pgtwin_apply";
 /// Transition-table names used by the generated functions.

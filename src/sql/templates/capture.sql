@@ -16,7 +16,22 @@ BEGIN
     -- down): a change must never overtake an earlier one of the same key.
     pgtwin_queue := {{always_queue}} OR EXISTS (SELECT FROM {{queue}});
     IF TG_OP = 'TRUNCATE' THEN
-        PERFORM {{ship}}('T', 1, pgtwin_queue);
+        -- A BEFORE trigger: the rows are still here. With the peer reachable, one TRUNCATE travels.
+        -- While changes queue, the truncate is recorded as the deletion of every key it removes, so
+        -- that the replay weighs it key by key against the peer's own changes made meanwhile (a queued
+        -- TRUNCATE would wipe those too).
+        IF NOT pgtwin_queue THEN
+            PERFORM {{ship}}('T', 1, false);
+            RETURN NULL;
+        END IF;
+        FOR pgtwin_chunk, pgtwin_rows IN
+            SELECT array_agg(c)::text, count(*) FROM (
+                SELECT ROW('D', {{old_key_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
+                FROM {{table}} o) s
+            GROUP BY chunk_no
+        LOOP
+            PERFORM {{ship}}(pgtwin_chunk, pgtwin_rows, true);
+        END LOOP;
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' THEN
