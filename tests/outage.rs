@@ -446,20 +446,26 @@ async fn a_queued_truncate_counts_and_blocks_up_repair_and_down() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
     p.both(ITEMS).await;
-    p.both("INSERT INTO items VALUES (1, 'seed', 1)").await;
+    p.both("INSERT INTO items VALUES (1, 'seed', 1), (2, 'seed', 2), (3, 'seed', 3)")
+        .await;
     p.config("[[tables]]\nname = \"items\"");
     p.pgtwin(&["up"]).ok();
     let closed = pgtwin::localpg::free_port().unwrap();
     set_peer_port(&p, 0, closed).await;
+    // The first write to find the peer gone: the truncate is queued key by key all the same.
     p.owner[0].batch_execute("TRUNCATE items").await.unwrap();
-    assert_eq!(queued(&p, 0).await, 1, "a truncate is one queued change");
+    assert_eq!(
+        queued(&p, 0).await,
+        3,
+        "the truncate queued as one deletion per row"
+    );
     // The queue is the only record of the truncate: nothing may repair, merge or drop it away.
     p.pgtwin(&["up"])
         .fails_with(&["node a", "run pgtwin run --once"]);
     p.pgtwin(&["repair", "--prefer", "b"])
         .fails_with(&["node a", "run pgtwin run --once"]);
     p.pgtwin(&["down"]).fails_with(&["node a", "--force"]);
-    assert_eq!(p.rows(1, "items").await.len(), 1);
+    assert_eq!(p.rows(1, "items").await.len(), 3);
     set_peer_port(&p, 0, common::servers().nodes[1].port).await;
     p.pgtwin(&["run", "--once"]).ok();
     assert!(p.assert_same("items").await.is_empty());

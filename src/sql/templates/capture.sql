@@ -17,12 +17,14 @@ BEGIN
     pgtwin_queue := {{always_queue}} OR EXISTS (SELECT FROM {{queue}});
     IF TG_OP = 'TRUNCATE' THEN
         -- A BEFORE trigger: the rows are still here. With the peer reachable, one TRUNCATE travels.
-        -- While changes queue, the truncate is recorded as the deletion of every key it removes, so
-        -- that the replay weighs it key by key against the peer's own changes made meanwhile (a queued
-        -- TRUNCATE would wipe those too).
+        -- Otherwise the truncate is queued as the deletion of every key it removes, so that the replay
+        -- weighs it key by key against the peer's own changes made meanwhile (a queued TRUNCATE would
+        -- wipe those too).
         IF NOT pgtwin_queue THEN
-            PERFORM {{ship}}('T', 1, false);
-            RETURN NULL;
+            pgtwin_queue := {{ship}}('T', 1, false);
+            IF NOT pgtwin_queue THEN
+                RETURN NULL;
+            END IF;
         END IF;
         FOR pgtwin_chunk, pgtwin_rows IN
             SELECT array_agg(c)::text, count(*) FROM (
