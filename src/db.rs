@@ -306,6 +306,30 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_limits_default_and_yield_to_the_url() {
+        let timeout = Duration::from_secs(5);
+        let plain = ConnInfo::parse("postgres://a@h/db")
+            .unwrap()
+            .pg_config(timeout);
+        assert_eq!(
+            plain.get_keepalives_idle(),
+            Duration::from_secs(KEEPALIVE.idle_s)
+        );
+        assert_eq!(
+            plain.get_tcp_user_timeout(),
+            Some(&Duration::from_millis(KEEPALIVE.tcp_user_timeout_ms))
+        );
+        let own = ConnInfo::parse("postgres://a@h/db?keepalives_idle=7&tcp_user_timeout=900")
+            .unwrap()
+            .pg_config(timeout);
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(7));
+        assert_eq!(
+            own.get_tcp_user_timeout(),
+            Some(&Duration::from_millis(900))
+        );
+    }
+
+    #[test]
     fn display_masks_the_password() {
         let c = ConnInfo::parse("postgres://app:secret@h/db").unwrap();
         assert_eq!(c.to_string(), "postgres://app:********@h:5432/db");

@@ -475,24 +475,29 @@ pub struct DownOutcome {
 /// Unless `force`, first refuses (changing nothing) while either reachable node's queue holds changes:
 /// removing either node would leave them with nowhere to go.
 pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOutcome>> {
+    let mut nodes = Vec::new();
+    for node in &cfg.nodes {
+        nodes.push((node.name.clone(), twin::connect(cfg, node).await));
+    }
     if !force && !dry_run {
-        for node in &cfg.nodes {
-            let Ok(n) = twin::connect(cfg, node).await else {
-                continue;
-            };
+        for n in nodes.iter().filter_map(|(_, n)| n.as_ref().ok()) {
             if n.info.installed.is_some() {
-                refuse_queued_for_down(&n).await?;
+                refuse_queued_for_down(n).await?;
             }
         }
     }
     let mut out = Vec::new();
-    for node in &cfg.nodes {
+    for (name, n) in nodes {
         let mut outcome = DownOutcome {
-            node: node.name.clone(),
+            node: name,
             steps: Vec::new(),
             error: None,
         };
-        if let Err(e) = down_node(cfg, node, dry_run, force, &mut outcome.steps).await {
+        let removed = match n {
+            Ok(n) => down_node(&n, dry_run, force, &mut outcome.steps).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
             outcome.error = Some(format!("{e:#}"));
         }
         out.push(outcome);
@@ -500,14 +505,7 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
     Ok(out)
 }
 
-async fn down_node(
-    cfg: &Config,
-    node: &crate::config::Node,
-    dry_run: bool,
-    force: bool,
-    steps: &mut Vec<Step>,
-) -> Result<()> {
-    let n = twin::connect(cfg, node).await?;
+async fn down_node(n: &Connected, dry_run: bool, force: bool, steps: &mut Vec<Step>) -> Result<()> {
     apply::begin(n.name(), &n.db).await?;
     // Re-read inside the lock: another run may have changed the node meanwhile.
     let info = catalog::node_info(n.name(), &n.db).await?;
@@ -525,7 +523,7 @@ async fn down_node(
         for table in &captured {
             lock_table(n.name(), &n.db, table).await?;
         }
-        refuse_queued_for_down(&n).await?;
+        refuse_queued_for_down(n).await?;
     }
     let sequences = if info.installed.is_some() {
         recorded_sequences(n.name(), &n.db).await?

@@ -18,15 +18,27 @@ fn server_b() -> &'static pgtwin::localpg::LocalServer {
     &common::servers().nodes[1]
 }
 
-async fn queued(p: &Pair, i: usize) -> i64 {
-    p.admin[i]
-        .query_one(
-            "SELECT coalesce(sum(rows), 0)::bigint FROM pgtwin.queue",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
+/// Waits (at most 10 s) until `pgtwin run`'s session on node i waits for a row lock.
+async fn wait_for_a_replay_waiting_on_a_row(p: &Pair, i: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = p.admin[i]
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtwin' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replay never reached the row"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Points node i's foreign server at another port (a closed one cuts the link; the real one restores it).
@@ -57,7 +69,7 @@ async fn writes_survive_a_stopped_peer_and_replay_in_order() {
         .await
         .unwrap();
     let first = started.elapsed();
-    assert_eq!(queued(&p, 0).await, 1);
+    assert_eq!(p.queued(0).await, 1);
     let started = Instant::now();
     for n in 0..50 {
         a.execute("UPDATE items SET n = $1 WHERE id = 11", &[&n])
@@ -86,7 +98,7 @@ async fn writes_survive_a_stopped_peer_and_replay_in_order() {
         rest < Duration::from_secs(3),
         "56 queued writes took {rest:?} (first {first:?})"
     );
-    assert!(queued(&p, 0).await > 50);
+    assert!(p.queued(0).await > 50);
     let status: serde_json::Value =
         serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
     assert!(status["nodes"][0]["queue"]["entries"].as_i64().unwrap() > 50);
@@ -109,7 +121,7 @@ async fn writes_survive_a_stopped_peer_and_replay_in_order() {
     let a = &p.owner[0];
     let run = p.pgtwin(&["run", "--once"]).ok();
     assert!(run.stdout.contains("a -> b"), "{}", run.stdout);
-    assert_eq!(queued(&p, 0).await, 0);
+    assert_eq!(p.queued(0).await, 0);
     let rows = p.assert_same("items").await;
     assert_eq!(rows.len(), 20);
     let status: serde_json::Value =
@@ -126,7 +138,7 @@ async fn writes_survive_a_stopped_peer_and_replay_in_order() {
     a.batch_execute("INSERT INTO items VALUES (999, 'direct', 0)")
         .await
         .unwrap();
-    assert_eq!(queued(&p, 0).await, 0);
+    assert_eq!(p.queued(0).await, 0);
     assert_eq!(p.assert_same("items").await.len(), 21);
 }
 
@@ -150,7 +162,7 @@ async fn run_reconnects_by_itself_when_the_peer_comes_back() {
     server_b().start_again().unwrap();
     p.reconnect(1).await;
     let deadline = Instant::now() + Duration::from_secs(45);
-    while queued(&p, 0).await > 0 {
+    while p.queued(0).await > 0 {
         assert!(
             Instant::now() < deadline,
             "run did not resume after the outage"
@@ -189,7 +201,7 @@ async fn a_silent_peer_costs_one_connect_timeout_then_queues() {
         "queued writes took {:?}",
         started.elapsed()
     );
-    assert_eq!(queued(&p, 0).await, 19);
+    assert_eq!(p.queued(0).await, 19);
     drop(silent);
     set_peer_port(&p, 0, server_b().port).await;
     p.pgtwin(&["run", "--once"]).ok();
@@ -251,7 +263,7 @@ async fn conflicts_resolve_the_same_way_on_both_nodes() {
     b.batch_execute("INSERT INTO items VALUES (9, 'b inserts later, wins', 0)")
         .await
         .unwrap();
-    assert!(queued(&p, 0).await > 0 && queued(&p, 1).await > 0);
+    assert!(p.queued(0).await > 0 && p.queued(1).await > 0);
 
     set_peer_port(&p, 0, common::servers().nodes[1].port).await;
     set_peer_port(&p, 1, common::servers().nodes[0].port).await;
@@ -288,7 +300,7 @@ async fn conflicts_resolve_the_same_way_on_both_nodes() {
     let total = status["nodes"][0]["queue"]["conflicts"].as_i64().unwrap()
         + status["nodes"][1]["queue"]["conflicts"].as_i64().unwrap();
     assert_eq!(total, 5);
-    assert_eq!(queued(&p, 0).await + queued(&p, 1).await, 0);
+    assert_eq!(p.queued(0).await + p.queued(1).await, 0);
 }
 
 #[tokio::test]
@@ -306,7 +318,7 @@ async fn killing_the_runner_mid_drain_loses_and_repeats_nothing() {
         .batch_execute("UPDATE items SET n = n + 1 WHERE id % 2 = 0")
         .await
         .unwrap();
-    assert_eq!(queued(&p, 0).await, 18000);
+    assert_eq!(p.queued(0).await, 18000);
     let runner = Runner::start(&p, &["run"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -329,7 +341,7 @@ async fn killing_the_runner_mid_drain_loses_and_repeats_nothing() {
     p.pgtwin(&["run", "--once"]).ok();
     let rows = p.assert_same("items").await;
     assert_eq!(rows.len(), 12000);
-    assert_eq!(queued(&p, 0).await, 0);
+    assert_eq!(p.queued(0).await, 0);
 }
 
 #[tokio::test]
@@ -365,7 +377,7 @@ async fn async_mode_applies_while_run_runs_and_loses_nothing_when_stopped() {
         .batch_execute("UPDATE items SET v = 'while stopped'")
         .await
         .unwrap();
-    assert!(queued(&p, 0).await > 0);
+    assert!(p.queued(0).await > 0);
     let once: serde_json::Value =
         serde_json::from_str(&p.pgtwin(&["run", "--once", "--json"]).ok().stdout).unwrap();
     assert_eq!(once[0]["from"], "a");
@@ -435,7 +447,7 @@ async fn fail_mode_fails_the_write_and_a_full_queue_asks_for_repair() {
         .batch_execute("INSERT INTO items VALUES (3, 'queued again', 1)")
         .await
         .unwrap();
-    assert_eq!(queued(&p, 0).await, 1);
+    assert_eq!(p.queued(0).await, 1);
     set_peer_port(&p, 0, common::servers().nodes[1].port).await;
     p.pgtwin(&["run", "--once"]).ok();
     assert_eq!(p.assert_same("items").await.len(), 3);
@@ -455,7 +467,7 @@ async fn a_queued_truncate_counts_and_blocks_up_repair_and_down() {
     // The first write to find the peer gone: the truncate is queued key by key all the same.
     p.owner[0].batch_execute("TRUNCATE items").await.unwrap();
     assert_eq!(
-        queued(&p, 0).await,
+        p.queued(0).await,
         3,
         "the truncate queued as one deletion per row"
     );
@@ -493,25 +505,7 @@ async fn a_local_write_in_flight_during_replay_is_weighed_not_overwritten() {
         .unwrap();
     let runner = Runner::start(&p, &["run", "--once"]);
     // The replay of b's change reaches the row a's open transaction holds, and waits.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = p.admin[0]
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtwin' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replay never reached the row"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_a_replay_waiting_on_a_row(&p, 0).await;
     a.batch_execute("COMMIT").await.unwrap();
     assert!(runner.wait(Duration::from_secs(20)).success());
     // a's change, queued by the transaction that was in flight, goes across on the next drain.
@@ -654,7 +648,7 @@ async fn a_peer_lost_mid_transaction_fails_that_transaction_only() {
         a.batch_execute("INSERT INTO items VALUES (3, 'queued', 1)")
             .await
             .unwrap();
-        assert_eq!(queued(&p, 0).await, 1);
+        assert_eq!(p.queued(0).await, 1);
     }
     server_b().start_again().unwrap();
     p.reconnect(1).await;
@@ -682,6 +676,16 @@ async fn tls_as_the_urls_sslmode_says() {
     config("verify-full");
     p.pgtwin(&["plan"])
         .fails_with(&["node a", "certificate", "127.0.0.1"]);
+    // require with a root certificate at hand verifies the chain, as libpq does: a CA that did not
+    // sign the servers' certificate is refused.
+    let other = common::servers().other_ca.display().to_string();
+    let url = |i| format!("{}?sslmode=require&sslrootcert={other}", p.url(i));
+    p.config_text(&format!(
+        "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"items\"\n",
+        url(0),
+        url(1)
+    ));
+    p.pgtwin(&["plan"]).fails_with(&["node a", "certificate"]);
     config("verify-ca");
     p.pgtwin(&["up"]).ok();
     p.owner[0]
@@ -796,25 +800,7 @@ async fn a_joined_replay_meeting_a_change_queued_meanwhile_goes_entry_by_entry()
         .unwrap();
     let runner = Runner::start(&p, &["run", "--once"]);
     // The replay of a's two entries, joined, reaches row 1 on b, which b's open transaction holds.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let waiting: i64 = p.admin[1]
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgtwin' AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replay never reached the row"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_a_replay_waiting_on_a_row(&p, 1).await;
     b.batch_execute("COMMIT").await.unwrap();
     assert!(runner.wait(Duration::from_secs(20)).success());
     p.pgtwin(&["run", "--once"]).ok();
@@ -838,7 +824,7 @@ async fn a_truncate_while_apart_is_weighed_key_by_key() {
     p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
     p.pgtwin(&["up"]).ok();
     p.owner[0].batch_execute("TRUNCATE items").await.unwrap();
-    assert_eq!(queued(&p, 0).await, 3, "one deletion per key");
+    assert_eq!(p.queued(0).await, 3, "one deletion per key");
     tokio::time::sleep(Duration::from_millis(20)).await;
     p.owner[1]
         .batch_execute("UPDATE items SET v = 'b, after the truncate' WHERE id = 2")
@@ -855,6 +841,6 @@ async fn a_truncate_while_apart_is_weighed_key_by_key() {
     p.config("[[tables]]\nname = \"items\"");
     p.pgtwin(&["up"]).ok();
     p.owner[0].batch_execute("TRUNCATE items").await.unwrap();
-    assert_eq!(queued(&p, 0).await, 0);
+    assert_eq!(p.queued(0).await, 0);
     assert!(p.assert_same("items").await.is_empty());
 }

@@ -311,12 +311,7 @@ async fn up_is_idempotent_and_completes_a_half_done_install() {
         .batch_execute("INSERT INTO products (id, name) VALUES (100, 'while half installed')")
         .await
         .unwrap();
-    let queued: i64 = p.admin[0]
-        .query_one("SELECT count(*) FROM pgtwin.queue", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(queued, 1);
+    assert_eq!(p.queued(0).await, 1);
     let repaired = p.pgtwin(&["up"]).ok();
     assert!(
         repaired.stdout.contains("node b: installed"),
@@ -332,12 +327,11 @@ async fn up_is_idempotent_and_completes_a_half_done_install() {
         .await
         .unwrap();
     assert_eq!(p.assert_same("products").await.len(), 3);
-    let queued: i64 = p.admin[0]
-        .query_one("SELECT count(*) FROM pgtwin.queue", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(queued, 0, "the merged change must not wait for a replay");
+    assert_eq!(
+        p.queued(0).await,
+        0,
+        "the merged change must not wait for a replay"
+    );
     // A trigger dropped by hand is noticed and put back.
     p.admin[0]
         .batch_execute("DROP TRIGGER pgtwin_capture_delete ON products")

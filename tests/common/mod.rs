@@ -21,6 +21,8 @@ pub struct Servers {
     /// accept TLS, and pgtwin's connections and the foreign servers use it, as libpq's default
     /// sslmode=prefer does.
     pub tls_cert: PathBuf,
+    /// A CA that signed nothing the servers use.
+    pub other_ca: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -59,7 +61,8 @@ pub fn servers() -> &'static Servers {
                         .unwrap();
                 }
             });
-            Servers { nodes, tls_cert, _dir: dir }
+            let other_ca = dir.path().join("other-ca.crt");
+            Servers { nodes, tls_cert, other_ca, _dir: dir }
         })
         .join()
         .expect("test servers")
@@ -134,6 +137,18 @@ impl Pair {
 
     pub fn app_url(&self, i: usize) -> String {
         servers().nodes[i].url("app", Some(APP_PW), &self.db)
+    }
+
+    /// Changes waiting in node i's queue for its peer.
+    pub async fn queued(&self, i: usize) -> i64 {
+        self.admin[i]
+            .query_one(
+                "SELECT coalesce(sum(rows), 0)::bigint FROM pgtwin.queue",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
     }
 
     /// A new connection to node i as the tables' owner (for a task of its own).
@@ -331,22 +346,18 @@ fn test_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
         "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n",
     )
     .unwrap();
-    openssl(
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=pgtwin test CA",
-        ]
-        .into_iter()
-        .chain(["-keyout", "ca.key", "-out", "ca.crt"])
-        .collect::<Vec<_>>(),
-    );
+    // The servers' CA, and one that signed nothing of theirs.
+    for ca in ["ca", "other-ca"] {
+        let (key, cert, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.crt"),
+            format!("/CN=pgtwin test {ca}"),
+        );
+        openssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject,
+            "-keyout", &key, "-out", &cert,
+        ]);
+    }
     openssl(&[
         "req",
         "-newkey",
