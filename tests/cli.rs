@@ -333,3 +333,34 @@ fn demo_runs_end_to_end() {
     }
     assert!(!run.stdout.contains("demo-secret") && !run.stderr.contains("demo-secret"));
 }
+
+/// The README's quick start is what CI runs, word for word: a fresh clone's first command cannot break
+/// unnoticed again (it once stopped at "could not determine which binary to run").
+#[test]
+fn ci_runs_the_readme_quick_start_commands_exactly() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let quick_start = readme
+        .split("## Quick start")
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README has a quick start code block");
+    let commands: Vec<&str> = quick_start
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(commands, ["scripts/demo", "scripts/test"]);
+    let ci_commands: Vec<&str> = ci
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .collect();
+    for command in commands {
+        assert!(
+            ci_commands.contains(&command),
+            "{command} missing from .ci/run"
+        );
+    }
+}
