@@ -29,6 +29,8 @@ pub struct Column {
     /// differs per node). `check` hashes such columns directly and the others by their text, which is much slower.
     #[serde(skip)]
     pub exact_hash: bool,
+    /// The column's default expression, as the node prints it.
+    pub default: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -47,6 +49,8 @@ pub struct TableInfo {
     pub columns: Vec<Column>,
     pub key: Vec<Ident>,
     pub key_sequences: Vec<KeySequence>,
+    /// The column sets of the table's unique indexes and constraints, each sorted.
+    pub unique: Vec<Vec<String>>,
 }
 
 impl TableInfo {
@@ -175,8 +179,10 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
                     (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e
                       WHERE e.enumtypid = a.atttypid),
                     NOT (t.typtype = 'c' OR (t.typcategory = 'A' AND t.typelem >= 16384)),
-                    a.atttypid = ANY ($2::oid[])
+                    a.atttypid = ANY ($2::oid[]),
+                    pg_get_expr(d.adbin, d.adrelid)
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = ''
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
             &[&oid, &EXACT_HASH_TYPES.to_vec()],
@@ -192,6 +198,7 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
             enum_labels: r.get(4),
             binary_ok: r.get(5),
             exact_hash: r.get(6),
+            default: r.get(7),
         })
         .collect::<Vec<_>>();
     let unique_keys: Vec<(bool, Vec<String>)> = db
@@ -210,6 +217,16 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let key = choose_key(node, table, &columns, &unique_keys)?;
+    let mut unique: Vec<Vec<String>> = unique_keys
+        .iter()
+        .map(|(_, cols)| {
+            let mut cols = cols.clone();
+            cols.sort();
+            cols
+        })
+        .collect();
+    unique.sort();
+    unique.dedup();
     // The apply side writes the table as this role, and `up` creates triggers on it.
     for privilege in [
         "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER",
@@ -232,6 +249,7 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         columns,
         key,
         key_sequences,
+        unique,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod catalog;
+pub mod change;
 pub mod cli;
 pub mod commands;
 pub mod config;

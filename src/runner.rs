@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 
+use crate::change;
 use crate::config::{Config, Node};
 use crate::db::{on_node, pg_message};
 use crate::sql::ident::{Ident, Literal};
@@ -332,7 +333,7 @@ async fn apply_entries(
     Ok(done)
 }
 
-/// One queue entry: a chunk of changes of one table, or 'T' (truncate).
+/// One queue entry: a chunk of changes of one table (crate::change).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Entry {
     seq: i64,
@@ -345,30 +346,19 @@ struct Entry {
 /// Largest chunk the runner builds by joining queue entries.
 const JOINED_ROWS: u64 = 10_000;
 
-/// The op of a chunk: its text is an array of change-type rows, `{"(U,...)",...}`, each starting with
-/// the op; None for anything else (a truncate, or a form this does not recognise: never merged).
-fn chunk_op(batch: &str) -> Option<u8> {
-    match batch.as_bytes() {
-        [b'{', b'"', b'(', op @ (b'U' | b'D'), b',', ..] if batch.ends_with('}') => Some(*op),
-        _ => None,
-    }
-}
-
-/// Joins runs of entries of the same table and op (arrays concatenate as text) into chunks of up to
+/// Joins runs of entries of the same table, op and columns (crate::change::join) into chunks of up to
 /// JOINED_ROWS rows: fewer, larger set-wise applies on the peer. Order is kept; contested tables and
 /// truncates are left alone. A joined chunk carries the time of its last entry, and says it was joined.
 fn join_entries(entries: Vec<Entry>, contested: &[String]) -> Vec<(Entry, bool)> {
     let mut out: Vec<(Entry, bool)> = Vec::new();
     for e in entries {
         if let Some((last, joined)) = out.last_mut() {
-            let same_kind = last.tag == e.tag
-                && chunk_op(&last.batch).is_some()
-                && chunk_op(&last.batch) == chunk_op(&e.batch)
-                && !contested.contains(&e.tag);
-            if same_kind && last.rows + e.rows <= JOINED_ROWS {
-                last.batch.pop();
-                last.batch.push(',');
-                last.batch.push_str(&e.batch[1..]);
+            if last.tag == e.tag
+                && !contested.contains(&e.tag)
+                && last.rows + e.rows <= JOINED_ROWS
+                && last.batch.len() + e.batch.len() <= change::CHUNK_BYTES as usize
+                && change::append(&mut last.batch, &e.batch)
+            {
                 last.rows += e.rows;
                 last.changed_at = e.changed_at;
                 *joined = true;
@@ -494,30 +484,36 @@ mod tests {
         }
     }
 
+    fn up(ids: &[i64]) -> String {
+        let rows: Vec<String> = ids.iter().map(|i| format!(r#"{{"id":{i}}}"#)).collect();
+        format!(r#"U{{"columns":["id"],"rows":[{}]}}"#, rows.join(","))
+    }
+
+    fn del(ids: &[i64]) -> String {
+        up(ids).replacen('U', "D", 1)
+    }
+
     #[test]
     fn runs_of_one_table_and_op_join_in_order() {
         let joined = join_entries(
             vec![
-                entry("t", 1, r#"{"(U,1,a)"}"#, "1"),
-                entry("t", 2, r#"{"(U,2,b)","(U,3,c)"}"#, "2"),
-                entry("t", 1, r#"{"(D,1,)"}"#, "3"),
+                entry("t", 1, &up(&[1]), "1"),
+                entry("t", 2, &up(&[2, 3]), "2"),
+                entry("t", 1, &del(&[1]), "3"),
                 entry("t", 1, "T", "4"),
-                entry("t", 1, r#"{"(U,4,d)"}"#, "5"),
-                entry("u", 1, r#"{"(U,9,z)"}"#, "6"),
+                entry("t", 1, &up(&[4]), "5"),
+                entry("u", 1, &up(&[9]), "6"),
             ],
             &[],
         );
         assert_eq!(
             joined,
             vec![
-                (
-                    entry("t", 3, r#"{"(U,1,a)","(U,2,b)","(U,3,c)"}"#, "2"),
-                    true
-                ),
-                (entry("t", 1, r#"{"(D,1,)"}"#, "3"), false),
+                (entry("t", 3, &up(&[1, 2, 3]), "2"), true),
+                (entry("t", 1, &del(&[1]), "3"), false),
                 (entry("t", 1, "T", "4"), false),
-                (entry("t", 1, r#"{"(U,4,d)"}"#, "5"), false),
-                (entry("u", 1, r#"{"(U,9,z)"}"#, "6"), false),
+                (entry("t", 1, &up(&[4]), "5"), false),
+                (entry("u", 1, &up(&[9]), "6"), false),
             ]
         );
     }
@@ -530,17 +526,19 @@ mod tests {
 
     #[test]
     fn contested_tables_and_full_chunks_stay_apart() {
-        let two = vec![
-            entry("t", 1, r#"{"(U,1,a)"}"#, "1"),
-            entry("t", 1, r#"{"(U,2,b)"}"#, "2"),
-        ];
+        let two = vec![entry("t", 1, &up(&[1]), "1"), entry("t", 1, &up(&[2]), "2")];
         assert_eq!(join_entries(two.clone(), &["t".to_string()]).len(), 2);
         let big = vec![
-            entry("t", JOINED_ROWS, r#"{"(U,1,a)"}"#, "1"),
-            entry("t", 1, r#"{"(U,2,b)"}"#, "2"),
+            entry("t", JOINED_ROWS, &up(&[1]), "1"),
+            entry("t", 1, &up(&[2]), "2"),
         ];
         assert_eq!(join_entries(big, &[]).len(), 2);
-        assert_eq!(chunk_op("T"), None);
-        assert_eq!(chunk_op(r#"{"(D,1,)"}"#), Some(b'D'));
+    }
+
+    #[test]
+    fn entries_written_before_and_after_a_migration_stay_apart() {
+        let widened = r#"U{"columns":["id","note"],"rows":[{"id":2,"note":null}]}"#;
+        let entries = vec![entry("t", 1, &up(&[1]), "1"), entry("t", 1, widened, "2")];
+        assert_eq!(join_entries(entries, &[]).len(), 2);
     }
 }

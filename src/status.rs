@@ -75,6 +75,8 @@ pub struct PairStatus {
 pub struct Drift {
     pub table: String,
     pub problem: String,
+    /// Whether the table's shared columns still sync despite it.
+    pub synced: bool,
 }
 
 /// Needs both nodes; None when either is unreachable.
@@ -87,11 +89,21 @@ pub async fn pair_status(cfg: &Config) -> Option<PairStatus> {
             .map(|(table, problem)| Drift {
                 table: table.to_string(),
                 problem,
+                synced: false,
             })
+            .chain(tables.iter().flat_map(|pair| {
+                pair.drift.iter().map(|d| Drift {
+                    table: pair.infos[0].name.to_string(),
+                    problem: d.clone(),
+                    synced: true,
+                })
+            }))
             .collect(),
         up_to_date: None,
     };
-    if out.schema_drift.is_empty() && nodes.iter().all(|n| n.info.installed.is_some()) {
+    let blocked = out.schema_drift.iter().any(|d| !d.synced);
+    if !blocked && nodes.iter().all(|n| n.info.installed.is_some()) {
+        let tables = tables.into_iter().map(|pair| pair.infos).collect();
         let p = crate::install::Prepared { nodes, tables };
         if let Ok(plans) = crate::install::build(cfg, &p).await {
             out.up_to_date = Some([plans[0].up_to_date, plans[1].up_to_date]);
@@ -204,5 +216,109 @@ async fn check_link(db: &Client, table: &crate::sql::ident::QualName) -> Link {
         ok: result.is_ok(),
         millis: started.elapsed().as_millis() as u64,
         error: result.err().map(|e| crate::db::pg_message(&e)),
+    }
+}
+
+/// How bad a problem is, as `status` exits: 1 degraded, 2 down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Degraded,
+    Down,
+}
+
+impl Severity {
+    pub fn word(self) -> &'static str {
+        match self {
+            Severity::Degraded => "DEGRADED",
+            Severity::Down => "DOWN",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    pub what: String,
+}
+
+/// Everything that keeps the pair from being healthy, each in one line that names the node or table
+/// and what to run.
+pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut add = |severity, what: String| out.push(Problem { severity, what });
+    for n in nodes {
+        if let Some(e) = &n.error {
+            add(
+                Severity::Down,
+                format!("node {} is unreachable: {e}", n.node),
+            );
+            continue;
+        }
+        if n.installed.is_none() {
+            add(
+                Severity::Down,
+                format!("node {}: pgtwin is not installed: run pgtwin up", n.node),
+            );
+            continue;
+        }
+        for t in &n.tables {
+            if t.triggers < t.triggers_expected {
+                add(Severity::Degraded, format!(
+                    "table {} on node {} has {} of pgtwin's {} triggers (dropped, or created again by a schema load): its writes are not synced: run pgtwin up",
+                    t.table, n.node, t.triggers, t.triggers_expected
+                ));
+            }
+        }
+        if let Some(Link { error: Some(e), .. }) = &n.link {
+            add(
+                Severity::Degraded,
+                format!("node {} does not reach its peer: {e}", n.node),
+            );
+        }
+        if let Some(q) = &n.queue {
+            if q.needs_repair_since.is_some() {
+                add(
+                    Severity::Degraded,
+                    format!(
+                        "node {} needs repair: changes are no longer recorded: run pgtwin repair",
+                        n.node
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(pair) = pair {
+        for d in &pair.schema_drift {
+            add(
+                Severity::Degraded,
+                format!("schema drift in {}: {}", d.table, d.problem),
+            );
+        }
+        for (n, fresh) in nodes.iter().zip(pair.up_to_date.unwrap_or([true; 2])) {
+            if !fresh {
+                add(
+                    Severity::Degraded,
+                    format!("node {}: installed objects do not match the config and tables: run pgtwin up", n.node),
+                );
+            }
+        }
+    }
+    // The worst first: the summary line names it.
+    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out
+}
+
+/// The one line `status` prints first: the verdict, and why.
+pub fn summary(problems: &[Problem]) -> String {
+    match problems {
+        [] => "healthy".to_string(),
+        [first, rest @ ..] => {
+            let more = match rest.len() {
+                0 => String::new(),
+                n => format!(" (and {n} more problem(s) below)"),
+            };
+            format!("{}: {}{more}", first.severity.word(), first.what)
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use tokio_postgres::Client;
 
-use crate::catalog::{self, NodeInfo, TableInfo};
+use crate::catalog::{self, Column, NodeInfo, TableInfo};
 use crate::config::{Config, Node, Sequences};
 use crate::sql::gen::{interleaved_start, SequenceChange};
 use crate::sql::ident::{Ident, QualName};
@@ -41,22 +41,30 @@ pub async fn connect_both(cfg: &Config) -> Result<[Connected; 2]> {
     Ok([a?, b?])
 }
 
-/// Reads every configured table on both nodes and checks that they match. Returns, per table, the info
-/// of node 0 and of node 1.
+/// One synced table as both nodes have it: each node's view restricted to the columns that are synced
+/// (same order on both), and every way the two schemas differ.
+#[derive(Clone, Debug)]
+pub struct TablePair {
+    pub infos: [TableInfo; 2],
+    pub drift: Vec<String>,
+}
+
+/// Reads every configured table on both nodes; a table that cannot be synced (missing, keys that
+/// differ) is an error. Returns, per table, the info of node 0 and of node 1.
 pub async fn inspect_tables(cfg: &Config, nodes: &[Connected; 2]) -> Result<Vec<[TableInfo; 2]>> {
     let mut out = Vec::new();
     for table in &cfg.tables {
-        out.push(inspect_table(nodes, table).await?);
+        out.push(inspect_table(nodes, table).await?.infos);
     }
     Ok(out)
 }
 
-/// Like `inspect_tables`, but a table that cannot be synced as it is (drifted apart, missing) does not
-/// stop the others: it is returned with what is wrong, for `check` and `status` to report.
+/// Like `inspect_tables`, but a table that cannot be synced as it is (missing, keys that differ) does
+/// not stop the others: it is returned with what is wrong, for `check` and `status` to report.
 pub async fn inspect_tolerant(
     cfg: &Config,
     nodes: &[Connected; 2],
-) -> (Vec<[TableInfo; 2]>, Vec<(QualName, String)>) {
+) -> (Vec<TablePair>, Vec<(QualName, String)>) {
     let mut tables = Vec::new();
     let mut problems = Vec::new();
     for table in &cfg.tables {
@@ -68,65 +76,123 @@ pub async fn inspect_tolerant(
     (tables, problems)
 }
 
-/// Reads one configured table on both nodes; an error says how they differ and what to run.
+/// Reads one configured table on both nodes; an error says why it cannot be synced and what to run.
 pub async fn inspect_table(
     nodes: &[Connected; 2],
     table: &crate::config::Table,
-) -> Result<[TableInfo; 2]> {
+) -> Result<TablePair> {
     let a = catalog::table_info(nodes[0].name(), &nodes[0].db, table).await?;
     let b = catalog::table_info(nodes[1].name(), &nodes[1].db, table).await?;
-    check_compatible(nodes[0].name(), &a, nodes[1].name(), &b)?;
-    Ok([a, b])
+    pair_tables(nodes[0].name(), a, nodes[1].name(), b)
 }
 
-/// Two tables can be synced when they have the same columns with the same types, nullability and
-/// generation, the same enum labels, and the same key. Column order may differ: rows are shipped by name.
-pub fn check_compatible(na: &str, a: &TableInfo, nb: &str, b: &TableInfo) -> Result<()> {
-    let t = &a.name;
-    for (n1, t1, n2, t2) in [(na, a, nb, b), (nb, b, na, a)] {
-        for c in &t1.columns {
-            if t2.column(&c.name).is_none() {
-                bail!(
-                    "column {} of table {t} exists on node {n1} but not on node {n2}: run ALTER TABLE {t} ADD COLUMN {} {} on {n2}, then pgtwin up",
-                    c.name,
-                    c.name,
-                    c.ty
-                );
-            }
-        }
-    }
-    for c in &a.columns {
+/// Two tables are synced by the columns both have (by name), as long as their keys agree. Everything
+/// else that differs (a column on one node only, types, nullability, defaults, unique constraints,
+/// enum labels, generation) is drift: reported, never a reason to stop syncing the shared columns.
+pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<TablePair> {
+    let t = a.name.clone();
+    for c in a.columns.iter().chain(&b.columns) {
         if c.name.as_str().starts_with(names::RESERVED_PREFIX) {
             bail!("column {} of table {t}: names starting with {} are reserved for pgtwin's own use: rename the column", c.name, names::RESERVED_PREFIX);
-        }
-        let other = b.column(&c.name).expect("checked above");
-        if c.ty != other.ty {
-            bail!(
-                "column {} of table {t} is {} on node {na} but {} on node {nb}: make the types equal (ALTER TABLE {t} ALTER COLUMN {} TYPE ... on one node), then pgtwin up",
-                c.name,
-                c.ty,
-                other.ty,
-                c.name
-            );
-        }
-        if c.not_null != other.not_null {
-            bail!("column {} of table {t} is {} on node {na} but not on node {nb}: make nullability equal", c.name, if c.not_null { "NOT NULL" } else { "nullable" });
-        }
-        if c.generated != other.generated {
-            bail!("column {} of table {t} is generated on only one node: make it the same on {na} and {nb}", c.name);
-        }
-        if c.enum_labels != other.enum_labels {
-            bail!("column {} of table {t}: enum {} has different labels on nodes {na} and {nb}: make them equal", c.name, c.ty);
         }
     }
     if a.key != b.key {
         bail!(
-            "table {t} has key ({}) on node {na} but ({}) on node {nb}: give it the same primary key on both",
+            "table {t} has key ({}) on node {na} but ({}) on node {nb}: give it the same primary key on both, or set key = [...] in pgtwin.toml to columns with a unique index on both",
             crate::sql::ident::comma_list(&a.key),
             crate::sql::ident::comma_list(&b.key)
         );
     }
-    Ok(())
+    for k in &a.key {
+        let (ca, cb) = (
+            a.column(k).expect("key column"),
+            b.column(k).expect("key column"),
+        );
+        if ca.ty != cb.ty {
+            bail!(
+                "key column {k} of table {t} is {} on node {na} but {} on node {nb}: make the key types equal (ALTER TABLE {t} ALTER COLUMN {k} TYPE ...), then pgtwin up",
+                ca.ty, cb.ty
+            );
+        }
+    }
+    let mut drift = Vec::new();
+    for (n1, t1, n2, t2) in [(na, &a, nb, &b), (nb, &b, na, &a)] {
+        for c in &t1.columns {
+            if t2.column(&c.name).is_none() {
+                drift.push(format!(
+                    "column {} ({}) exists on node {n1} only: not synced; {n1} keeps its values, rows from {n2} get its default",
+                    c.name, c.ty
+                ));
+            }
+        }
+        for u in &t1.unique {
+            if !t2.unique.contains(u) {
+                drift.push(format!(
+                    "unique constraint on ({}) exists on node {n1} only: a row that {n2} accepts may fail there",
+                    u.join(", ")
+                ));
+            }
+        }
+    }
+    let mut synced: [Vec<Column>; 2] = [Vec::new(), Vec::new()];
+    for ca in &a.columns {
+        let Some(cb) = b.column(&ca.name) else {
+            continue;
+        };
+        let c = &ca.name;
+        if ca.generated || cb.generated {
+            if ca.generated != cb.generated {
+                drift.push(format!(
+                    "column {c} is generated on node {} only: not compared; the other node's values are its own",
+                    if ca.generated { na } else { nb }
+                ));
+            }
+            continue;
+        }
+        if ca.ty != cb.ty {
+            drift.push(format!(
+                "column {c} is {} on node {na} but {} on node {nb}: synced as text; a value one side cannot take fails that write",
+                ca.ty, cb.ty
+            ));
+        }
+        if ca.not_null != cb.not_null {
+            drift.push(format!(
+                "column {c} is NOT NULL on node {} only: a NULL from the other node fails that write",
+                if ca.not_null { na } else { nb }
+            ));
+        }
+        if ca.default != cb.default {
+            drift.push(format!(
+                "column {c} has default {} on node {na} but {} on node {nb}",
+                ca.default.as_deref().unwrap_or("NULL"),
+                cb.default.as_deref().unwrap_or("NULL")
+            ));
+        }
+        if ca.enum_labels != cb.enum_labels {
+            drift.push(format!(
+                "column {c}: enum {} has different labels on nodes {na} and {nb}: a label one side lacks fails that write",
+                ca.ty
+            ));
+        }
+        // Values cross by their text when the types differ: neither COPY's binary form nor the
+        // types' own hash functions agree then.
+        let same_type = ca.ty == cb.ty && ca.enum_labels == cb.enum_labels;
+        for (out, col) in synced.iter_mut().zip([ca, cb]) {
+            out.push(Column {
+                binary_ok: col.binary_ok && same_type,
+                exact_hash: col.exact_hash && same_type,
+                ..col.clone()
+            });
+        }
+    }
+    let [sa, sb] = synced;
+    Ok(TablePair {
+        infos: [
+            TableInfo { columns: sa, ..a },
+            TableInfo { columns: sb, ..b },
+        ],
+        drift,
+    })
 }
 
 /// Sequence settings for interleaving, per node (index 0 and 1). Reads the largest keys on both nodes;

@@ -99,8 +99,11 @@ async fn writes_survive_a_stopped_peer_and_replay_in_order() {
         "56 queued writes took {rest:?} (first {first:?})"
     );
     assert!(p.queued(0).await > 50);
-    let status: serde_json::Value =
-        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    // A node unreachable is "down": exit 2, with the verdict in the JSON too.
+    let status = p.pgtwin(&["status", "--json"]);
+    assert_eq!(status.code, 2, "{}", status.stdout);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["problems"][0]["severity"], "down", "{status}");
     assert!(status["nodes"][0]["queue"]["entries"].as_i64().unwrap() > 50);
     assert!(
         status["nodes"][0]["queue"]["oldest_age_s"]
@@ -419,13 +422,14 @@ async fn fail_mode_fails_the_write_and_a_full_queue_asks_for_repair() {
         .batch_execute("INSERT INTO items VALUES (2, 'not recorded', 1)")
         .await
         .unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    let status = p.pgtwin(&["status", "--json"]);
+    assert_ne!(status.code, 0, "{}", status.stdout);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     let q = &status["nodes"][0]["queue"];
     assert!(q["needs_repair_since"].is_string(), "{status}");
     assert_eq!(q["rows"], 1);
     assert_eq!(status["nodes"][0]["link"]["ok"], false);
-    let text = p.pgtwin(&["status"]).ok().stdout;
+    let text = p.pgtwin(&["status"]).stdout;
     assert!(
         text.contains("NEEDS REPAIR") && text.contains("link to peer: DOWN"),
         "{text}"

@@ -10,13 +10,20 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
     let nodes = twin::connect_both(cfg).await?;
     // A table whose definition drifted apart cannot be compared row by row: say how, and go on.
     let (tables_info, problems) = twin::inspect_tolerant(cfg, &nodes).await;
+    // Every difference of every table, in one run: the ones that stop a table from syncing, and the
+    // drift of tables whose shared columns still sync.
     let drift: Vec<serde_json::Value> = problems
         .iter()
-        .map(|(table, problem)| serde_json::json!({ "table": table.to_string(), "schema_drift": problem }))
+        .map(|(table, problem)| serde_json::json!({ "table": table.to_string(), "schema_drift": problem, "synced": false }))
+        .chain(tables_info.iter().flat_map(|pair| {
+            pair.drift.iter().map(|d| {
+                serde_json::json!({ "table": pair.infos[0].name.to_string(), "schema_drift": d, "synced": true })
+            })
+        }))
         .collect();
     let p = install::Prepared {
         nodes,
-        tables: tables_info,
+        tables: tables_info.into_iter().map(|pair| pair.infos).collect(),
     };
     let tables = install::diffs(&p, true, json).await?;
     let equal = drift.is_empty() && tables.iter().all(|t| t.is_equal());
@@ -56,7 +63,10 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
             show(&format!("only on {b}"), &t.keys.only_on[1], t.only_on[1]);
             show("different", &t.keys.different, t.different);
         }
-        if !equal {
+        if !drift.is_empty() {
+            println!("{}", super::DRIFT_ADVICE);
+        }
+        if tables.iter().any(|t| !t.is_equal()) {
             println!("to fix: pgtwin repair --prefer NODE (or --mirror NODE)");
         }
     }

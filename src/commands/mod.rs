@@ -77,3 +77,6 @@ fn print_json(value: &impl serde::Serialize) {
         serde_json::to_string_pretty(value).expect("serializable")
     );
 }
+
+/// Printed under schema drift by `status` and `check`: what holds, and what to run.
+pub const DRIFT_ADVICE: &str = "the columns both nodes share keep syncing; a one-sided column stays on its node. To sync a column, add it on the other node too (same type), then run pgtwin up";

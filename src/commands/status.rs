@@ -8,10 +8,23 @@ use crate::status;
 pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
     let nodes = status::status(cfg).await;
     let pair = status::pair_status(cfg).await;
+    let problems = status::problems(&nodes, pair.as_ref());
+    let code = match problems.iter().map(|p| p.severity).max() {
+        None => ExitCode::SUCCESS,
+        Some(status::Severity::Degraded) => ExitCode::from(1),
+        Some(status::Severity::Down) => ExitCode::from(2),
+    };
     if json {
-        super::print_json(&serde_json::json!({ "nodes": nodes, "pair": pair }));
-        return Ok(ExitCode::SUCCESS);
+        super::print_json(&serde_json::json!({
+            "healthy": problems.is_empty(),
+            "summary": status::summary(&problems),
+            "problems": problems,
+            "nodes": nodes,
+            "pair": pair,
+        }));
+        return Ok(code);
     }
+    println!("{}", status::summary(&problems));
     for n in &nodes {
         println!("node {} ({})", n.node, n.url);
         if let Some(e) = &n.error {
@@ -70,6 +83,9 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
         for d in &pair.schema_drift {
             println!("SCHEMA DRIFT in {}: {}", d.table, d.problem);
         }
+        if !pair.schema_drift.is_empty() {
+            println!("{}", super::DRIFT_ADVICE);
+        }
         if let Some(fresh) = pair.up_to_date {
             for (n, fresh) in cfg.nodes.iter().zip(fresh) {
                 if !fresh {
@@ -78,5 +94,10 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if problems.len() > 1 {
+        for p in &problems {
+            println!("{}: {}", p.severity.word(), p.what);
+        }
+    }
+    Ok(code)
 }

@@ -2,6 +2,7 @@
 //! server, so every statement can be reviewed by `plan` and tested without one.
 
 use crate::catalog::TableInfo;
+use crate::change;
 use crate::config::{Mode, OnPeerDown, Options};
 use crate::db::ConnInfo;
 use crate::plan::Step;
@@ -223,39 +224,33 @@ fn server_options(i: &Install, masked: bool) -> String {
 
 fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
     let name = &t.name;
-    let change_type = names::change_type(name);
     let inbox = names::inbox(name);
     let peer = names::peer_inbox(name);
     let batch = Ident::new(names::BATCH_COLUMN);
-    let fields = {
-        let mut defs = vec![format!("{} \"char\"", Ident::new(names::OP_COLUMN))];
-        defs.extend(t.shipped_columns().map(|c| format!("{} {}", c.name, c.ty)));
-        defs.join(",\n    ")
-    };
     let capture = names::capture_function(name);
     let apply = names::apply_function(name);
     let resolve = names::resolve_function(name);
     let ship = names::ship_function(name);
-    let rows_arg = format!("pgtwin_rows {change_type}[]");
     let mut steps = vec![
-        // One change as data: the op code and the shipped columns. Chunks travel as its array's text.
+        // Changes travelled as a composite type before they travelled by name: an older install's
+        // type goes, and with it (CASCADE) the functions that took it.
         Step::new(
-            format!("table {name}: change type"),
-            format!("DROP TYPE IF EXISTS {change_type} CASCADE;\nCREATE TYPE {change_type} AS (\n    {fields}\n)"),
+            format!("table {name}: no change type"),
+            format!("DROP TYPE IF EXISTS {} CASCADE", names::change_type(name)),
         ),
         Step::new(
             format!("table {name}: conflict resolution"),
             function_sql(
                 &resolve,
-                &format!("{rows_arg}, pgtwin_at timestamptz"),
-                &format!("{change_type}[]"),
+                "pgtwin_op text, pgtwin_rows json, pgtwin_at timestamptz",
+                "json",
                 &resolve_body(t, i),
                 Security::Invoker,
             ),
         ),
         Step::new(
             format!("table {name}: apply function"),
-            function_sql(&apply, "", "trigger", &apply_body(t), Security::Invoker),
+            function_sql(&apply, "", "trigger", &apply_body(t, i), Security::Invoker),
         ),
         // A one-row view: the peer UPDATEs it with a chunk, and the INSTEAD OF trigger applies it.
         Step::new(
@@ -342,7 +337,7 @@ fn function_sql(
     // whatever the application's session uses (postgres_fdw does the same for its own parameters).
     let settings = match security {
         Security::Invoker => "",
-        Security::Capture => " SECURITY DEFINER\n    SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex'",
+        Security::Capture => " SECURITY DEFINER\n    SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' SET timezone = 'UTC'",
     };
     format!(
         "CREATE OR REPLACE FUNCTION {name}({args}) RETURNS {returns} LANGUAGE plpgsql{settings}\n    SET search_path = pg_catalog, pg_temp AS {};\nREVOKE ALL ON FUNCTION {name}({args}) FROM PUBLIC",
@@ -359,31 +354,52 @@ fn key_match(t: &TableInfo, left: &str, right: &str) -> String {
 }
 
 fn capture_body(t: &TableInfo, options: &Options) -> String {
-    let old_key_row = comma_list(t.shipped_columns().map(|c| {
-        if t.key.contains(&c.name) {
-            format!("o.{}", c.name)
-        } else {
-            "NULL".to_string()
-        }
-    }));
+    let new = Ident::new(names::NEW_ROWS);
+    let old = Ident::new(names::OLD_ROWS);
+    let keys = comma_list(&t.key);
+    let key_list = Literal(&change::columns_json(&t.key)).to_string();
+    let deletes = |source: String| {
+        change::chunks_query(
+            change::DELETE,
+            &key_list,
+            &change::key_object(&t.key, "o"),
+            &source,
+            options.batch_size,
+        )
+    };
     fill(
         CAPTURE_TEMPLATE,
         &[
-            ("chunk", options.batch_size.to_string()),
             ("always_queue", (options.mode == Mode::Async).to_string()),
             ("ship", names::ship_function(&t.name).to_string()),
-            ("change_type", names::change_type(&t.name).to_string()),
-            ("old_key_row", old_key_row),
+            ("truncated_keys", deletes(format!("{} o", t.name))),
             (
-                "new_row",
-                comma_list(t.shipped_columns().map(|c| format!("n.{}", c.name))),
+                "keys_changed_away",
+                deletes(format!(
+                    "(SELECT {keys} FROM {old} EXCEPT ALL SELECT {keys} FROM {new}) o"
+                )),
             ),
-            ("keys", comma_list(&t.key)),
-            ("new", Ident::new(names::NEW_ROWS).to_string()),
-            ("old", Ident::new(names::OLD_ROWS).to_string()),
-            ("table", t.name.to_string()),
+            ("deleted_keys", deletes(format!("{old} o"))),
+            (
+                "new_rows",
+                change::chunks_query(
+                    change::UPSERT,
+                    "pgtwin_columns",
+                    // The alias is reserved (no user column starts with pgtwin_): a column named
+                    // like a bare alias would be taken for it.
+                    "row_to_json(pgtwin_row)",
+                    &format!("{new} pgtwin_row"),
+                    options.batch_size,
+                ),
+            ),
         ],
     )
+}
+
+/// The peer's name of each of this table's columns that it names differently (none yet: columns
+/// travel under their own names), as a JSON object for the apply function.
+fn peer_names(_t: &TableInfo) -> String {
+    "{}".to_string()
 }
 
 /// `ON CONFLICT (key) DO ...` of an upsert: overwrite every non-key column (NOTHING if there is none).
@@ -402,30 +418,50 @@ pub fn upsert_action(t: &TableInfo) -> String {
     )
 }
 
-fn apply_body(t: &TableInfo) -> String {
+fn apply_body(t: &TableInfo, i: &Install) -> String {
+    let key_types = t.key.iter().map(|k| {
+        let ty = t
+            .column(k)
+            .map(|c| c.ty.to_string())
+            .unwrap_or_else(|| "text".into());
+        format!("{k} {ty}")
+    });
     fill(
         APPLY_TEMPLATE,
         &[
             ("table", t.name.to_string()),
-            ("change_type", names::change_type(&t.name).to_string()),
+            ("table_text", Literal(&t.name.to_string()).to_string()),
+            (
+                "table_text_quoted",
+                Literal(&t.name.to_string()).to_string(),
+            ),
+            ("local", Literal(i.node).to_string()),
+            (
+                "capture_trigger",
+                Literal(names::TRIGGER_EVENTS[0].0).to_string(),
+            ),
+            (
+                "not_captured",
+                Literal(names::NOT_CAPTURED_SQLSTATE).to_string(),
+            ),
             ("tag", Literal(&names::table_tag(&t.name)).to_string()),
             ("resolve", names::resolve_function(&t.name).to_string()),
-            ("cols", comma_list(t.shipped_columns().map(|c| &c.name))),
+            ("key_defs", comma_list(key_types)),
+            ("key_match", key_match(t, "t", "b")),
             (
-                "b_cols",
-                comma_list(t.shipped_columns().map(|c| format!("b.{}", c.name))),
-            ),
-            ("b_keys", comma_list(t.key.iter().map(|k| format!("b.{k}")))),
-            (
-                "all_fields",
-                comma_list(
-                    std::iter::once(Ident::new(names::OP_COLUMN))
-                        .chain(t.shipped_columns().map(|c| c.name.clone())),
+                "key_names",
+                format!(
+                    "ARRAY[{}]::text[]",
+                    comma_list(t.key.iter().map(|k| Literal(k.as_str())))
                 ),
             ),
-            ("keys", comma_list(&t.key)),
-            ("key_match", key_match(t, "t", "b")),
-            ("conflict_action", upsert_action(t)),
+            ("peer_names", Literal(&peer_names(t)).to_string()),
+            ("column_filter", "true".to_string()),
+            (
+                "b_keys_text",
+                Literal(&comma_list(t.key.iter().map(|k| format!("b.{k}")))).to_string(),
+            ),
+            ("keys_text", Literal(&comma_list(&t.key)).to_string()),
         ],
     )
 }
@@ -446,7 +482,8 @@ fn ship_body(t: &TableInfo, options: &Options) -> String {
         // savepoint), so it is paid once per transaction: once the peer has taken part, its failure
         // loses the transaction's remote part anyway, and no savepoint could save the transaction.
         (Mode::Sync, OnPeerDown::Queue) => format!(
-            "IF current_setting({reached}, true) = 'on' THEN\n            {update}\n        END IF;\n        BEGIN\n            {marked}\n        EXCEPTION WHEN connection_exception OR invalid_authorization_specification OR undefined_table THEN\n            NULL; -- the peer is unavailable: queue this chunk and the rest\n        END;",
+            "IF current_setting({reached}, true) = 'on' THEN\n            {update}\n        END IF;\n        BEGIN\n            {marked}\n        EXCEPTION WHEN connection_exception OR invalid_authorization_specification THEN\n            NULL; -- the peer is unavailable: queue this chunk and the rest\n        WHEN undefined_table THEN\n            -- Only a missing inbox means \"not installed there\": a relation missing inside the\n            -- peer's apply (its own trigger's, say) is an error of that write, reported as such.\n            GET STACKED DIAGNOSTICS pgtwin_message = MESSAGE_TEXT;\n            IF strpos(pgtwin_message, {inbox}) = 0 THEN\n                RAISE;\n            END IF;\n        END;",
+            inbox = Literal(names::inbox(&t.name).name.as_str()),
             reached = Literal(names::PEER_REACHED_SETTING),
             update = update.replace('\n', "\n    "),
             marked = update
@@ -472,9 +509,8 @@ fn resolve_body(t: &TableInfo, i: &Install) -> String {
     fill(
         RESOLVE_TEMPLATE,
         &[
-            ("b_keys", comma_list(t.key.iter().map(|k| format!("b.{k}")))),
-            ("p_keys", comma_list(t.key.iter().map(|k| format!("p.{k}")))),
-            ("change_type", names::change_type(&t.name).to_string()),
+            ("incoming_key", change::key_text(&t.key, "b")),
+            ("local_key", change::key_text(&t.key, "p")),
             ("tag", Literal(&names::table_tag(&t.name)).to_string()),
             ("local_wins_ties", (i.node > i.peer).to_string()),
             ("table_name", Literal(&t.name.to_string()).to_string()),
@@ -590,6 +626,7 @@ mod tests {
             enum_labels: None,
             binary_ok: true,
             exact_hash: true,
+            default: None,
         }
     }
 
@@ -613,6 +650,7 @@ mod tests {
                 next_value: 3,
                 may_alter: true,
             }],
+            unique: vec![],
         }
     }
 
@@ -626,6 +664,7 @@ mod tests {
             ],
             key: vec![Ident::new("Order"), Ident::new("a\"b")],
             key_sequences: vec![],
+            unique: vec![],
         }
     }
 

@@ -19,10 +19,8 @@ pub const APPLY_TRIGGER: &str = "pgtwin_apply";
 /// Transition-table names used by the generated functions.
 pub const NEW_ROWS: &str = "pgtwin_new";
 pub const OLD_ROWS: &str = "pgtwin_old";
-/// The inbox view's one column: a chunk of changes as the text of a change-type array, or 'T' (truncate).
+/// The inbox view's one column: a chunk of changes (crate::change).
 pub const BATCH_COLUMN: &str = "pgtwin_batch";
-/// The op field of a change: 'U' upsert, 'D' delete by key.
-pub const OP_COLUMN: &str = "pgtwin_op";
 /// Column names with this prefix are pgtwin's own in the generated functions; user tables may not use it.
 pub const RESERVED_PREFIX: &str = "pgtwin_";
 /// Session setting that marks a session whose writes pgtwin applied (see sql/gen and db::SESSION_SETUP).
@@ -39,6 +37,9 @@ pub const REPLAY_JOINED_SETTING: &str = "pgtwin.replay_joined";
 /// SQLSTATE the apply trigger raises when a joined chunk meets changes queued on its node: `pgtwin run`
 /// then replays those entries one by one, each with its own time.
 pub const RETRY_UNJOINED_SQLSTATE: &str = "PT409";
+/// SQLSTATE the apply trigger raises when its table lost pgtwin's triggers (dropped, or created again by
+/// a schema load): the write that reached it fails instead of syncing one way.
+pub const NOT_CAPTURED_SQLSTATE: &str = "PT404";
 /// Advisory lock key held by `up`/`down` on a node ("pgtw" in ASCII).
 pub const ADVISORY_LOCK_KEY: i64 = 0x7067_7477;
 
@@ -81,7 +82,7 @@ pub fn table_tag(table: &QualName) -> String {
     format!("{readable}_{:08x}", hash as u32)
 }
 
-/// Composite type of one change (op code and the shipped columns).
+/// Composite type of one change in the positional format older installs used; `up` drops it.
 pub fn change_type(table: &QualName) -> QualName {
     in_schema(format!("change_{}", table_tag(table)))
 }

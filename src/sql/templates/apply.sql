@@ -1,22 +1,42 @@
 -- INSTEAD OF UPDATE trigger on a synced table's inbox view: applies one chunk of the peer's changes
 -- set-wise, by key, touching no row the chunk does not name. It runs in the peer's postgres_fdw session
 -- (or `pgtwin run`'s), whose pgtwin.origin setting keeps the table's own capture trigger from shipping
--- the rows back. (No names in these comments: an identifier may hold a newline.)
+-- the rows back. Columns are matched by name, against the table as it is now (docs/change-format.md):
+-- a column the peer has and this node lacks is ignored, one this node has alone keeps its value (its
+-- default for a new row), so a migration on either node never fails the other's writes.
+-- (No names in these comments: an identifier may hold a newline.)
 DECLARE
-    pgtwin_rows {{change_type}}[];
+    pgtwin_table oid;
+    pgtwin_op text;
+    pgtwin_change json;
+    pgtwin_rows json;
     pgtwin_replay_at timestamptz;
+    pgtwin_cols text;
+    pgtwin_b_cols text;
+    pgtwin_defs text;
+    pgtwin_names text;
+    pgtwin_set text;
 BEGIN
+    pgtwin_table := to_regclass({{table_text}});
+    -- A table dropped, or created again without pgtwin's triggers (a schema load), would take the
+    -- peer's changes but send none back: fail the peer's write rather than sync one way in silence.
+    IF pgtwin_table IS NULL OR NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = pgtwin_table AND tgname = {{capture_trigger}}) THEN
+        RAISE EXCEPTION 'pgtwin: table % on node % is missing or was created again without pgtwin''s triggers', {{table_text}}, {{local}}
+            USING ERRCODE = {{not_captured}}, HINT = 'run pgtwin up: it merges the rows and installs the triggers again';
+    END IF;
     IF NEW.pgtwin_batch = 'T' THEN
         TRUNCATE {{table}};
         RETURN NEW;
     END IF;
-    pgtwin_rows := NEW.pgtwin_batch::{{change_type}}[];
+    pgtwin_op := left(NEW.pgtwin_batch, 1);
+    pgtwin_change := substr(NEW.pgtwin_batch, 2)::json;
+    pgtwin_rows := pgtwin_change->'rows';
     pgtwin_replay_at := nullif(current_setting({{replay_setting}}, true), '')::timestamptz;
     -- Changes of this table may wait in the local queue: the peer's version and ours may both have
     -- changed while the nodes were apart. The chunk's rows are locked first, so that a local transaction
     -- still writing one of them has committed, and queued its change, before the queue is read.
     IF pgtwin_replay_at IS NOT NULL OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
-        PERFORM FROM {{table}} t, unnest(pgtwin_rows) b WHERE {{key_match}} FOR UPDATE OF t;
+        PERFORM FROM {{table}} t, json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}} FOR UPDATE OF t;
         IF EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
             -- A chunk `pgtwin run` joined from several queue entries has lost their separate times.
             IF current_setting({{joined_setting}}, true) = 'on' THEN
@@ -24,28 +44,49 @@ BEGIN
                     USING ERRCODE = {{retry_unjoined}};
             END IF;
             -- Keep the later change of each key (a replayed chunk carries its commit time).
-            pgtwin_rows := {{resolve}}(pgtwin_rows, coalesce(pgtwin_replay_at, transaction_timestamp()));
+            pgtwin_rows := {{resolve}}(pgtwin_op, pgtwin_rows, coalesce(pgtwin_replay_at, transaction_timestamp()));
             IF pgtwin_rows IS NULL THEN
                 RETURN NEW;
             END IF;
         END IF;
     END IF;
-    -- A chunk holds one kind of change (the capture trigger builds deletes and upserts separately), so
-    -- only one statement runs, planned for the chunk's real size.
-    IF (pgtwin_rows[1]).pgtwin_op = 'D' THEN
-        DELETE FROM {{table}} t USING unnest(pgtwin_rows) b WHERE {{key_match}};
-    ELSIF pgtwin_replay_at IS NOT NULL THEN
+    -- A chunk holds one kind of change, so only one statement runs, planned for the chunk's real size.
+    IF pgtwin_op = 'D' THEN
+        DELETE FROM {{table}} t USING json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}};
+        RETURN NEW;
+    END IF;
+    -- The synced columns both sides have now: this node's writable columns whose (peer) name the chunk
+    -- carries.
+    SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
+           string_agg(format('b.%I', m.name), ', ' ORDER BY a.attnum),
+           string_agg(format('%I %s', m.name, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
+           string_agg(format('%I', m.name), ', ' ORDER BY a.attnum),
+           string_agg(format('%I = EXCLUDED.%I', a.attname, a.attname), ', ' ORDER BY a.attnum)
+               FILTER (WHERE NOT a.attname::text = ANY ({{key_names}}))
+    INTO pgtwin_cols, pgtwin_b_cols, pgtwin_defs, pgtwin_names, pgtwin_set
+    FROM pg_attribute a
+    CROSS JOIN LATERAL (SELECT coalesce({{peer_names}}::jsonb ->> a.attname::text, a.attname::text) AS name) m
+    WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+      AND {{column_filter}}
+      AND m.name IN (SELECT json_array_elements_text(pgtwin_change->'columns'));
+    IF pgtwin_replay_at IS NOT NULL THEN
         -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more than
         -- once (one transaction after another): its last change wins.
-        INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-            SELECT DISTINCT ON ({{b_keys}}) {{b_cols}}
-            FROM unnest(pgtwin_rows) WITH ORDINALITY AS b({{all_fields}}, pgtwin_n)
-            ORDER BY {{b_keys}}, b.pgtwin_n DESC
-            ON CONFLICT ({{keys}}) DO {{conflict_action}};
+        EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
+            SELECT DISTINCT ON (%s) %s
+            FROM ROWS FROM (json_to_recordset($1) AS (%s)) WITH ORDINALITY AS b(%s, pgtwin_n)
+            ORDER BY %s, b.pgtwin_n DESC
+            ON CONFLICT (%s) DO %s',
+            {{table_text_quoted}}, pgtwin_cols, {{b_keys_text}}, pgtwin_b_cols, pgtwin_defs, pgtwin_names,
+            {{b_keys_text}}, {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set, 'NOTHING'))
+        USING pgtwin_rows;
     ELSE
-        INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-            SELECT {{b_cols}} FROM unnest(pgtwin_rows) b
-            ON CONFLICT ({{keys}}) DO {{conflict_action}};
+        EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
+            SELECT %s FROM json_to_recordset($1) AS b(%s)
+            ON CONFLICT (%s) DO %s',
+            {{table_text_quoted}}, pgtwin_cols, pgtwin_b_cols, pgtwin_defs,
+            {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set, 'NOTHING'))
+        USING pgtwin_rows;
     END IF;
     RETURN NEW;
 END

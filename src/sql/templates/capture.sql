@@ -1,12 +1,15 @@
 -- Statement trigger on a synced table: ships the statement's changed rows to the peer as data, in
--- chunks of {{chunk}} rows, each chunk one `UPDATE` of the peer's inbox view. postgres_fdw sends such an
--- UPDATE as a single remote statement (a "direct modification": no prepare, no per-row round trips),
--- and the peer's INSTEAD OF trigger applies the chunk set-wise. An empty statement costs no round trip.
+-- chunks (see docs/change-format.md), each chunk one `UPDATE` of the peer's inbox view. postgres_fdw
+-- sends such an UPDATE as a single remote statement (a "direct modification": no prepare, no per-row
+-- round trips), and the peer's INSTEAD OF trigger applies the chunk set-wise. An empty statement costs
+-- no round trip. Rows travel by column name (row_to_json), so this function names no column but the
+-- key: a column added, dropped or renamed on this node never makes the table's writes fail.
 -- (No names in these comments: an identifier may hold a newline.)
 DECLARE
     pgtwin_chunk text;
     pgtwin_rows integer;
     pgtwin_queue boolean;
+    pgtwin_columns text;
 BEGIN
     -- Writes applied by pgtwin (from the peer, or by repair) carry pgtwin.origin: never ship them back.
     IF coalesce(current_setting({{origin_setting}}, true), '') <> '' THEN
@@ -26,11 +29,7 @@ BEGIN
                 RETURN NULL;
             END IF;
         END IF;
-        FOR pgtwin_chunk, pgtwin_rows IN
-            SELECT array_agg(c)::text, count(*) FROM (
-                SELECT ROW('D', {{old_key_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
-                FROM {{table}} o) s
-            GROUP BY chunk_no
+        FOR pgtwin_chunk, pgtwin_rows IN {{truncated_keys}}
         LOOP
             PERFORM {{ship}}(pgtwin_chunk, pgtwin_rows, true);
         END LOOP;
@@ -40,30 +39,21 @@ BEGIN
         -- Transition tables do not pair old and new rows: remove the keys this statement changed away
         -- from, then upsert every new row. EXCEPT, not NOT EXISTS: transition tables have no statistics,
         -- and a nested-loop anti-join over two 100,000-row tables never ends.
-        FOR pgtwin_chunk, pgtwin_rows IN
-            SELECT array_agg(c)::text, count(*) FROM (
-                SELECT ROW('D', {{old_key_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
-                FROM (SELECT {{keys}} FROM {{old}} EXCEPT ALL SELECT {{keys}} FROM {{new}}) o) s
-            GROUP BY chunk_no
+        FOR pgtwin_chunk, pgtwin_rows IN {{keys_changed_away}}
         LOOP
             pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
         END LOOP;
     ELSIF TG_OP = 'DELETE' THEN
-        FOR pgtwin_chunk, pgtwin_rows IN
-            SELECT array_agg(c)::text, count(*) FROM (
-                SELECT ROW('D', {{old_key_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
-                FROM {{old}} o) s
-            GROUP BY chunk_no
+        FOR pgtwin_chunk, pgtwin_rows IN {{deleted_keys}}
         LOOP
             pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
         END LOOP;
         RETURN NULL;
     END IF;
-    FOR pgtwin_chunk, pgtwin_rows IN
-        SELECT array_agg(c)::text, count(*) FROM (
-            SELECT ROW('U', {{new_row}})::{{change_type}} AS c, (row_number() OVER () - 1) / {{chunk}} AS chunk_no
-            FROM {{new}} n) s
-        GROUP BY chunk_no
+    -- The columns as they are now, in the order row_to_json writes them.
+    pgtwin_columns := (SELECT json_agg(a.attname ORDER BY a.attnum)::text FROM pg_attribute a
+                       WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped);
+    FOR pgtwin_chunk, pgtwin_rows IN {{new_rows}}
     LOOP
         pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
     END LOOP;

@@ -1,6 +1,8 @@
 -- Last writer wins, per key, between a chunk arriving from the peer (changed at pgtwin_at) and the
 -- changes of the same keys still waiting in the local queue. Records each conflict; drops the local
--- changes that lost from the queue (so they never reach the peer); returns the arriving changes that won.
+-- changes that lost from the queue (so they never reach the peer); returns the arriving rows that won
+-- (NULL when none did). Keys compare by their JSON text: both nodes write it with the same functions
+-- and settings (docs/change-format.md).
 DECLARE
     pgtwin_local_won text[];
     pgtwin_remote_won text[];
@@ -9,10 +11,11 @@ BEGIN
     -- commits they are gone, and an entry already applied on the peer must not win here.
     PERFORM FROM {{queue}} WHERE table_tag = {{tag}} FOR SHARE;
     WITH incoming AS (
-        SELECT ROW({{b_keys}})::text AS k, b AS c FROM unnest(pgtwin_rows) b
+        SELECT {{incoming_key}} AS k, b AS c FROM json_array_elements(pgtwin_rows) b
     ), pending AS (
-        SELECT ROW({{p_keys}})::text AS k, max(q.changed_at) AS at, (array_agg(p ORDER BY q.seq DESC))[1] AS latest
-        FROM {{queue}} q, unnest(q.batch::{{change_type}}[]) p
+        SELECT {{local_key}} AS k, max(q.changed_at) AS at,
+               (array_agg(json_build_object('op', left(q.batch, 1), 'row', p)::text ORDER BY q.seq DESC))[1] AS latest
+        FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
         WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
         GROUP BY 1
     ), decided AS (
@@ -20,20 +23,26 @@ BEGIN
         FROM incoming i JOIN pending p USING (k)
     ), logged AS (
         INSERT INTO {{conflicts}} (table_name, key, local_change, remote_change, winner)
-        SELECT {{table_name}}, k, latest::text, c::text, CASE WHEN local_wins THEN {{local}} ELSE {{peer}} END
+        SELECT {{table_name}}, k, latest, json_build_object('op', pgtwin_op, 'row', c)::text,
+               CASE WHEN local_wins THEN {{local}} ELSE {{peer}} END
         FROM decided
     )
     SELECT coalesce(array_agg(k) FILTER (WHERE local_wins), '{}'), coalesce(array_agg(k) FILTER (WHERE NOT local_wins), '{}')
     INTO pgtwin_local_won, pgtwin_remote_won
     FROM decided;
     IF cardinality(pgtwin_remote_won) > 0 THEN
-        UPDATE {{queue}} q SET
-            batch = coalesce((SELECT array_agg(p)::text FROM unnest(q.batch::{{change_type}}[]) p
-                              WHERE NOT ROW({{p_keys}})::text = ANY (pgtwin_remote_won)), '{}'),
-            rows = (SELECT count(*) FROM unnest(q.batch::{{change_type}}[]) p WHERE NOT ROW({{p_keys}})::text = ANY (pgtwin_remote_won))
-        WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
-            AND EXISTS (SELECT FROM unnest(q.batch::{{change_type}}[]) p WHERE ROW({{p_keys}})::text = ANY (pgtwin_remote_won));
+        -- Rewritten in the canonical chunk form, so `pgtwin run` may still join it with its neighbours.
+        UPDATE {{queue}} q SET batch = left(q.batch, 1) || '{"columns":' || ((substr(q.batch, 2)::json)->'columns')::text
+                || ',"rows":' || coalesce(kept.rows::text, '[]') || '}',
+            rows = coalesce(kept.n, 0)
+        FROM {{queue}} q2 CROSS JOIN LATERAL (
+            SELECT json_agg(p) AS rows, count(*)::int AS n
+            FROM json_array_elements((substr(q2.batch, 2)::json)->'rows') p
+            WHERE NOT {{local_key}} = ANY (pgtwin_remote_won)) kept
+        WHERE q2.seq = q.seq AND q.table_tag = {{tag}} AND q.batch <> 'T'
+            AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
+                        WHERE {{local_key}} = ANY (pgtwin_remote_won));
         DELETE FROM {{queue}} WHERE table_tag = {{tag}} AND batch <> 'T' AND rows = 0;
     END IF;
-    RETURN (SELECT array_agg(b) FROM unnest(pgtwin_rows) b WHERE NOT ROW({{b_keys}})::text = ANY (pgtwin_local_won));
+    RETURN (SELECT json_agg(b) FROM json_array_elements(pgtwin_rows) b WHERE NOT {{incoming_key}} = ANY (pgtwin_local_won));
 END

@@ -1,5 +1,7 @@
 -- Sends one chunk of changes to the peer, or queues it. Returns whether it queued, so that the rest of
 -- the statement follows the same way and no key's changes are reordered.
+DECLARE
+    pgtwin_message text;
 BEGIN
     IF NOT pgtwin_queue THEN
         {{direct}}

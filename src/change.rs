@@ -1,0 +1,170 @@
+//! The change format: what a chunk of changes is, on the wire between the nodes and in the queue. This
+//! module is its one home; docs/change-format.md describes it for people.
+//!
+//! A chunk is text: one op byte, then (except for a truncate) a JSON object naming its columns:
+//!
+//! ```text
+//! U{"columns":["id","name","price"],"rows":[{"id":1,"name":"kettle","price":29}, ...]}   upsert rows
+//! D{"columns":["id"],"rows":[{"id":7}, ...]}                                              delete keys
+//! T                                                                                      truncate
+//! ```
+//!
+//! Rows travel by column name, written by `row_to_json` on the origin and read by `json_to_recordset`
+//! with the receiving table's own types, so physical column order, dropped-column gaps and `attnum`s do
+//! not matter, and neither does a column that only one node has.
+
+use crate::sql::ident::{comma_list, Ident, Literal};
+
+pub const UPSERT: u8 = b'U';
+pub const DELETE: u8 = b'D';
+/// A whole chunk of its own: the table is truncated.
+pub const TRUNCATE: &str = "T";
+
+/// The most text one chunk may carry beyond its last row: PostgreSQL refuses any value over 1 GB, so
+/// chunks are cut by bytes as well as by rows (a bulk update of large rows must still travel).
+pub const CHUNK_BYTES: i64 = 16 * 1024 * 1024;
+
+/// Separates a chunk's column list from its rows in the canonical form (JSON escapes every quote
+/// inside a name, so it cannot occur inside the column list).
+const ROWS_MARK: &str = ",\"rows\":[";
+
+/// The op byte of an upsert or delete chunk in canonical form; None for a truncate or anything else
+/// (such a chunk is never joined with another).
+pub fn op(chunk: &str) -> Option<u8> {
+    split(chunk).map(|(op, _, _)| op)
+}
+
+/// (op, column list, the rows' inner text) of a canonical upsert or delete chunk.
+fn split(chunk: &str) -> Option<(u8, &str, &str)> {
+    let op = *chunk.as_bytes().first()?;
+    if op != UPSERT && op != DELETE {
+        return None;
+    }
+    let body = chunk[1..].strip_prefix("{\"columns\":")?;
+    let mark = body.find(ROWS_MARK)?;
+    let rows = body[mark + ROWS_MARK.len()..].strip_suffix("]}")?;
+    Some((op, &body[..mark], rows))
+}
+
+/// Appends the rows of `second` to `first` when both are chunks of the same op and the same columns
+/// (in place: the runner joins many entries); returns whether it did.
+pub fn append(first: &mut String, second: &str) -> bool {
+    let Some((op1, cols1, rows1)) = split(first) else {
+        return false;
+    };
+    let Some((op2, cols2, rows2)) = split(second) else {
+        return false;
+    };
+    if op1 != op2 || cols1 != cols2 {
+        return false;
+    }
+    let first_empty = rows1.trim().is_empty();
+    let rows2 = rows2.to_string();
+    first.truncate(first.len() - "]}".len());
+    if !first_empty && !rows2.trim().is_empty() {
+        first.push(',');
+    }
+    first.push_str(&rows2);
+    first.push_str("]}");
+    true
+}
+
+/// `first` and `second` joined (see `append`), or None.
+pub fn join(first: &str, second: &str) -> Option<String> {
+    let mut joined = first.to_string();
+    append(&mut joined, second).then_some(joined)
+}
+
+/// A JSON array of names, as the column list of a chunk.
+pub fn columns_json<'a>(names: impl IntoIterator<Item = &'a Ident>) -> String {
+    serde_json::to_string(&names.into_iter().map(Ident::as_str).collect::<Vec<_>>())
+        .expect("names serialize")
+}
+
+/// A query yielding (chunk text, row count) for every chunk of `rows` (a SQL expression of type json per
+/// row of `source`), cut at `max_rows` rows or CHUNK_BYTES bytes, whichever comes first.
+/// `columns` is a SQL expression for the column list's JSON text.
+pub fn chunks_query(op: u8, columns: &str, row: &str, source: &str, max_rows: u32) -> String {
+    // Each row weighs its length plus a fixed share of the byte budget, so a chunk ends at about
+    // max_rows rows or CHUNK_BYTES bytes.
+    let per_row = CHUNK_BYTES / i64::from(max_rows.max(1));
+    let prefix = Literal(&format!("{}{{\"columns\":", op as char));
+    let mark = Literal(ROWS_MARK);
+    format!(
+        "SELECT {prefix} || {columns} || {mark} || string_agg(r, ',') || ']}}', count(*)::integer\n            \
+         FROM (SELECT r, (sum(octet_length(r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS chunk_no\n                  \
+         FROM (SELECT ({row})::text AS r FROM {source}) s0) s\n            \
+         GROUP BY chunk_no ORDER BY chunk_no"
+    )
+}
+
+/// `json_build_object('k1', alias.k1, ...)`: the key of a row, as a delete carries it.
+pub fn key_object(key: &[Ident], alias: &str) -> String {
+    format!(
+        "json_build_object({})",
+        comma_list(
+            key.iter()
+                .map(|k| format!("{}, {alias}.{k}", Literal(k.as_str())))
+        )
+    )
+}
+
+/// `json_build_array(alias->'k1', ...)::text`: a key as comparable text, from a row of a chunk.
+pub fn key_text(key: &[Ident], alias: &str) -> String {
+    format!(
+        "json_build_array({})::text",
+        comma_list(
+            key.iter()
+                .map(|k| format!("{alias}->{}", Literal(k.as_str())))
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = r#"U{"columns":["id","n"],"rows":[{"id":1,"n":"a"}, {"id":2,"n":"b"}]}"#;
+    const B: &str = r#"U{"columns":["id","n"],"rows":[{"id":3,"n":"c"}]}"#;
+
+    #[test]
+    fn chunks_of_one_op_and_columns_join() {
+        assert_eq!(
+            join(A, B).unwrap(),
+            r#"U{"columns":["id","n"],"rows":[{"id":1,"n":"a"}, {"id":2,"n":"b"},{"id":3,"n":"c"}]}"#
+        );
+        let joined: serde_json::Value = serde_json::from_str(&join(A, B).unwrap()[1..]).unwrap();
+        assert_eq!(joined["rows"].as_array().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn chunks_of_other_columns_ops_or_forms_do_not_join() {
+        let other_columns = r#"U{"columns":["id","n","x"],"rows":[{"id":3,"n":"c","x":1}]}"#;
+        assert_eq!(join(A, other_columns), None);
+        assert_eq!(
+            join(A, r#"D{"columns":["id","n"],"rows":[{"id":3}]}"#),
+            None
+        );
+        assert_eq!(join(A, TRUNCATE), None);
+        // Rewritten by the peer's conflict resolution with other spacing: left alone, not misread.
+        assert_eq!(join(A, r#"U{"columns" : ["id","n"], "rows" : []}"#), None);
+        assert_eq!(op(TRUNCATE), None);
+        assert_eq!(op(B), Some(UPSERT));
+    }
+
+    #[test]
+    fn a_name_holding_the_rows_mark_cannot_confuse_the_split() {
+        let names = [Ident::new(r#","rows":["#), Ident::new("id")];
+        let cols = columns_json(&names);
+        let chunk = format!(r#"U{{"columns":{cols},"rows":[{{"id":1}}]}}"#);
+        let (_, got, rows) = split(&chunk).unwrap();
+        assert_eq!(got, cols);
+        assert_eq!(rows, r#"{"id":1}"#);
+    }
+
+    #[test]
+    fn empty_row_lists_join_without_a_stray_comma() {
+        let empty = r#"U{"columns":["id","n"],"rows":[]}"#;
+        assert_eq!(join(empty, B).unwrap(), B);
+    }
+}

@@ -1,0 +1,294 @@
+//! Two schemas that evolve apart, against real servers: the nodes' tables are built differently (column
+//! order, dropped-column gaps, one-sided columns, constraints of their own), and migrations run on one
+//! node at a time, as two applications on their own release schedules do.
+
+mod common;
+
+use common::Pair;
+
+/// The rows of a query on node i, as text, in order: the plain-SQL comparison of shared columns.
+async fn rows(p: &Pair, i: usize, sql: &str) -> Vec<String> {
+    p.admin[i]
+        .query(&format!("SELECT r::text FROM ({sql}) r"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Asserts a query gives the same rows on both nodes; returns them.
+async fn same(p: &Pair, sql: &str) -> Vec<String> {
+    let (a, b) = (rows(p, 0, sql).await, rows(p, 1, sql).await);
+    assert_eq!(a, b, "{sql}");
+    a
+}
+
+async fn exec(p: &Pair, i: usize, sql: &str) {
+    p.owner[i]
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("node {}: {sql}: {e:?}", common::NODES[i]));
+}
+
+/// The bug this format fixes: columns added in another order on each node (and one of them a
+/// timestamp), a dropped column's gap on one side, a column on one side only. Values land in their
+/// own columns, both ways, for every kind of write.
+#[tokio::test]
+async fn columns_in_another_physical_order_sync_by_name() {
+    let p = Pair::new().await;
+    exec(
+        &p,
+        0,
+        "CREATE TABLE items (id bigint PRIMARY KEY, name text);
+                 ALTER TABLE items ADD COLUMN sku text;
+                 ALTER TABLE items ADD COLUMN seen timestamptz;
+                 ALTER TABLE items ADD COLUMN only_a int DEFAULT 7",
+    )
+    .await;
+    exec(
+        &p,
+        1,
+        "CREATE TABLE items (legacy_flag boolean, seen timestamptz, id bigint PRIMARY KEY);
+                 ALTER TABLE items DROP COLUMN legacy_flag;
+                 ALTER TABLE items ADD COLUMN sku text, ADD COLUMN only_b text DEFAULT 'b';
+                 ALTER TABLE items ADD COLUMN name text",
+    )
+    .await;
+    exec(&p, 1, "SET timezone = 'Asia/Kathmandu'").await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    exec(&p, 0, "INSERT INTO items (id, name, sku, seen, only_a) VALUES
+                 (1, 'kettle', 'K-1', '2024-01-02 03:04:05.123456+00', 70), (2, 'mug', 'M-2', NULL, 71)").await;
+    exec(&p, 1, "INSERT INTO items (id, name, sku, seen, only_b) VALUES (3, 'hat', 'H-3', '2024-05-06 07:08:09+05:45', 'x')").await;
+    exec(
+        &p,
+        1,
+        "UPDATE items SET sku = 'K-1b', name = 'kettle 2' WHERE id = 1",
+    )
+    .await;
+    exec(&p, 0, "UPDATE items SET seen = '2025-01-01 00:00:00+00' WHERE id = 3; DELETE FROM items WHERE id = 2").await;
+    let shared = "SELECT id, name, sku, seen FROM items ORDER BY id";
+    assert_eq!(
+        same(&p, shared).await,
+        [
+            "(1,\"kettle 2\",K-1b,\"2024-01-02 03:04:05.123456+00\")",
+            "(3,hat,H-3,\"2025-01-01 00:00:00+00\")"
+        ]
+    );
+    // One-sided columns keep their node's values; rows from the peer get the default.
+    assert_eq!(
+        rows(&p, 0, "SELECT id, only_a FROM items ORDER BY id").await,
+        ["(1,70)", "(3,7)"]
+    );
+    assert_eq!(
+        rows(&p, 1, "SELECT id, only_b FROM items ORDER BY id").await,
+        ["(1,b)", "(3,x)"]
+    );
+    // A key changed by an UPDATE and a TRUNCATE travel by name too.
+    exec(&p, 1, "UPDATE items SET id = 30 WHERE id = 3").await;
+    assert_eq!(
+        same(&p, "SELECT id FROM items ORDER BY id").await,
+        ["(1)", "(30)"]
+    );
+    exec(&p, 0, "TRUNCATE items").await;
+    assert!(same(&p, shared).await.is_empty());
+}
+
+/// A Rails team's year, on one pair of nodes: migrations on the new app's node first, the legacy node
+/// later or never, and both applications writing throughout.
+#[tokio::test]
+async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
+    let p = Pair::new().await;
+    exec(
+        &p,
+        0,
+        "CREATE TABLE products (id bigserial PRIMARY KEY, name text NOT NULL, price int, qty int)",
+    )
+    .await;
+    exec(
+        &p,
+        1,
+        "CREATE TABLE products (qty int, price int, name text NOT NULL, id bigserial PRIMARY KEY)",
+    )
+    .await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    let writes = |round: i32| {
+        let p = &p;
+        async move {
+            for i in 0..2 {
+                exec(
+                    p,
+                    i,
+                    &format!("INSERT INTO products (name, qty) VALUES ('r{round}n{i}', {i})"),
+                )
+                .await;
+                exec(
+                    p,
+                    i,
+                    &format!(
+                        "UPDATE products SET qty = coalesce(qty, 0) + 1 WHERE name = 'r{round}n{}'",
+                        1 - i
+                    ),
+                )
+                .await;
+            }
+            exec(
+                p,
+                0,
+                &format!("DELETE FROM products WHERE name = 'r{round}n0'"),
+            )
+            .await;
+        }
+    };
+    let shared = "SELECT id, name, qty FROM products ORDER BY id";
+    writes(1).await;
+    exec(&p, 1, "UPDATE products SET price = 5").await;
+    same(&p, "SELECT id, price FROM products ORDER BY id").await;
+
+    // add_column on the new app: both apps keep writing; the column stays on its node.
+    exec(
+        &p,
+        0,
+        "ALTER TABLE products ADD COLUMN description text NOT NULL DEFAULT 'none'",
+    )
+    .await;
+    writes(2).await;
+    same(&p, shared).await;
+    assert_eq!(p.pgtwin(&["status"]).code, 1);
+
+    // The same column on legacy: it syncs from the next write on, no `up` needed.
+    exec(
+        &p,
+        1,
+        "ALTER TABLE products ADD COLUMN description text NOT NULL DEFAULT 'none'",
+    )
+    .await;
+    exec(&p, 0, "UPDATE products SET description = 'new text'").await;
+    same(&p, "SELECT id, description FROM products ORDER BY id").await;
+    p.pgtwin(&["up"]).ok();
+    p.pgtwin(&["check"]).ok();
+    p.pgtwin(&["status"]).ok();
+
+    // remove_column on one node, rename_column on the other: every write still succeeds.
+    exec(&p, 1, "ALTER TABLE products DROP COLUMN description").await;
+    exec(&p, 0, "ALTER TABLE products RENAME COLUMN price TO amount").await;
+    writes(3).await;
+    same(&p, shared).await;
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    for expected in [
+        "column \"description\" (text) exists on node a only",
+        "column \"amount\" (integer) exists on node a only",
+        "column \"price\" (integer) exists on node b only",
+    ] {
+        assert!(
+            status.stdout.contains(expected),
+            "{expected}: {}",
+            status.stdout
+        );
+    }
+
+    // change_column to bigint, on both nodes: a large value syncs (sync keeps going meanwhile).
+    exec(&p, 0, "ALTER TABLE products ALTER COLUMN qty TYPE bigint").await;
+    writes(4).await;
+    exec(&p, 1, "ALTER TABLE products ALTER COLUMN qty TYPE bigint").await;
+    exec(
+        &p,
+        1,
+        "UPDATE products SET qty = 9000000000 WHERE name = 'r4n1'",
+    )
+    .await;
+    same(&p, shared).await;
+    assert_eq!(
+        rows(&p, 0, "SELECT qty FROM products WHERE name = 'r4n1'").await,
+        ["(9000000000)"]
+    );
+
+    // create_table force: :cascade on legacy: the table comes back empty and without triggers.
+    exec(&p, 1, "DROP TABLE products CASCADE;
+                 CREATE TABLE products (id bigserial PRIMARY KEY, name text NOT NULL, qty bigint, price int)").await;
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("table \"public\".\"products\" on node b has 0 of pgtwin's 4 triggers")
+            && status.stdout.contains("run pgtwin up"),
+        "{}",
+        status.stdout
+    );
+    // The new app's next write is refused rather than synced one way, and says what to run.
+    let err = p.owner[0]
+        .batch_execute("INSERT INTO products (name) VALUES ('lost?')")
+        .await
+        .unwrap_err();
+    let text = format!("{err:?}");
+    assert!(
+        text.contains("products") && text.contains("node b") && text.contains("run pgtwin up"),
+        "{text}"
+    );
+    p.pgtwin(&["up"]).ok();
+    writes(5).await;
+    same(&p, shared).await;
+    // Left: the one-sided columns of the migrations above, which are drift and nothing else.
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    assert!(!status.stdout.contains("triggers ("), "{}", status.stdout);
+}
+
+/// A unique index on one node only: reported beforehand by `check` and `status`, and a synced write
+/// that it rejects fails naming the constraint.
+#[tokio::test]
+async fn a_unique_index_on_one_node_is_reported_and_named_when_it_rejects() {
+    let p = Pair::new().await;
+    exec(&p, 0, "CREATE TABLE users (id int PRIMARY KEY, email text)").await;
+    exec(
+        &p,
+        1,
+        "CREATE TABLE users (email text, id int PRIMARY KEY);
+                 CREATE UNIQUE INDEX users_email_key ON users (email)",
+    )
+    .await;
+    p.config("[[tables]]\nname = \"users\"");
+    p.pgtwin(&["up"]).ok();
+    let check = p.pgtwin(&["check"]);
+    assert_eq!(check.code, 1);
+    assert!(
+        check
+            .stdout
+            .contains("unique constraint on (email) exists on node b only"),
+        "{}",
+        check.stdout
+    );
+    exec(&p, 0, "INSERT INTO users VALUES (1, 'kim@example.com')").await;
+    let err = p.owner[0]
+        .batch_execute("INSERT INTO users VALUES (2, 'kim@example.com')")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("users_email_key"), "{err:?}");
+    same(&p, "SELECT id, email FROM users ORDER BY id").await;
+}
+
+/// Chunks are cut by bytes as well as rows: one statement over rows that, as text, far exceed what a
+/// single PostgreSQL value may hold (1 GB) still travels, in sync mode and through the queue.
+#[tokio::test]
+async fn a_bulk_update_of_large_rows_travels() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE docs (id int PRIMARY KEY, flag boolean, body text)")
+        .await;
+    p.config("[[tables]]\nname = \"docs\"");
+    p.pgtwin(&["up"]).ok();
+    // 600 rows of 2.5 MB: 1.5 GB of row text (compressed on disk, not in flight).
+    exec(&p, 0, "INSERT INTO docs SELECT g, false, repeat(md5(g::text), 80000) FROM generate_series(1, 600) g").await;
+    exec(&p, 0, "UPDATE docs SET flag = true").await;
+    assert_eq!(
+        same(
+            &p,
+            "SELECT count(*) FILTER (WHERE flag), sum(length(body)) FROM docs"
+        )
+        .await,
+        ["(600,1536000000)"]
+    );
+}
