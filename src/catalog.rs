@@ -11,7 +11,14 @@ use crate::sql::names;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Column {
+    /// The column's name on this node.
     pub name: Ident,
+    /// Its name in the config, the same on both nodes (differs from `name` only where the config
+    /// renames it for this node).
+    pub synced_as: Ident,
+    /// Its name on the peer, where the config renames it there or here (set when both nodes are read).
+    #[serde(skip)]
+    pub peer_name: Ident,
     #[serde(rename = "type")]
     pub ty: SqlType,
     pub not_null: bool,
@@ -45,17 +52,38 @@ pub struct KeySequence {
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TableInfo {
+    /// The table's name on this node.
     pub name: QualName,
+    /// Its name in the config: pgtwin's objects for it are named from this, the same on both nodes.
+    pub synced_name: QualName,
     pub columns: Vec<Column>,
     pub key: Vec<Ident>,
     pub key_sequences: Vec<KeySequence>,
-    /// The column sets of the table's unique indexes and constraints, each sorted.
+    /// This node's names of the only columns the config syncs (None: all).
+    pub only_columns: Option<Vec<Ident>>,
+    /// This node's names of the columns the config never syncs.
+    pub excluded_columns: Vec<Ident>,
+    /// The column sets of the table's unique indexes and constraints (as the config names the
+    /// columns), each sorted.
     pub unique: Vec<Vec<String>>,
 }
 
 impl TableInfo {
     pub fn column(&self, name: &Ident) -> Option<&Column> {
         self.columns.iter().find(|c| &c.name == name)
+    }
+
+    /// The column the config calls `synced_as`.
+    pub fn synced_column(&self, synced_as: &Ident) -> Option<&Column> {
+        self.columns.iter().find(|c| &c.synced_as == synced_as)
+    }
+
+    /// The key columns as the config names them.
+    pub fn synced_key(&self) -> Vec<&Ident> {
+        self.key
+            .iter()
+            .map(|k| self.column(k).map_or(k, |c| &c.synced_as))
+            .collect()
     }
 
     /// Columns that are shipped to the peer: all but generated ones.
@@ -156,7 +184,7 @@ async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
 /// Reads one configured table. A missing table, or one without a usable key, is an error naming the
 /// node and the table.
 pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableInfo> {
-    let name = &table.name;
+    let name = table.name_on(node);
     let rel = db
         .query_opt(
             "SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -192,6 +220,8 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .into_iter()
         .map(|r| Column {
             name: Ident::new(r.get::<_, String>(0)),
+            synced_as: table.config_name(node, &Ident::new(r.get::<_, String>(0))),
+            peer_name: Ident::new(r.get::<_, String>(0)),
             ty: SqlType(r.get(1)),
             not_null: r.get(2),
             generated: r.get(3),
@@ -217,10 +247,18 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let key = choose_key(node, table, &columns, &unique_keys)?;
+    // Columns the config leaves out are not synced, not compared, and not drift.
+    let columns: Vec<Column> = columns
+        .into_iter()
+        .filter(|c| table.syncs(&c.synced_as) || key.contains(&c.name))
+        .collect();
     let mut unique: Vec<Vec<String>> = unique_keys
         .iter()
         .map(|(_, cols)| {
-            let mut cols = cols.clone();
+            let mut cols: Vec<String> = cols
+                .iter()
+                .map(|c| table.config_name(node, &Ident::new(c)).as_str().to_string())
+                .collect();
             cols.sort();
             cols
         })
@@ -246,6 +284,16 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
     let key_sequences = key_sequences(node, db, oid, &key).await?;
     Ok(TableInfo {
         name: name.clone(),
+        synced_name: table.name.clone(),
+        only_columns: table
+            .columns
+            .as_ref()
+            .map(|cols| cols.iter().map(|c| table.column_on(node, c)).collect()),
+        excluded_columns: table
+            .exclude_columns
+            .iter()
+            .map(|c| table.column_on(node, c))
+            .collect(),
         columns,
         key,
         key_sequences,
@@ -261,8 +309,13 @@ fn choose_key(
     columns: &[Column],
     unique_keys: &[(bool, Vec<String>)],
 ) -> Result<Vec<Ident>> {
-    let name = &table.name;
-    match &table.key {
+    let name = table.name_on(node);
+    let key = table.key.as_ref().map(|k| {
+        k.iter()
+            .map(|c| table.column_on(node, c))
+            .collect::<Vec<_>>()
+    });
+    match &key {
         None => match unique_keys.iter().find(|(primary, _)| *primary) {
             Some((_, cols)) => Ok(cols.iter().map(Ident::new).collect()),
             None => bail!("table {name} has no primary key on node {node}: add one, or set key = [...] to columns with a unique index in pgtwin.toml"),

@@ -60,6 +60,10 @@ pub struct UpArgs {
     /// Compare and report what the merge would do; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// For this run only: where both nodes hold a key with different rows, NODE's row wins (or the
+    /// newer by each table's newest_by, with "newest"). Overrides prefer in pgtwin.toml; not kept.
+    #[arg(long, value_name = "NODE|newest")]
+    pub prefer: Option<String>,
 }
 
 #[derive(Debug, Args)]

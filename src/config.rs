@@ -31,6 +31,19 @@ struct RawTable {
     name: String,
     key: Option<Vec<String>>,
     newest_by: Option<String>,
+    columns: Option<Vec<String>>,
+    exclude_columns: Option<Vec<String>>,
+    prefer: Option<String>,
+    #[serde(default)]
+    nodes: BTreeMap<String, RawTableOnNode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTableOnNode {
+    name: Option<String>,
+    #[serde(default)]
+    rename: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -104,11 +117,64 @@ pub struct Node {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Table {
+    /// The table's name as the config writes it: its name on every node that does not name it
+    /// otherwise, and the name pgtwin's own objects for it are derived from (the same on both nodes).
     pub name: QualName,
     /// Key columns named in the config; `None` means the primary key.
     pub key: Option<Vec<Ident>>,
     /// Timestamp (or any ordered) column that decides `prefer = "newest"`.
     pub newest_by: Option<Ident>,
+    /// Only these columns are synced (None: every column both nodes have).
+    pub columns: Option<Vec<Ident>>,
+    /// These columns are never synced.
+    pub exclude_columns: Vec<Ident>,
+    /// This table's merge policy for `up` (a node's name or "newest"); overrides `[options] prefer`.
+    pub prefer: Option<String>,
+    /// Per node: the table's own name there, and its columns named otherwise.
+    pub on_node: BTreeMap<String, TableOnNode>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableOnNode {
+    pub name: Option<QualName>,
+    /// Column as the config names it → its name on this node.
+    pub rename: BTreeMap<Ident, Ident>,
+}
+
+impl Table {
+    /// The table's name on a node.
+    pub fn name_on(&self, node: &str) -> &QualName {
+        self.on_node
+            .get(node)
+            .and_then(|n| n.name.as_ref())
+            .unwrap_or(&self.name)
+    }
+
+    /// A column (as the config names it) as it is named on a node.
+    pub fn column_on(&self, node: &str, column: &Ident) -> Ident {
+        self.on_node
+            .get(node)
+            .and_then(|n| n.rename.get(column))
+            .unwrap_or(column)
+            .clone()
+    }
+
+    /// A node's column as the config names it (the inverse of `column_on`).
+    pub fn config_name(&self, node: &str, local: &Ident) -> Ident {
+        self.on_node
+            .get(node)
+            .and_then(|n| n.rename.iter().find(|(_, l)| *l == local).map(|(c, _)| c))
+            .unwrap_or(local)
+            .clone()
+    }
+
+    /// Whether a column (as the config names it) is synced at all.
+    pub fn syncs(&self, column: &Ident) -> bool {
+        self.columns
+            .as_ref()
+            .is_none_or(|only| only.contains(column))
+            && !self.exclude_columns.contains(column)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -185,11 +251,67 @@ impl Config {
                     Ident::parse(c).map_err(|e| anyhow::anyhow!("[[tables]] {name}: newest_by {e}"))
                 })
                 .transpose()?;
-            tables.push(Table {
+            let idents = |list: Option<Vec<String>>, what: &str| {
+                list.unwrap_or_default()
+                    .iter()
+                    .map(|c| {
+                        Ident::parse(c)
+                            .map_err(|e| anyhow::anyhow!("[[tables]] {name}: {what} {e}"))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            };
+            let only = t.columns.is_some();
+            let columns = idents(t.columns, "columns")?;
+            let exclude_columns = idents(t.exclude_columns, "exclude_columns")?;
+            if only && !exclude_columns.is_empty() {
+                bail!("[[tables]] {name}: columns and exclude_columns both set: keep one");
+            }
+            let mut on_node = BTreeMap::new();
+            for (node, o) in t.nodes {
+                if !nodes.iter().any(|n: &Node| n.name == node) {
+                    bail!("[[tables]] {name}: nodes.{node} is not a node of [nodes]: fix the name");
+                }
+                let local = o
+                    .name
+                    .as_deref()
+                    .map(|n| {
+                        QualName::parse(n).map_err(|e| {
+                            anyhow::anyhow!("[[tables]] {name}: nodes.{node}.name {e}")
+                        })
+                    })
+                    .transpose()?;
+                let mut rename = BTreeMap::new();
+                for (from, to) in &o.rename {
+                    let parse = |c: &str| {
+                        Ident::parse(c).map_err(|e| {
+                            anyhow::anyhow!("[[tables]] {name}: nodes.{node}.rename {e}")
+                        })
+                    };
+                    rename.insert(parse(from)?, parse(to)?);
+                }
+                on_node.insert(
+                    node,
+                    TableOnNode {
+                        name: local,
+                        rename,
+                    },
+                );
+            }
+            let table = Table {
                 name,
                 key,
                 newest_by,
-            });
+                columns: only.then_some(columns),
+                exclude_columns,
+                prefer: t.prefer,
+                on_node,
+            };
+            for k in table.key.iter().flatten() {
+                if !table.syncs(k) {
+                    bail!("[[tables]] {}: key column {k} is left out by columns/exclude_columns: a key is always synced", table.name);
+                }
+            }
+            tables.push(table);
         }
         if tables.is_empty() {
             bail!("no [[tables]] to sync: add at least one [[tables]] entry with a name");
@@ -213,19 +335,14 @@ impl Config {
         if o.batch_size == 0 {
             bail!("[options] batch_size must be above 0");
         }
-        match o.prefer.as_deref() {
-            None => {}
-            Some("newest") => {
-                if let Some(t) = tables.iter().find(|t| t.newest_by.is_none()) {
-                    bail!("[[tables]] {}: prefer = \"newest\" needs newest_by = \"COLUMN\" (e.g. updated_at) on every table", t.name);
-                }
-            }
-            Some(node) if nodes.iter().any(|n| n.name == node) => {}
-            Some(other) => bail!(
-                "[options] prefer = {other:?} is neither a node ({} or {}) nor \"newest\"",
-                nodes[0].name,
-                nodes[1].name
-            ),
+        check_prefer(o.prefer.as_deref(), "[options] prefer", &nodes, &tables)?;
+        for t in &tables {
+            check_prefer(
+                t.prefer.as_deref(),
+                &format!("[[tables]] {} prefer", t.name),
+                &nodes,
+                std::slice::from_ref(t),
+            )?;
         }
         let [a, b]: [Node; 2] = nodes.try_into().expect("two nodes checked above");
         Ok(Config {
@@ -238,7 +355,8 @@ impl Config {
     /// How `up` merges a table whose rows differ between the nodes (None: it refuses).
     pub fn merge_policy(&self, table: &Table) -> Option<crate::data::merge::Policy> {
         use crate::data::merge::{Policy, Winner};
-        let winner = match self.options.prefer.as_deref()? {
+        let prefer = table.prefer.as_deref().or(self.options.prefer.as_deref())?;
+        let winner = match prefer {
             "newest" => Winner::Newest(table.newest_by.clone()?),
             node => Winner::Node(self.nodes.iter().position(|n| n.name == node)?),
         };
@@ -246,6 +364,16 @@ impl Config {
             winner,
             mirror: false,
         })
+    }
+
+    /// This config with every table's merge policy set to `prefer`, for one `up` (`up --prefer`).
+    pub fn preferring(&self, prefer: &str) -> Result<Config> {
+        check_prefer(Some(prefer), "--prefer", &self.nodes, &self.tables)?;
+        let mut cfg = self.clone();
+        for t in &mut cfg.tables {
+            t.prefer = Some(prefer.to_string());
+        }
+        Ok(cfg)
     }
 
     /// The node with the given name.
@@ -256,6 +384,27 @@ impl Config {
                 self.nodes[0].name, self.nodes[1].name
             )
         })
+    }
+}
+
+/// A merge policy must name a node, or be "newest" with newest_by on every table it covers. The value
+/// itself is never echoed: a URL pasted there by mistake would show its password.
+fn check_prefer(prefer: Option<&str>, what: &str, nodes: &[Node], tables: &[Table]) -> Result<()> {
+    match prefer {
+        None => Ok(()),
+        Some("newest") => match tables.iter().find(|t| t.newest_by.is_none()) {
+            Some(t) => bail!(
+                "{what} = \"newest\" needs newest_by = \"COLUMN\" (e.g. updated_at) on table {}",
+                t.name
+            ),
+            None => Ok(()),
+        },
+        Some(node) if nodes.iter().any(|n| n.name == node) => Ok(()),
+        Some(_) => bail!(
+            "{what} is neither a node ({} or {}) nor \"newest\"",
+            nodes[0].name,
+            nodes[1].name
+        ),
     }
 }
 
@@ -338,6 +487,58 @@ mod tests {
 
     fn err(text: &str) -> String {
         format!("{:#}", Config::parse(text, env).unwrap_err())
+    }
+
+    const MAPPED: &str = r#"
+        [[tables]]
+        name = "products"
+        exclude_columns = ["cost"]
+        [tables.nodes.legacy]
+        name = "old.legacy_products"
+        rename = { name = "title" }
+    "#;
+
+    #[test]
+    fn a_table_maps_its_name_and_columns_per_node() {
+        let base = GOOD.split("[[tables]]").next().unwrap();
+        let c = Config::parse(&format!("{base}{MAPPED}"), env).unwrap();
+        let t = &c.tables[0];
+        assert_eq!(t.name_on("shop"), &QualName::new("public", "products"));
+        assert_eq!(
+            t.name_on("legacy"),
+            &QualName::new("old", "legacy_products")
+        );
+        let name = Ident::new("name");
+        assert_eq!(t.column_on("legacy", &name), Ident::new("title"));
+        assert_eq!(t.column_on("shop", &name), name);
+        assert_eq!(t.config_name("legacy", &Ident::new("title")), name);
+        assert!(!t.syncs(&Ident::new("cost")) && t.syncs(&name));
+    }
+
+    #[test]
+    fn mapping_errors_name_the_table_and_key() {
+        let base = GOOD.split("[[tables]]").next().unwrap();
+        let e = err(&format!(
+            "{base}{}",
+            MAPPED.replace("tables.nodes.legacy", "tables.nodes.legasy")
+        ));
+        assert!(e.contains("products") && e.contains("nodes.legasy"), "{e}");
+        let e = err(&format!(
+            "{base}{}",
+            MAPPED.replace(
+                "exclude_columns = [\"cost\"]",
+                "exclude_columns = [\"id\"]\n        key = [\"id\"]"
+            )
+        ));
+        assert!(e.contains("key column \"id\" is left out"), "{e}");
+        let e = err(&format!(
+            "{base}{}",
+            MAPPED.replace(
+                "exclude_columns",
+                "columns = [\"id\"]\n        exclude_columns"
+            )
+        ));
+        assert!(e.contains("columns and exclude_columns"), "{e}");
     }
 
     #[test]

@@ -133,11 +133,11 @@ pub async fn diffs(p: &Prepared, recheck: bool, all_keys: bool) -> Result<Vec<Ta
     let mut out = Vec::new();
     let sides = p.sides();
     for pair in &p.tables {
-        let mut diff = compare::compare(sides, &pair[0]).await?;
+        let mut diff = compare::compare(sides, pair).await?;
         if recheck {
-            diff = compare::recheck(sides, &pair[0], diff, 3).await?;
+            diff = compare::recheck(sides, pair, diff, 3).await?;
         }
-        out.push(TableDiff::new(pair[0].name.clone(), diff, all_keys));
+        out.push(TableDiff::new(pair[0].synced_name.clone(), diff, all_keys));
     }
     Ok(out)
 }
@@ -277,19 +277,12 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
     let progress = Progress::new(progress, "merging");
     let mut merges = Vec::new();
     for (table, pair) in cfg.tables.iter().zip(&p.tables) {
-        let diff = compare::compare(p.sides(), &pair[0]).await?;
+        let diff = compare::compare(p.sides(), pair).await?;
         let policy = cfg.merge_policy(table);
-        let report = merge::merge(
-            p.sides(),
-            &pair[0],
-            &diff,
-            policy.as_ref(),
-            dry_run,
-            &progress,
-        )
-        .await?;
+        let report =
+            merge::merge(p.sides(), pair, &diff, policy.as_ref(), dry_run, &progress).await?;
         if !dry_run && !diff.is_equal() {
-            let after = compare::compare(p.sides(), &pair[0]).await?;
+            let after = compare::compare(p.sides(), pair).await?;
             if !after.is_equal() {
                 bail!("table {}: still different after the merge ({:?} only on / different): nothing was changed", pair[0].name, after.counts());
             }
@@ -371,10 +364,10 @@ pub async fn repair(
     }
     let mut suspects = Vec::new();
     for pair in &p.tables {
-        let diff = compare::compare(p.sides(), &pair[0]).await?;
+        let diff = compare::compare(p.sides(), pair).await?;
         suspects.push(match stopped_queueing {
             true => None,
-            false => Some(compare::recheck(p.sides(), &pair[0], diff, 3).await?),
+            false => Some(compare::recheck(p.sides(), pair, diff, 3).await?),
         });
     }
     let result = repair_locked(&p, policy, &suspects, dry_run, progress).await;
@@ -403,7 +396,7 @@ async fn repair_locked(
     for (pair, suspect) in p.tables.iter().zip(suspects) {
         if suspect.as_ref().is_some_and(|d| d.is_equal()) {
             tables.push(merge::MergeReport {
-                table: pair[0].name.to_string(),
+                table: pair[0].synced_name.to_string(),
                 ..Default::default()
             });
             continue;
@@ -418,12 +411,10 @@ async fn repair_locked(
         }
         // Under the locks, the suspects are compared once more: only rows that still differ are touched.
         let diff = match suspect {
-            Some(suspect) => compare::reread(p.sides(), &pair[0], suspect.clone()).await?,
-            None => compare::compare(p.sides(), &pair[0]).await?,
+            Some(suspect) => compare::reread(p.sides(), pair, suspect.clone()).await?,
+            None => compare::compare(p.sides(), pair).await?,
         };
-        tables.push(
-            merge::merge(p.sides(), &pair[0], &diff, Some(policy), dry_run, &progress).await?,
-        );
+        tables.push(merge::merge(p.sides(), pair, &diff, Some(policy), dry_run, &progress).await?);
     }
     drop(progress);
     // Repaired: changes are queued again from the commit on (writers of the locked tables wait for it).

@@ -93,7 +93,7 @@ pub async fn pair_status(cfg: &Config) -> Option<PairStatus> {
             })
             .chain(tables.iter().flat_map(|pair| {
                 pair.drift.iter().map(|d| Drift {
-                    table: pair.infos[0].name.to_string(),
+                    table: pair.infos[0].synced_name.to_string(),
                     problem: d.clone(),
                     synced: true,
                 })
@@ -141,7 +141,7 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
     for table in &cfg.tables {
         let triggers = captured
             .iter()
-            .find(|(t, _)| t == &table.name)
+            .find(|(t, _)| t == table.name_on(&node.name))
             .map_or(0, |(_, trig)| trig.len());
         let sequences = match catalog::table_info(n.name(), &n.db, table).await {
             Ok(info) => info

@@ -90,27 +90,27 @@ pub async fn inspect_table(
 /// else that differs (a column on one node only, types, nullability, defaults, unique constraints,
 /// enum labels, generation) is drift: reported, never a reason to stop syncing the shared columns.
 pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<TablePair> {
-    let t = a.name.clone();
+    let t = a.synced_name.clone();
     for c in a.columns.iter().chain(&b.columns) {
         if c.name.as_str().starts_with(names::RESERVED_PREFIX) {
             bail!("column {} of table {t}: names starting with {} are reserved for pgtwin's own use: rename the column", c.name, names::RESERVED_PREFIX);
         }
     }
-    if a.key != b.key {
+    if a.synced_key() != b.synced_key() {
         bail!(
             "table {t} has key ({}) on node {na} but ({}) on node {nb}: give it the same primary key on both, or set key = [...] in pgtwin.toml to columns with a unique index on both",
             crate::sql::ident::comma_list(&a.key),
             crate::sql::ident::comma_list(&b.key)
         );
     }
-    for k in &a.key {
+    for (ka, kb) in a.key.iter().zip(&b.key) {
         let (ca, cb) = (
-            a.column(k).expect("key column"),
-            b.column(k).expect("key column"),
+            a.column(ka).expect("key column"),
+            b.column(kb).expect("key column"),
         );
         if ca.ty != cb.ty {
             bail!(
-                "key column {k} of table {t} is {} on node {na} but {} on node {nb}: make the key types equal (ALTER TABLE {t} ALTER COLUMN {k} TYPE ...), then pgtwin up",
+                "key column {ka} of table {t} is {} on node {na} but {} on node {nb}: make the key types equal (ALTER TABLE {t} ALTER COLUMN {ka} TYPE ...), then pgtwin up",
                 ca.ty, cb.ty
             );
         }
@@ -118,7 +118,7 @@ pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<Tab
     let mut drift = Vec::new();
     for (n1, t1, n2, t2) in [(na, &a, nb, &b), (nb, &b, na, &a)] {
         for c in &t1.columns {
-            if t2.column(&c.name).is_none() {
+            if t2.synced_column(&c.synced_as).is_none() {
                 drift.push(format!(
                     "column {} ({}) exists on node {n1} only: not synced; {n1} keeps its values, rows from {n2} get its default",
                     c.name, c.ty
@@ -136,10 +136,10 @@ pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<Tab
     }
     let mut synced: [Vec<Column>; 2] = [Vec::new(), Vec::new()];
     for ca in &a.columns {
-        let Some(cb) = b.column(&ca.name) else {
+        let Some(cb) = b.synced_column(&ca.synced_as) else {
             continue;
         };
-        let c = &ca.name;
+        let c = &ca.synced_as;
         if ca.generated || cb.generated {
             if ca.generated != cb.generated {
                 drift.push(format!(
@@ -177,10 +177,11 @@ pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<Tab
         // Values cross by their text when the types differ: neither COPY's binary form nor the
         // types' own hash functions agree then.
         let same_type = ca.ty == cb.ty && ca.enum_labels == cb.enum_labels;
-        for (out, col) in synced.iter_mut().zip([ca, cb]) {
+        for (out, (col, peer)) in synced.iter_mut().zip([(ca, cb), (cb, ca)]) {
             out.push(Column {
                 binary_ok: col.binary_ok && same_type,
                 exact_hash: col.exact_hash && same_type,
+                peer_name: peer.name.clone(),
                 ..col.clone()
             });
         }
@@ -258,6 +259,6 @@ pub async fn stale_tables(cfg: &Config, node: &Connected) -> Result<Vec<QualName
         .await?
         .into_iter()
         .map(|(t, _)| t)
-        .filter(|t| !cfg.tables.iter().any(|c| &c.name == t))
+        .filter(|t| !cfg.tables.iter().any(|c| c.name_on(node.name()) == t))
         .collect())
 }

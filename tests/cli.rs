@@ -132,6 +132,21 @@ async fn different_data_is_refused_with_counts() {
         serde_json::json!(["(2)"])
     );
     assert_nothing_installed(&p).await;
+    // A one-off choice for this run: b's row wins, and the choice is not kept for later runs.
+    p.pgtwin(&["up", "--prefer", "nobody"])
+        .fails_with(&["--prefer is neither a node (a or b) nor \"newest\""]);
+    assert_nothing_installed(&p).await;
+    p.pgtwin(&["up", "--prefer", "b"]).ok();
+    assert_eq!(p.assert_same("products").await.len(), 5);
+    assert!(p.rows(0, "products").await.contains(&"(2,a,2)".to_string()));
+    p.both("ALTER TABLE products DISABLE TRIGGER USER; UPDATE products SET price = 10 + price WHERE id = 1; ALTER TABLE products ENABLE TRIGGER USER").await;
+    p.owner[1].batch_execute("ALTER TABLE products DISABLE TRIGGER USER; UPDATE products SET price = 99 WHERE id = 1; ALTER TABLE products ENABLE TRIGGER USER").await.unwrap();
+    p.pgtwin(&["down"]).ok();
+    p.pgtwin(&["up"]).fails_with(&[
+        "1 key(s) hold different rows",
+        "(1)",
+        "pgtwin up --prefer NODE",
+    ]);
 }
 
 #[tokio::test]

@@ -672,12 +672,12 @@ async fn data_section(bench: &Bench, reps: usize, rows: i64) -> Result<()> {
             |_| None,
         )?;
         let p = pgtwin::install::prepare(&cfg).await?;
-        let t = &p.tables[0][0];
+        let t = &p.tables[0];
         let started = Instant::now();
         let copied = pgtwin::data::copy::copy_rows(
             p.sides()[0],
             p.sides()[1],
-            t,
+            (&t[0], &t[1]),
             None,
             pgtwin::data::copy::OnConflict::Keep,
             &pgtwin::progress::Progress::hidden(),

@@ -17,7 +17,7 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
         .map(|(table, problem)| serde_json::json!({ "table": table.to_string(), "schema_drift": problem, "synced": false }))
         .chain(tables_info.iter().flat_map(|pair| {
             pair.drift.iter().map(|d| {
-                serde_json::json!({ "table": pair.infos[0].name.to_string(), "schema_drift": d, "synced": true })
+                serde_json::json!({ "table": pair.infos[0].synced_name.to_string(), "schema_drift": d, "synced": true })
             })
         }))
         .collect();

@@ -23,7 +23,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
         Command::Plan(a) => plan::run(&cfg, a.json).await,
-        Command::Up(a) => up::run(&cfg, a.json, a.dry_run).await,
+        Command::Up(a) => match &a.prefer {
+            None => up::run(&cfg, a.json, a.dry_run).await,
+            Some(prefer) => up::run(&cfg.preferring(prefer)?, a.json, a.dry_run).await,
+        },
         Command::Down(a) => down::run(&cfg, &a).await,
         Command::Run(a) => run::run(&cfg, &a).await,
         Command::Status(a) => status::run(&cfg, a.json).await,

@@ -59,34 +59,42 @@ impl Diff {
 /// differing bucket again is an index range scan; any other key by a hash of its value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Buckets {
-    Range { column: Ident, lo: i64, width: i64 },
-    Hash { key_hash: String, mask: i64 },
+    /// `key` is the position of the key column in the table's key (its name may differ per node).
+    Range {
+        key: usize,
+        lo: i64,
+        width: i64,
+    },
+    Hash {
+        mask: i64,
+    },
 }
 
 /// About 512 rows a bucket: a differing bucket is then cheap to read again.
 const ROWS_PER_BUCKET: f64 = 512.0;
 
 impl Buckets {
-    async fn choose(nodes: [Side<'_>; 2], t: &TableInfo) -> Result<Buckets> {
-        let estimate = row_estimate(nodes, t).await?;
+    async fn choose(nodes: [Side<'_>; 2], pair: &[TableInfo; 2]) -> Result<Buckets> {
+        let estimate = row_estimate(nodes, pair).await?;
         let count = ((estimate / ROWS_PER_BUCKET).max(16.0) as u64)
             .next_power_of_two()
             .min(1 << 16) as i64;
-        let integer_key = match t.key.as_slice() {
+        let integer_key = |t: &TableInfo| match t.key.as_slice() {
             [k] => t
                 .column(k)
-                .filter(|c| matches!(c.ty.0.as_str(), "smallint" | "integer" | "bigint")),
+                .filter(|c| matches!(c.ty.0.as_str(), "smallint" | "integer" | "bigint"))
+                .map(|c| c.name.clone()),
             _ => None,
         };
-        if let Some(col) = integer_key {
+        if let (Some(_), Some(_)) = (integer_key(&pair[0]), integer_key(&pair[1])) {
             let (mut lo, mut hi) = (i64::MAX, i64::MIN);
-            for (node, db) in nodes {
+            for ((node, db), t) in nodes.into_iter().zip(pair) {
                 let row = db
                     .query_one(
                         &format!(
                             "SELECT min({c})::bigint, max({c})::bigint FROM {}",
                             t.name,
-                            c = col.name
+                            c = integer_key(t).expect("checked")
                         ),
                         &[],
                     )
@@ -103,42 +111,39 @@ impl Buckets {
             // bigint range fall back to hash buckets.
             if lo <= hi && hi.checked_sub(lo).is_some_and(|span| span < i64::MAX) {
                 let width = ((hi - lo) / count + 1).max(1);
-                return Ok(Buckets::Range {
-                    column: col.name.clone(),
-                    lo,
-                    width,
-                });
+                return Ok(Buckets::Range { key: 0, lo, width });
             }
         }
-        let key_cols: Vec<&Ident> = t.key.iter().collect();
-        Ok(Buckets::Hash {
-            key_hash: hash_expr(t, &key_cols, 0, None),
-            mask: count - 1,
-        })
+        Ok(Buckets::Hash { mask: count - 1 })
     }
 
-    fn expr(&self) -> String {
+    /// The bucket of a row of `t` (as one node names its columns).
+    fn expr(&self, t: &TableInfo) -> String {
         match self {
             // Keys are >= lo, so integer division is the floor: bucket n holds [lo + n*w, lo + (n+1)*w).
-            Buckets::Range { column, lo, width } => {
-                format!("(({column}::bigint - {lo}) / {width})")
+            Buckets::Range { key, lo, width } => {
+                format!("(({}::bigint - {lo}) / {width})", t.key[*key])
             }
-            Buckets::Hash { key_hash, mask } => format!("({key_hash} & {mask})"),
+            Buckets::Hash { mask } => {
+                let key_cols: Vec<&Ident> = t.key.iter().collect();
+                format!("({} & {mask})", hash_expr(t, &key_cols, 0, None))
+            }
         }
     }
 
     /// `FROM ... WHERE` part selecting the rows of some buckets, with its two bigint[] parameters: range
     /// bounds (an index range scan per bucket), or the bucket numbers twice (a filtered scan).
-    fn rows_of(&self, table: &str, buckets: &[i64]) -> (String, Vec<i64>, Vec<i64>) {
+    fn rows_of(&self, t: &TableInfo, buckets: &[i64]) -> (String, Vec<i64>, Vec<i64>) {
+        let table = &t.name;
         match self {
-            Buckets::Range { column, lo, width } => {
+            Buckets::Range { key, lo, width } => {
                 let bound = |n: i64, end: i64| {
                     (i128::from(*lo) + i128::from(n + end) * i128::from(*width) - i128::from(end))
                         .clamp(i128::from(i64::MIN), i128::from(i64::MAX))
                         as i64
                 };
                 (
-                    format!("{table} t JOIN unnest($1::bigint[], $2::bigint[]) AS r(lo, hi) ON t.{column} BETWEEN r.lo AND r.hi"),
+                    format!("{table} t JOIN unnest($1::bigint[], $2::bigint[]) AS r(lo, hi) ON t.{} BETWEEN r.lo AND r.hi", t.key[*key]),
                     buckets.iter().map(|n| bound(*n, 0)).collect(),
                     buckets.iter().map(|n| bound(*n, 1)).collect(),
                 )
@@ -146,7 +151,7 @@ impl Buckets {
             Buckets::Hash { .. } => (
                 format!(
                     "{table} t WHERE {} = ANY($1) AND cardinality($2::bigint[]) >= 0",
-                    self.expr()
+                    self.expr(t)
                 ),
                 buckets.to_vec(),
                 buckets.to_vec(),
@@ -155,39 +160,32 @@ impl Buckets {
     }
 }
 
-/// A 64-bit hash of the columns: the types' own hash where it is exact (Column::exact_hash), the text
-/// form for the rest; several times faster than hashing everything as text.
+/// A 64-bit hash of the columns, as one hash of the whole: the types' own hash for the columns where it
+/// is exact (Column::exact_hash), and the text form of the rest, in one record. One hash, not two
+/// combined: a bucket XORs its rows' hashes, and parts hashed apart would cancel between rows (two rows
+/// that changed the same text-hashed value alike, or swapped it).
 fn hash_expr(t: &TableInfo, cols: &[&Ident], seed: i64, alias: Option<&str>) -> String {
     let (typed, as_text): (Vec<&Ident>, Vec<&Ident>) = cols
         .iter()
         .copied()
         .partition(|c| t.column(c).is_some_and(|col| col.exact_hash));
     let prefix = alias.map_or(String::new(), |a| format!("{a}."));
-    let list = |v: Vec<&Ident>| comma_list(v.iter().map(|c| format!("{prefix}{c}")));
-    let mut parts = Vec::new();
-    if !typed.is_empty() {
-        parts.push(format!(
-            "hash_record_extended(ROW({}), {seed})",
-            list(typed)
-        ));
-    }
+    let mut fields: Vec<String> = typed.iter().map(|c| format!("{prefix}{c}")).collect();
     if !as_text.is_empty() {
-        parts.push(format!(
-            "hashtextextended(ROW({})::text, {})",
-            list(as_text),
-            seed + 2
+        fields.push(format!(
+            "ROW({})::text",
+            comma_list(as_text.iter().map(|c| format!("{prefix}{c}")))
         ));
     }
-    parts.join(" # ")
+    format!("hash_record_extended(ROW({}), {seed})", fields.join(", "))
 }
 
 /// Compares the table on both nodes.
-pub async fn compare(nodes: [Side<'_>; 2], t: &TableInfo) -> Result<Diff> {
-    let scheme = Buckets::choose(nodes, t).await?;
-    let row_hash = hash_expr(t, &content_columns(t), 1, None);
+pub async fn compare(nodes: [Side<'_>; 2], pair: &[TableInfo; 2]) -> Result<Diff> {
+    let scheme = Buckets::choose(nodes, pair).await?;
     let (a, b) = tokio::try_join!(
-        summary(nodes[0], t, &scheme, &row_hash),
-        summary(nodes[1], t, &scheme, &row_hash)
+        summary(nodes[0], &pair[0], &scheme),
+        summary(nodes[1], &pair[1], &scheme)
     )?;
     let mut diff = Diff {
         rows: [a.values().map(|s| s.0).sum(), b.values().map(|s| s.0).sum()],
@@ -200,7 +198,7 @@ pub async fn compare(nodes: [Side<'_>; 2], t: &TableInfo) -> Result<Diff> {
         .collect();
     differing.sort_unstable();
     if !differing.is_empty() {
-        read_buckets(nodes, t, &scheme, &differing, &mut diff).await?;
+        read_buckets(nodes, pair, &scheme, &differing, &mut diff).await?;
     }
     diff.scheme = Some(scheme);
     diff.differing_buckets = differing;
@@ -210,20 +208,24 @@ pub async fn compare(nodes: [Side<'_>; 2], t: &TableInfo) -> Result<Diff> {
 /// Pass 2: the rows of the given buckets, key by key.
 async fn read_buckets(
     nodes: [Side<'_>; 2],
-    t: &TableInfo,
+    pair: &[TableInfo; 2],
     scheme: &Buckets,
     buckets: &[i64],
     diff: &mut Diff,
 ) -> Result<()> {
-    let (from, p1, p2) = scheme.rows_of(&t.name.to_string(), buckets);
-    let sql = format!(
-        "SELECT {}, {} FROM {from}",
-        key_text(t, Some("t")),
-        hash_expr(t, &content_columns(t), 1, Some("t")),
-    );
+    let query = |t: &TableInfo| {
+        let (from, p1, p2) = scheme.rows_of(t, buckets);
+        let sql = format!(
+            "SELECT {}, {} FROM {from}",
+            key_text(t, Some("t")),
+            hash_expr(t, &content_columns(t), 1, Some("t")),
+        );
+        (sql, p1, p2)
+    };
+    let (qa, qb) = (query(&pair[0]), query(&pair[1]));
     let (rows_a, rows_b) = tokio::try_join!(
-        stream_pairs(nodes[0], &sql, &p1, &p2, t),
-        stream_pairs(nodes[1], &sql, &p1, &p2, t)
+        stream_pairs(nodes[0], &qa.0, &qa.1, &qa.2, &pair[0]),
+        stream_pairs(nodes[1], &qb.0, &qb.1, &qb.2, &pair[1])
     )?;
     diff.only_on = [Vec::new(), Vec::new()];
     diff.different.clear();
@@ -233,7 +235,12 @@ async fn read_buckets(
 
 /// Compares again, after a pause, only the buckets found different; keeps the keys that still differ.
 /// Changes in flight when the first comparison read the nodes are not differences.
-pub async fn recheck(nodes: [Side<'_>; 2], t: &TableInfo, diff: Diff, rounds: u32) -> Result<Diff> {
+pub async fn recheck(
+    nodes: [Side<'_>; 2],
+    pair: &[TableInfo; 2],
+    diff: Diff,
+    rounds: u32,
+) -> Result<Diff> {
     let mut diff = diff;
     for _ in 0..rounds {
         if diff.is_equal() {
@@ -241,7 +248,7 @@ pub async fn recheck(nodes: [Side<'_>; 2], t: &TableInfo, diff: Diff, rounds: u3
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = diff.keys().count();
-        diff = reread(nodes, t, diff).await?;
+        diff = reread(nodes, pair, diff).await?;
         if diff.keys().count() == before {
             break;
         }
@@ -251,7 +258,7 @@ pub async fn recheck(nodes: [Side<'_>; 2], t: &TableInfo, diff: Diff, rounds: u3
 
 /// Reads the differing buckets again and keeps the keys that still differ (no new ones: a key that
 /// starts to differ now is a change in flight).
-pub async fn reread(nodes: [Side<'_>; 2], t: &TableInfo, diff: Diff) -> Result<Diff> {
+pub async fn reread(nodes: [Side<'_>; 2], pair: &[TableInfo; 2], diff: Diff) -> Result<Diff> {
     let Some(scheme) = diff.scheme.clone() else {
         return Ok(diff);
     };
@@ -260,7 +267,7 @@ pub async fn reread(nodes: [Side<'_>; 2], t: &TableInfo, diff: Diff) -> Result<D
         rows: diff.rows,
         ..Diff::default()
     };
-    read_buckets(nodes, t, &scheme, &diff.differing_buckets, &mut again).await?;
+    read_buckets(nodes, pair, &scheme, &diff.differing_buckets, &mut again).await?;
     for list in again.only_on.iter_mut().chain([&mut again.different]) {
         list.retain(|k| suspects.contains(k));
     }
@@ -283,9 +290,9 @@ fn classify(a: &HashMap<String, i64>, b: &HashMap<String, i64>, diff: &mut Diff)
     diff.different.sort();
 }
 
-async fn row_estimate(nodes: [Side<'_>; 2], t: &TableInfo) -> Result<f64> {
+async fn row_estimate(nodes: [Side<'_>; 2], pair: &[TableInfo; 2]) -> Result<f64> {
     let mut most: f64 = 0.0;
-    for (node, db) in nodes {
+    for ((node, db), t) in nodes.into_iter().zip(pair) {
         let n: f32 = db
             .query_one("SELECT greatest(reltuples, pg_relation_size(oid) / 100.0)::real FROM pg_class WHERE oid = $1::text::regclass", &[&t.name.to_string()])
             .await
@@ -301,12 +308,12 @@ async fn summary(
     side: Side<'_>,
     t: &TableInfo,
     scheme: &Buckets,
-    row_hash: &str,
 ) -> Result<BTreeMap<i64, (u64, i64)>> {
     let (node, db) = side;
     let sql = format!(
-        "SELECT {} AS bucket, count(*), bit_xor({row_hash}) FROM {} GROUP BY 1",
-        scheme.expr(),
+        "SELECT {} AS bucket, count(*), bit_xor({}) FROM {} GROUP BY 1",
+        scheme.expr(t),
+        hash_expr(t, &content_columns(t), 1, None),
         t.name
     );
     let rows = db
@@ -350,38 +357,71 @@ async fn stream_pairs(
 mod tests {
     use super::*;
 
+    fn table() -> TableInfo {
+        let column = |name: &str, exact_hash: bool| crate::catalog::Column {
+            name: Ident::new(name),
+            synced_as: Ident::new(name),
+            peer_name: Ident::new(name),
+            ty: crate::sql::ident::SqlType("integer".into()),
+            not_null: true,
+            generated: false,
+            enum_labels: None,
+            binary_ok: true,
+            exact_hash,
+            default: None,
+        };
+        TableInfo {
+            name: crate::sql::ident::QualName::new("public", "t"),
+            synced_name: crate::sql::ident::QualName::new("public", "t"),
+            columns: vec![column("id", true), column("a", true), column("b", false)],
+            key: vec![Ident::new("id")],
+            key_sequences: vec![],
+            only_columns: None,
+            excluded_columns: vec![],
+            unique: vec![],
+        }
+    }
+
     #[test]
     fn range_buckets_cover_their_keys_exactly() {
+        let t = table();
         let b = Buckets::Range {
-            column: Ident::new("id"),
+            key: 0,
             lo: -5,
             width: 10,
         };
-        assert_eq!(b.expr(), r#"(("id"::bigint - -5) / 10)"#);
-        let (sql, lows, highs) = b.rows_of("t", &[0, 3]);
+        assert_eq!(b.expr(&t), r#"(("id"::bigint - -5) / 10)"#);
+        let (sql, lows, highs) = b.rows_of(&t, &[0, 3]);
         assert!(sql.contains(r#"t."id" BETWEEN r.lo AND r.hi"#), "{sql}");
         // Bucket n holds [lo + n*w, lo + (n+1)*w - 1]: the same keys `expr` puts in it.
         assert_eq!(lows, vec![-5, 25]);
         assert_eq!(highs, vec![4, 34]);
         let edge = Buckets::Range {
-            column: Ident::new("id"),
+            key: 0,
             lo: i64::MAX - 3,
             width: 10,
         };
-        assert_eq!(edge.rows_of("t", &[0]).2, vec![i64::MAX]);
+        assert_eq!(edge.rows_of(&t, &[0]).2, vec![i64::MAX]);
     }
 
     #[test]
     fn hash_buckets_filter_by_bucket_number() {
-        let b = Buckets::Hash {
-            key_hash: r#"hash_record_extended(ROW("a", "b"), 0)"#.into(),
-            mask: 1023,
-        };
-        let (sql, p1, _) = b.rows_of("t", &[7]);
+        let b = Buckets::Hash { mask: 1023 };
+        let (sql, p1, _) = b.rows_of(&table(), &[7]);
         assert!(
-            sql.contains(r#"t WHERE (hash_record_extended(ROW("a", "b"), 0) & 1023) = ANY($1)"#),
+            sql.contains(r#"t WHERE (hash_record_extended(ROW("id"), 0) & 1023) = ANY($1)"#),
             "{sql}"
         );
         assert_eq!(p1, vec![7]);
+    }
+
+    #[test]
+    fn a_row_hash_is_one_hash_of_every_column() {
+        let t = table();
+        let cols: Vec<&Ident> = t.columns.iter().map(|c| &c.name).collect();
+        assert_eq!(
+            hash_expr(&t, &cols, 1, Some("t")),
+            r#"hash_record_extended(ROW(t."id", t."a", ROW(t."b")::text), 1)"#
+        );
     }
 }

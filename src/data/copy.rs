@@ -19,20 +19,23 @@ pub enum OnConflict {
     Keep,
 }
 
-fn format_clause(t: &TableInfo) -> &'static str {
-    if t.shipped_columns().all(|c| c.binary_ok) {
+fn format_clause(pair: [&TableInfo; 2]) -> &'static str {
+    if pair
+        .iter()
+        .all(|t| t.shipped_columns().all(|c| c.binary_ok))
+    {
         "(FORMAT binary)"
     } else {
         "(FORMAT text)"
     }
 }
 
-/// Copies rows of `t` from one node to the other: all rows (`keys` None) or those with the given keys.
-/// Returns the rows copied.
+/// Copies rows of a table from one node to the other (`from_t` and `t`: the table as each names it):
+/// all rows (`keys` None) or those with the given keys. Returns the rows copied.
 pub async fn copy_rows(
     from: Side<'_>,
     to: Side<'_>,
-    t: &TableInfo,
+    (from_t, t): (&TableInfo, &TableInfo),
     keys: Option<&[String]>,
     on_conflict: OnConflict,
     progress: &Progress,
@@ -40,15 +43,17 @@ pub async fn copy_rows(
     if keys.is_some_and(|k| k.is_empty()) {
         return Ok(0);
     }
+    // Both lists name the synced columns in the same order (twin::pair_tables).
+    let from_cols = comma_list(from_t.shipped_columns().map(|c| &c.name));
     let cols = comma_list(t.shipped_columns().map(|c| &c.name));
-    let format = format_clause(t);
+    let format = format_clause([from_t, t]);
     let filter = match keys {
         None => String::new(),
         Some(keys) => {
             load_keys(from, keys).await?;
             format!(
                 " WHERE {} IN (SELECT k FROM pg_temp.pgtwin_keys)",
-                key_text(t, None)
+                key_text(from_t, None)
             )
         }
     };
@@ -73,11 +78,11 @@ pub async fn copy_rows(
     let out = from
         .1
         .copy_out(&format!(
-            "COPY (SELECT {cols} FROM {}{filter}) TO STDOUT {format}",
-            t.name
+            "COPY (SELECT {from_cols} FROM {}{filter}) TO STDOUT {format}",
+            from_t.name
         ))
         .await
-        .map_err(on_node(from.0, &format!("reading {}", t.name)))?;
+        .map_err(on_node(from.0, &format!("reading {}", from_t.name)))?;
     let sink =
         to.1.copy_in::<_, Bytes>(&format!("COPY {target} ({cols}) FROM STDIN {format}"))
             .await
@@ -87,7 +92,7 @@ pub async fn copy_rows(
     while let Some(chunk) = out
         .try_next()
         .await
-        .map_err(on_node(from.0, &format!("reading {}", t.name)))?
+        .map_err(on_node(from.0, &format!("reading {}", from_t.name)))?
     {
         progress.add_bytes(chunk.len() as u64);
         // `feed`, not `send`: the server sends a message per row, and a flush per row costs a write each.

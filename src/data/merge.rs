@@ -59,15 +59,16 @@ const REPORTED_CONFLICTS: usize = 50;
 /// rows on one node only are copied, and differing rows are an error asking for a policy.
 pub async fn merge(
     nodes: [Side<'_>; 2],
-    t: &TableInfo,
+    pair: &[TableInfo; 2],
     diff: &Diff,
     policy: Option<&Policy>,
     dry_run: bool,
     progress: &Progress,
 ) -> Result<MergeReport> {
     let names = [nodes[0].0, nodes[1].0];
+    let t = &pair[0].synced_name;
     let mut report = MergeReport {
-        table: t.name.to_string(),
+        table: t.to_string(),
         conflicts: diff.different.len() as u64,
         ..MergeReport::default()
     };
@@ -87,19 +88,19 @@ pub async fn merge(
     if !diff.different.is_empty() {
         let winners = match policy.map(|p| &p.winner) {
             None => bail!(
-                "table {}: {} key(s) hold different rows on {} and {} (e.g. {}): set [options] prefer = \"NODE\" or \"newest\" in pgtwin.toml",
-                t.name,
+                "table {}: {} key(s) hold different rows on {} and {} (e.g. {}): run pgtwin up --prefer NODE (this once), or set prefer = \"NODE\" or \"newest\" for the table in pgtwin.toml",
+                t,
                 diff.different.len(),
                 names[0],
                 names[1],
                 diff.different.iter().take(3).cloned().collect::<Vec<_>>().join(" ")
             ),
             Some(Winner::Node(w)) => vec![*w; diff.different.len()],
-            Some(Winner::Newest(column)) => newest(nodes, t, column, &diff.different).await?,
+            Some(Winner::Newest(column)) => newest(nodes, pair, column, &diff.different).await?,
         };
         let shown = conflict_rows(
             nodes,
-            t,
+            pair,
             &diff.different[..diff.different.len().min(REPORTED_CONFLICTS)],
         )
         .await?;
@@ -125,7 +126,7 @@ pub async fn merge(
     }
     for i in 0..2 {
         if !copy_to[i].is_empty() {
-            progress.set_label(&format!("{}: {} -> {}", t.name, names[1 - i], names[i]));
+            progress.set_label(&format!("{t}: {} -> {}", names[1 - i], names[i]));
             // All of one node's rows into an empty table: copy the whole table, no key list.
             let all = copy_to[i].len() as u64 == diff.rows[1 - i] && diff.rows[i] == 0;
             let keys = if all {
@@ -136,14 +137,14 @@ pub async fn merge(
             report.copied_to[i] = copy_rows(
                 nodes[1 - i],
                 nodes[i],
-                t,
+                (&pair[1 - i], &pair[i]),
                 keys,
                 OnConflict::Overwrite,
                 progress,
             )
             .await?;
         }
-        report.deleted_on[i] = delete_rows(nodes[i], t, &delete_on[i]).await?;
+        report.deleted_on[i] = delete_rows(nodes[i], &pair[i], &delete_on[i]).await?;
     }
     Ok(report)
 }
@@ -151,28 +152,33 @@ pub async fn merge(
 /// For each key, the node whose row is newer by `column`.
 async fn newest(
     nodes: [Side<'_>; 2],
-    t: &TableInfo,
+    pair: &[TableInfo; 2],
     column: &Ident,
     keys: &[String],
 ) -> Result<Vec<usize>> {
-    let Some(col) = t.column(column) else {
+    let [Some(col), Some(col_b)] = pair.each_ref().map(|t| t.synced_column(column)) else {
         bail!(
-            "table {}: newest_by column {column} does not exist: fix newest_by in pgtwin.toml",
-            t.name
+            "table {}: newest_by column {column} is not synced on both nodes: fix newest_by in pgtwin.toml",
+            pair[0].synced_name
         );
     };
+    let (t, t_b) = (&pair[0], &pair[1]);
     let (node_b, db_b) = nodes[1];
     let b_values: Vec<(String, Option<String>)> = db_b
         .query(
             &format!(
-                "SELECT {k}, {column}::text FROM {} WHERE {k} = ANY($1)",
-                t.name,
-                k = key_text(t, None)
+                "SELECT {k}, {c}::text FROM {} WHERE {k} = ANY($1)",
+                t_b.name,
+                c = col_b.name,
+                k = key_text(t_b, None)
             ),
             &[&keys],
         )
         .await
-        .map_err(on_node(node_b, &format!("reading {column} of {}", t.name)))?
+        .map_err(on_node(
+            node_b,
+            &format!("reading {column} of {}", t_b.name),
+        ))?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
@@ -183,8 +189,9 @@ async fn newest(
         .query(
             &format!(
                 "SELECT b.k FROM unnest($1::text[], $2::text[]) AS b(k, v) JOIN {table} t ON {kt} = b.k
-                 WHERE (t.{column} IS NOT NULL AND b.v IS NULL) OR t.{column} > b.v::{ty}",
+                 WHERE (t.{c} IS NOT NULL AND b.v IS NULL) OR t.{c} > b.v::{ty}",
                 table = t.name,
+                c = col.name,
                 kt = key_text(t, Some("t")),
                 ty = col.ty
             ),
@@ -204,12 +211,12 @@ async fn newest(
 /// Both versions of each key, as row text.
 async fn conflict_rows(
     nodes: [Side<'_>; 2],
-    t: &TableInfo,
+    pair: &[TableInfo; 2],
     keys: &[String],
 ) -> Result<std::collections::HashMap<String, [Option<String>; 2]>> {
     let mut out: std::collections::HashMap<String, [Option<String>; 2]> =
         std::collections::HashMap::new();
-    for (i, (node, db)) in nodes.iter().enumerate() {
+    for (i, ((node, db), t)) in nodes.iter().zip(pair).enumerate() {
         let rows = db
             .query(
                 &format!(

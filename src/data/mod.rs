@@ -22,10 +22,8 @@ pub fn key_text(t: &TableInfo, alias: Option<&str>) -> String {
     )
 }
 
-/// The columns that make a row's content, in name order so that both nodes agree whatever the physical
-/// column order.
+/// The columns that make a row's content: the synced columns, which both nodes' views of a table list
+/// in the same order (twin::pair_tables), whatever the physical order or names on each node.
 pub fn content_columns(t: &TableInfo) -> Vec<&Ident> {
-    let mut cols: Vec<&Ident> = t.columns.iter().map(|c| &c.name).collect();
-    cols.sort();
-    cols
+    t.columns.iter().map(|c| &c.name).collect()
 }

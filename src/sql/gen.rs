@@ -157,7 +157,7 @@ pub fn record_step(
     let table_names = comma_list(
         tables
             .iter()
-            .map(|t| Literal(&t.name.to_string()).to_string()),
+            .map(|t| Literal(&t.synced_name.to_string()).to_string()),
     );
     Step::new(
         "installation record",
@@ -223,7 +223,10 @@ fn server_options(i: &Install, masked: bool) -> String {
 }
 
 fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
-    let name = &t.name;
+    // pgtwin's objects are named from the config's name of the table (the same on both nodes); the
+    // triggers go on the table as this node names it.
+    let name = &t.synced_name;
+    let table = &t.name;
     let inbox = names::inbox(name);
     let peer = names::peer_inbox(name);
     let batch = Ident::new(names::BATCH_COLUMN);
@@ -286,7 +289,7 @@ fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
             function_sql(&capture, "", "trigger", &capture_body(t, i.options), Security::Capture),
         ),
     ];
-    let mut triggers = drop_capture_triggers(name);
+    let mut triggers = drop_capture_triggers(table);
     for (trigger, event) in names::TRIGGER_EVENTS {
         let referencing = match event {
             "AFTER INSERT" => format!("REFERENCING NEW TABLE AS {} ", Ident::new(names::NEW_ROWS)),
@@ -299,7 +302,7 @@ fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
             _ => String::new(),
         };
         triggers.push_str(&format!(
-            ";\nCREATE TRIGGER {} {event} ON {name}\n    {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {capture}()",
+            ";\nCREATE TRIGGER {} {event} ON {table}\n    {referencing}FOR EACH STATEMENT EXECUTE FUNCTION {capture}()",
             Ident::new(trigger)
         ));
     }
@@ -345,14 +348,6 @@ fn function_sql(
     )
 }
 
-fn key_match(t: &TableInfo, left: &str, right: &str) -> String {
-    t.key
-        .iter()
-        .map(|k| format!("{left}.{k} = {right}.{k}"))
-        .collect::<Vec<_>>()
-        .join(" AND ")
-}
-
 fn capture_body(t: &TableInfo, options: &Options) -> String {
     let new = Ident::new(names::NEW_ROWS);
     let old = Ident::new(names::OLD_ROWS);
@@ -371,7 +366,7 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
         CAPTURE_TEMPLATE,
         &[
             ("always_queue", (options.mode == Mode::Async).to_string()),
-            ("ship", names::ship_function(&t.name).to_string()),
+            ("ship", names::ship_function(&t.synced_name).to_string()),
             ("truncated_keys", deletes(format!("{} o", t.name))),
             (
                 "keys_changed_away",
@@ -396,10 +391,32 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
     )
 }
 
-/// The peer's name of each of this table's columns that it names differently (none yet: columns
-/// travel under their own names), as a JSON object for the apply function.
-fn peer_names(_t: &TableInfo) -> String {
-    "{}".to_string()
+/// The peer's name of each of this table's columns that the config renames on either node, as a JSON
+/// object (this node's name → the peer's) for the apply function.
+fn peer_names(t: &TableInfo) -> String {
+    let renamed: std::collections::BTreeMap<&str, &str> = t
+        .columns
+        .iter()
+        .filter(|c| c.peer_name != c.name)
+        .map(|c| (c.name.as_str(), c.peer_name.as_str()))
+        .collect();
+    serde_json::to_string(&renamed).expect("names serialize")
+}
+
+/// The condition on a column `a` (pg_attribute) of the table that the config's `columns` or
+/// `exclude_columns` put on what is synced.
+fn column_filter(t: &TableInfo) -> String {
+    let list = |cols: &[Ident]| {
+        format!(
+            "ARRAY[{}]::text[]",
+            comma_list(cols.iter().map(|c| Literal(c.as_str())))
+        )
+    };
+    match &t.only_columns {
+        Some(only) => format!("a.attname::text = ANY ({})", list(only)),
+        None if t.excluded_columns.is_empty() => "true".to_string(),
+        None => format!("NOT a.attname::text = ANY ({})", list(&t.excluded_columns)),
+    }
 }
 
 /// `ON CONFLICT (key) DO ...` of an upsert: overwrite every non-key column (NOTHING if there is none).
@@ -419,13 +436,21 @@ pub fn upsert_action(t: &TableInfo) -> String {
 }
 
 fn apply_body(t: &TableInfo, i: &Install) -> String {
-    let key_types = t.key.iter().map(|k| {
+    // A chunk from the peer names the key columns as the peer does.
+    let peer_key = |k: &Ident| t.column(k).map_or(k.clone(), |c| c.peer_name.clone());
+    let key_defs = t.key.iter().map(|k| {
         let ty = t
             .column(k)
             .map(|c| c.ty.to_string())
             .unwrap_or_else(|| "text".into());
-        format!("{k} {ty}")
+        format!("{} {ty}", peer_key(k))
     });
+    let key_match = t
+        .key
+        .iter()
+        .map(|k| format!("t.{k} = b.{}", peer_key(k)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
     fill(
         APPLY_TEMPLATE,
         &[
@@ -444,10 +469,16 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 "not_captured",
                 Literal(names::NOT_CAPTURED_SQLSTATE).to_string(),
             ),
-            ("tag", Literal(&names::table_tag(&t.name)).to_string()),
-            ("resolve", names::resolve_function(&t.name).to_string()),
-            ("key_defs", comma_list(key_types)),
-            ("key_match", key_match(t, "t", "b")),
+            (
+                "tag",
+                Literal(&names::table_tag(&t.synced_name)).to_string(),
+            ),
+            (
+                "resolve",
+                names::resolve_function(&t.synced_name).to_string(),
+            ),
+            ("key_defs", comma_list(key_defs)),
+            ("key_match", key_match),
             (
                 "key_names",
                 format!(
@@ -456,10 +487,13 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 ),
             ),
             ("peer_names", Literal(&peer_names(t)).to_string()),
-            ("column_filter", "true".to_string()),
+            ("column_filter", column_filter(t)),
             (
                 "b_keys_text",
-                Literal(&comma_list(t.key.iter().map(|k| format!("b.{k}")))).to_string(),
+                Literal(&comma_list(
+                    t.key.iter().map(|k| format!("b.{}", peer_key(k))),
+                ))
+                .to_string(),
             ),
             ("keys_text", Literal(&comma_list(&t.key)).to_string()),
         ],
@@ -469,7 +503,7 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
 fn ship_body(t: &TableInfo, options: &Options) -> String {
     let update = format!(
         "UPDATE {} SET {} = pgtwin_chunk;\n        RETURN false;",
-        names::peer_inbox(&t.name),
+        names::peer_inbox(&t.synced_name),
         Ident::new(names::BATCH_COLUMN)
     );
     let direct = match (options.mode, options.on_peer_down) {
@@ -483,7 +517,7 @@ fn ship_body(t: &TableInfo, options: &Options) -> String {
         // loses the transaction's remote part anyway, and no savepoint could save the transaction.
         (Mode::Sync, OnPeerDown::Queue) => format!(
             "IF current_setting({reached}, true) = 'on' THEN\n            {update}\n        END IF;\n        BEGIN\n            {marked}\n        EXCEPTION WHEN connection_exception OR invalid_authorization_specification THEN\n            NULL; -- the peer is unavailable: queue this chunk and the rest\n        WHEN undefined_table THEN\n            -- Only a missing inbox means \"not installed there\": a relation missing inside the\n            -- peer's apply (its own trigger's, say) is an error of that write, reported as such.\n            GET STACKED DIAGNOSTICS pgtwin_message = MESSAGE_TEXT;\n            IF strpos(pgtwin_message, {inbox}) = 0 THEN\n                RAISE;\n            END IF;\n        END;",
-            inbox = Literal(names::inbox(&t.name).name.as_str()),
+            inbox = Literal(names::inbox(&t.synced_name).name.as_str()),
             reached = Literal(names::PEER_REACHED_SETTING),
             update = update.replace('\n', "\n    "),
             marked = update
@@ -500,20 +534,37 @@ fn ship_body(t: &TableInfo, options: &Options) -> String {
         SHIP_TEMPLATE,
         &[
             ("direct", direct),
-            ("tag", Literal(&names::table_tag(&t.name)).to_string()),
+            (
+                "tag",
+                Literal(&names::table_tag(&t.synced_name)).to_string(),
+            ),
         ],
     )
+}
+
+/// The key columns as the peer names them.
+fn peer_key_names(t: &TableInfo) -> Vec<Ident> {
+    t.key
+        .iter()
+        .map(|k| t.column(k).map_or(k.clone(), |c| c.peer_name.clone()))
+        .collect()
 }
 
 fn resolve_body(t: &TableInfo, i: &Install) -> String {
     fill(
         RESOLVE_TEMPLATE,
         &[
-            ("incoming_key", change::key_text(&t.key, "b")),
+            ("incoming_key", change::key_text(&peer_key_names(t), "b")),
             ("local_key", change::key_text(&t.key, "p")),
-            ("tag", Literal(&names::table_tag(&t.name)).to_string()),
+            (
+                "tag",
+                Literal(&names::table_tag(&t.synced_name)).to_string(),
+            ),
             ("local_wins_ties", (i.node > i.peer).to_string()),
-            ("table_name", Literal(&t.name.to_string()).to_string()),
+            (
+                "table_name",
+                Literal(&t.synced_name.to_string()).to_string(),
+            ),
             ("local", Literal(i.node).to_string()),
             ("peer", Literal(i.peer).to_string()),
         ],
@@ -620,6 +671,8 @@ mod tests {
     fn column(name: &str, ty: &str) -> Column {
         Column {
             name: Ident::new(name),
+            synced_as: Ident::new(name),
+            peer_name: Ident::new(name),
             ty: SqlType(ty.into()),
             not_null: false,
             generated: false,
@@ -633,6 +686,9 @@ mod tests {
     fn products() -> TableInfo {
         TableInfo {
             name: QualName::new("public", "products"),
+            synced_name: QualName::new("public", "products"),
+            only_columns: None,
+            excluded_columns: vec![],
             columns: vec![
                 column("id", "bigint"),
                 column("name", "character varying(255)"),
@@ -657,6 +713,9 @@ mod tests {
     fn awkward() -> TableInfo {
         TableInfo {
             name: QualName::new("Sales Data", "Order Items"),
+            synced_name: QualName::new("Sales Data", "Order Items"),
+            only_columns: None,
+            excluded_columns: vec![Ident::new("internal")],
             columns: vec![
                 column("Order", "integer"),
                 column("a\"b", "text"),
