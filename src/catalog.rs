@@ -59,6 +59,13 @@ pub struct TableInfo {
     pub columns: Vec<Column>,
     pub key: Vec<Ident>,
     pub key_sequences: Vec<KeySequence>,
+    /// Every live column of the table on this node, in physical order (what its chunks list).
+    pub all_columns: Vec<Ident>,
+    /// The table's columns as `up` saw them (crate::change::SIGNATURE_SQL).
+    pub signature: String,
+    /// The column list the peer's chunks carry, as `up` saw the peer (set when both nodes are read).
+    #[serde(skip)]
+    pub peer_header: String,
     /// This node's names of the only columns the config syncs (None: all).
     pub only_columns: Option<Vec<Ident>>,
     /// This node's names of the columns the config never syncs.
@@ -76,6 +83,23 @@ impl TableInfo {
     /// The column the config calls `synced_as`.
     pub fn synced_column(&self, synced_as: &Ident) -> Option<&Column> {
         self.columns.iter().find(|c| &c.synced_as == synced_as)
+    }
+
+    /// This table with what a migration changes left out: the non-key columns, and the shapes `up`
+    /// saw (for the plan hash; see Step::hashed_as).
+    pub fn without_shape(&self) -> TableInfo {
+        TableInfo {
+            columns: self
+                .columns
+                .iter()
+                .filter(|c| self.key.contains(&c.name))
+                .cloned()
+                .collect(),
+            all_columns: Vec::new(),
+            signature: String::new(),
+            peer_header: String::new(),
+            ..self.clone()
+        }
     }
 
     /// The key columns as the config names them.
@@ -247,6 +271,18 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let key = choose_key(node, table, &columns, &unique_keys)?;
+    let all_columns: Vec<Ident> = columns.iter().map(|c| c.name.clone()).collect();
+    let signature: String = db
+        .query_one(
+            &format!(
+                "SELECT {} FROM pg_attribute a WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped",
+                crate::change::SIGNATURE_SQL
+            ),
+            &[&oid],
+        )
+        .await
+        .map_err(on_node(node, "reading columns"))?
+        .get(0);
     // Columns the config leaves out are not synced, not compared, and not drift.
     let columns: Vec<Column> = columns
         .into_iter()
@@ -285,6 +321,9 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
     Ok(TableInfo {
         name: name.clone(),
         synced_name: table.name.clone(),
+        all_columns,
+        signature,
+        peer_header: String::new(),
         only_columns: table
             .columns
             .as_ref()

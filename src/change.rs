@@ -26,7 +26,13 @@ pub const CHUNK_BYTES: i64 = 16 * 1024 * 1024;
 
 /// Separates a chunk's column list from its rows in the canonical form (JSON escapes every quote
 /// inside a name, so it cannot occur inside the column list).
-const ROWS_MARK: &str = ",\"rows\":[";
+pub const ROWS_MARK: &str = ",\"rows\":[";
+/// What follows the op byte in the canonical form, up to the column list.
+pub const COLUMNS_PREFIX: &str = "{\"columns\":";
+
+/// A table's columns as they are (over `pg_attribute a` of one table, live columns), as one text: the
+/// apply function compares it with the value `up` recorded to know whether the table changed since.
+pub const SIGNATURE_SQL: &str = "string_agg(format('%I %s %s %s', a.attname, a.atttypid, a.atttypmod, a.attgenerated), ',' ORDER BY a.attnum)";
 
 /// The op byte of an upsert or delete chunk in canonical form; None for a truncate or anything else
 /// (such a chunk is never joined with another).
@@ -40,7 +46,7 @@ fn split(chunk: &str) -> Option<(u8, &str, &str)> {
     if op != UPSERT && op != DELETE {
         return None;
     }
-    let body = chunk[1..].strip_prefix("{\"columns\":")?;
+    let body = chunk[1..].strip_prefix(COLUMNS_PREFIX)?;
     let mark = body.find(ROWS_MARK)?;
     let rows = body[mark + ROWS_MARK.len()..].strip_suffix("]}")?;
     Some((op, &body[..mark], rows))
@@ -88,7 +94,7 @@ pub fn chunks_query(op: u8, columns: &str, row: &str, source: &str, max_rows: u3
     // Each row weighs its length plus a fixed share of the byte budget, so a chunk ends at about
     // max_rows rows or CHUNK_BYTES bytes.
     let per_row = CHUNK_BYTES / i64::from(max_rows.max(1));
-    let prefix = Literal(&format!("{}{{\"columns\":", op as char));
+    let prefix = Literal(&format!("{}{COLUMNS_PREFIX}", op as char));
     let mark = Literal(ROWS_MARK);
     format!(
         "SELECT {prefix} || {columns} || {mark} || string_agg(r, ',') || ']}}', count(*)::integer\n            \

@@ -13,7 +13,7 @@ use crate::db::on_node;
 use crate::plan::{plan_hash, Step};
 use crate::progress::Progress;
 use crate::sql::gen::{self, Install, SequenceChange};
-use crate::sql::ident::{Ident, QualName};
+use crate::sql::ident::{Ident, Literal, QualName};
 use crate::sql::names;
 use crate::twin::{self, Connected};
 
@@ -21,7 +21,12 @@ use crate::twin::{self, Connected};
 pub struct NodePlan {
     pub node: String,
     pub url: String,
+    /// Installed as the config says now (what `status` reports).
     pub up_to_date: bool,
+    /// And the apply functions' fast paths compiled for the tables as they are now (a migration
+    /// since `up` leaves them on the slower path by name, which `up` recompiles).
+    #[serde(skip)]
+    pub fast_path_current: bool,
     pub steps: Vec<Step>,
 }
 
@@ -172,6 +177,7 @@ pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
         });
         let hash = plan_hash(&steps);
         let up_to_date = is_up_to_date(n, peer, &hash, &tables, &sequences[i]).await?;
+        let fast_path_current = up_to_date && fast_paths_current(n, &tables).await?;
         let mut steps = steps;
         steps.push(gen::record_step(
             n.name(),
@@ -184,6 +190,7 @@ pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
             node: n.name().to_string(),
             url: n.node.conn.to_string(),
             up_to_date,
+            fast_path_current,
             steps,
         });
     }
@@ -227,6 +234,28 @@ async fn is_up_to_date(
             name == &t.name && triggers.len() == names::TRIGGER_EVENTS.len()
         })
     }))
+}
+
+/// Whether each table's apply function was compiled for the tables' current shape (its source holds
+/// the signature and the peer's column list that `up` reads now).
+async fn fast_paths_current(n: &Connected, tables: &[TableInfo]) -> Result<bool> {
+    for t in tables {
+        let source: Option<String> =
+            n.db.query_opt(
+                "SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)",
+                &[&format!("{}()", names::apply_function(&t.synced_name))],
+            )
+            .await
+            .map_err(on_node(n.name(), "reading the apply function"))?
+            .and_then(|r| r.get(0));
+        let compiled = |value: &str| Literal(value).to_string();
+        if !source.is_some_and(|s| {
+            s.contains(&compiled(&t.signature)) && s.contains(&compiled(&t.peer_header))
+        }) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -296,7 +325,7 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
         || merges
             .iter()
             .any(|m| m.copied_to != [0, 0] || m.deleted_on != [0, 0]);
-    if dry_run || (!merged && plans.iter().all(|pl| pl.up_to_date)) {
+    if dry_run || (!merged && plans.iter().all(|pl| pl.fast_path_current)) {
         for n in &p.nodes {
             apply::rollback(&n.db).await;
         }
@@ -307,7 +336,7 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
         });
     }
     for (i, (n, plan)) in p.nodes.iter().zip(&plans).enumerate() {
-        if !plan.up_to_date {
+        if !plan.fast_path_current {
             apply::run(n.name(), &n.db, &plan.steps).await?;
         }
         if stranded[i] {

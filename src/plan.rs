@@ -17,6 +17,10 @@ pub struct Step {
     /// the plan hash, so that an unchanged config reads as "up to date".
     #[serde(skip)]
     pub hashed: bool,
+    /// What the plan hash reads for this step instead of `shown`, where the SQL also depends on the
+    /// tables' current shape (see `hashed_as`).
+    #[serde(skip)]
+    pub hash_text: Option<String>,
     /// Settings (name, value) set for the step only; see `with_settings`.
     #[serde(skip)]
     pub settings: Vec<(&'static str, String)>,
@@ -49,8 +53,16 @@ impl Step {
             shown: sql.clone(),
             sql,
             hashed: true,
+            hash_text: None,
             settings: Vec::new(),
         }
+    }
+
+    /// Hashed as `text` rather than as its SQL: for a step that also compiles the tables' current
+    /// shape, which a migration changes without changing what is installed.
+    pub fn hashed_as(mut self, text: String) -> Step {
+        self.hash_text = Some(text);
+        self
     }
 
     /// A step whose SQL holds a secret: `shown` is the same SQL with the secret masked.
@@ -60,6 +72,7 @@ impl Step {
             sql,
             shown,
             hashed: true,
+            hash_text: None,
             settings: Vec::new(),
         }
     }
@@ -91,7 +104,7 @@ impl Step {
 pub fn plan_hash(steps: &[Step]) -> String {
     let mut text = String::new();
     for s in steps.iter().filter(|s| s.hashed) {
-        text.push_str(&s.shown);
+        text.push_str(s.hash_text.as_ref().unwrap_or(&s.shown));
         text.push('\0');
     }
     format!("{:016x}", fnv1a64(text.as_bytes()))

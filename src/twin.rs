@@ -187,10 +187,22 @@ pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<Tab
         }
     }
     let [sa, sb] = synced;
+    let (header_a, header_b) = (
+        crate::change::columns_json(&a.all_columns),
+        crate::change::columns_json(&b.all_columns),
+    );
     Ok(TablePair {
         infos: [
-            TableInfo { columns: sa, ..a },
-            TableInfo { columns: sb, ..b },
+            TableInfo {
+                columns: sa,
+                peer_header: header_b,
+                ..a
+            },
+            TableInfo {
+                columns: sb,
+                peer_header: header_a,
+                ..b
+            },
         ],
         drift,
     })

@@ -316,6 +316,25 @@ async fn schema_drift_is_named_while_the_shared_columns_keep_syncing() {
         .unwrap();
     assert!(p.assert_same("products").await[0].contains("blue"));
     p.pgtwin(&["check"]).ok();
+    // `up` compiles the new column into the apply function's fast path (until then it went by name).
+    let fast_path_has_colour = |i: usize| {
+        let p = &p;
+        async move {
+            p.admin[i]
+                .query_one("SELECT bool_and(prosrc LIKE '%colour%') FROM pg_proc WHERE proname LIKE 'apply_%'", &[])
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+        }
+    };
+    assert!(!fast_path_has_colour(0).await);
+    p.pgtwin(&["up"]).ok();
+    assert!(fast_path_has_colour(0).await && fast_path_has_colour(1).await);
+    p.owner[1]
+        .batch_execute("UPDATE products SET colour = 'green' WHERE id = 1")
+        .await
+        .unwrap();
+    assert!(p.assert_same("products").await[0].contains("green"));
 }
 
 #[tokio::test]

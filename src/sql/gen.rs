@@ -251,10 +251,19 @@ fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
                 Security::Invoker,
             ),
         ),
+        // Its fast path compiles the columns as both nodes have them now; a migration changes that
+        // without changing what is installed, so the plan hash reads the function without them.
         Step::new(
             format!("table {name}: apply function"),
             function_sql(&apply, "", "trigger", &apply_body(t, i), Security::Invoker),
-        ),
+        )
+        .hashed_as(function_sql(
+            &apply,
+            "",
+            "trigger",
+            &apply_body(&t.without_shape(), i),
+            Security::Invoker,
+        )),
         // A one-row view: the peer UPDATEs it with a chunk, and the INSTEAD OF trigger applies it.
         Step::new(
             format!("table {name}: inbox"),
@@ -488,6 +497,41 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
             ),
             ("peer_names", Literal(&peer_names(t)).to_string()),
             ("column_filter", column_filter(t)),
+            ("rows_mark", Literal(change::ROWS_MARK).to_string()),
+            ("rows_mark_length", change::ROWS_MARK.len().to_string()),
+            (
+                "columns_prefix",
+                Literal(change::COLUMNS_PREFIX).to_string(),
+            ),
+            (
+                "columns_prefix_length",
+                (1 + change::COLUMNS_PREFIX.len()).to_string(),
+            ),
+            ("expected_header", Literal(&t.peer_header).to_string()),
+            ("expected_signature", Literal(&t.signature).to_string()),
+            ("signature", change::SIGNATURE_SQL.to_string()),
+            ("cols", comma_list(t.shipped_columns().map(|c| &c.name))),
+            (
+                "b_cols",
+                comma_list(t.shipped_columns().map(|c| format!("b.{}", c.peer_name))),
+            ),
+            (
+                "defs",
+                comma_list(
+                    t.shipped_columns()
+                        .map(|c| format!("{} {}", c.peer_name, c.ty)),
+                ),
+            ),
+            (
+                "names",
+                comma_list(t.shipped_columns().map(|c| &c.peer_name)),
+            ),
+            (
+                "b_keys",
+                comma_list(t.key.iter().map(|k| format!("b.{}", peer_key(k)))),
+            ),
+            ("keys", comma_list(&t.key)),
+            ("conflict_action", upsert_action(t)),
             (
                 "b_keys_text",
                 Literal(&comma_list(
@@ -687,6 +731,9 @@ mod tests {
         TableInfo {
             name: QualName::new("public", "products"),
             synced_name: QualName::new("public", "products"),
+            all_columns: vec![],
+            signature: String::new(),
+            peer_header: String::new(),
             only_columns: None,
             excluded_columns: vec![],
             columns: vec![
@@ -714,6 +761,9 @@ mod tests {
         TableInfo {
             name: QualName::new("Sales Data", "Order Items"),
             synced_name: QualName::new("Sales Data", "Order Items"),
+            all_columns: vec![],
+            signature: String::new(),
+            peer_header: String::new(),
             only_columns: None,
             excluded_columns: vec![Ident::new("internal")],
             columns: vec![
