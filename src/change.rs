@@ -30,6 +30,11 @@ pub const ROWS_MARK: &str = ",\"rows\":[";
 /// What follows the op byte in the canonical form, up to the column list.
 pub const COLUMNS_PREFIX: &str = "{\"columns\":";
 
+/// The column list of a chunk, over `pg_attribute a` of the table's live columns: compact JSON, as
+/// `columns_json` writes it.
+pub const COLUMNS_SQL: &str =
+    "'[' || string_agg(to_json(a.attname::text)::text, ',' ORDER BY a.attnum) || ']'";
+
 /// A table's columns as they are (over `pg_attribute a` of one table, live columns), as one text: the
 /// apply function compares it with the value `up` recorded to know whether the table changed since.
 pub const SIGNATURE_SQL: &str = "string_agg(format('%I %s %s %s', a.attname, a.atttypid, a.atttypmod, a.attgenerated), ',' ORDER BY a.attnum)";
@@ -81,7 +86,8 @@ pub fn join(first: &str, second: &str) -> Option<String> {
     append(&mut joined, second).then_some(joined)
 }
 
-/// A JSON array of names, as the column list of a chunk.
+/// A JSON array of names, as the column list of a chunk: compact, escaped as PostgreSQL's `to_json`
+/// escapes (the capture function writes the list that way, and the peer compares the two as text).
 pub fn columns_json<'a>(names: impl IntoIterator<Item = &'a Ident>) -> String {
     serde_json::to_string(&names.into_iter().map(Ident::as_str).collect::<Vec<_>>())
         .expect("names serialize")

@@ -236,22 +236,24 @@ async fn is_up_to_date(
     }))
 }
 
-/// Whether each table's apply function was compiled for the tables' current shape (its source holds
-/// the signature and the peer's column list that `up` reads now).
+/// Whether each table's apply function was compiled for the tables' current shape: its source holds the
+/// peer's column list that `up` reads now, and its comment this table's signature.
 async fn fast_paths_current(n: &Connected, tables: &[TableInfo]) -> Result<bool> {
     for t in tables {
-        let source: Option<String> =
-            n.db.query_opt(
-                "SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure($1)",
+        let row = n
+            .db
+            .query_opt(
+                "SELECT prosrc, obj_description(oid, 'pg_proc') FROM pg_proc WHERE oid = to_regprocedure($1)",
                 &[&format!("{}()", names::apply_function(&t.synced_name))],
             )
             .await
-            .map_err(on_node(n.name(), "reading the apply function"))?
-            .and_then(|r| r.get(0));
-        let compiled = |value: &str| Literal(value).to_string();
-        if !source.is_some_and(|s| {
-            s.contains(&compiled(&t.signature)) && s.contains(&compiled(&t.peer_header))
-        }) {
+            .map_err(on_node(n.name(), "reading the apply function"))?;
+        let current = row.is_some_and(|r| {
+            let (source, comment): (String, Option<String>) = (r.get(0), r.get(1));
+            source.contains(&Literal(&t.peer_header).to_string())
+                && comment.as_deref() == Some(t.signature.as_str())
+        });
+        if !current {
             return Ok(false);
         }
     }

@@ -19,6 +19,7 @@ fn odd_name() -> impl Strategy<Value = String> {
         Just("ünï".to_string()),
         Just("x'); drop table t; --".to_string()),
         Just("$pgtwin$".to_string()),
+        Just("tab\tnew\nline\u{1}\\ \"q\" \u{7f} €".to_string()),
         Just("select".to_string()),
     ]
 }
@@ -58,6 +59,20 @@ fn odd_identifiers_and_literals_survive_a_real_server() {
                 assert_eq!(row.get::<_, String>(0), schema);
                 assert_eq!(row.get::<_, String>(1), table);
                 assert_eq!(row.get::<_, String>(2), text);
+                // A chunk's column list as the capture writes it is the text `up` expects for it.
+                let listed: String = db
+                    .query_one(
+                        &format!(
+                            "SELECT {} FROM pg_attribute a WHERE a.attrelid = {}::regclass AND a.attnum > 0",
+                            pgtwin::change::COLUMNS_SQL,
+                            Literal(&name.to_string())
+                        ),
+                        &[],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(listed, pgtwin::change::columns_json([&col]));
                 db.batch_execute(&format!("DROP TABLE {name}")).await.unwrap();
                 // Parsing the quoted form gives the same name back.
                 assert_eq!(QualName::parse(&name.to_string()).unwrap(), name);

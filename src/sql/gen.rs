@@ -253,9 +253,14 @@ fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
         ),
         // Its fast path compiles the columns as both nodes have them now; a migration changes that
         // without changing what is installed, so the plan hash reads the function without them.
+        // The comment records the table's shape the fast path was compiled for (`up` compares it).
         Step::new(
             format!("table {name}: apply function"),
-            function_sql(&apply, "", "trigger", &apply_body(t, i), Security::Invoker),
+            format!(
+                "{};\nCOMMENT ON FUNCTION {apply}() IS {}",
+                function_sql(&apply, "", "trigger", &apply_body(t, i), Security::Invoker),
+                Literal(&t.signature)
+            ),
         )
         .hashed_as(function_sql(
             &apply,
@@ -376,6 +381,7 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
         &[
             ("always_queue", (options.mode == Mode::Async).to_string()),
             ("ship", names::ship_function(&t.synced_name).to_string()),
+            ("columns_list", change::COLUMNS_SQL.to_string()),
             ("truncated_keys", deletes(format!("{} o", t.name))),
             (
                 "keys_changed_away",
@@ -508,8 +514,6 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 (1 + change::COLUMNS_PREFIX.len()).to_string(),
             ),
             ("expected_header", Literal(&t.peer_header).to_string()),
-            ("expected_signature", Literal(&t.signature).to_string()),
-            ("signature", change::SIGNATURE_SQL.to_string()),
             ("cols", comma_list(t.shipped_columns().map(|c| &c.name))),
             (
                 "b_cols",

@@ -66,24 +66,30 @@ BEGIN
         RETURN NEW;
     END IF;
     -- The common case: the chunk has the peer's columns as `up` saw them, and this table is as `up`
-    -- saw it. Then a statement compiled at `up` (its plan cached) applies it.
-    IF pgtwin_header = {{expected_header}}
-       AND (SELECT {{signature}} FROM pg_attribute a
-            WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped) = {{expected_signature}} THEN
-        IF pgtwin_replay_at IS NOT NULL THEN
-            -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more
-            -- than once (one transaction after another): its last change wins.
-            INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-                SELECT DISTINCT ON ({{b_keys}}) {{b_cols}}
-                FROM ROWS FROM (json_to_recordset(pgtwin_rows) AS ({{defs}})) WITH ORDINALITY AS b({{names}}, pgtwin_n)
-                ORDER BY {{b_keys}}, b.pgtwin_n DESC
-                ON CONFLICT ({{keys}}) DO {{conflict_action}};
-        ELSE
-            INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-                SELECT {{b_cols}} FROM json_to_recordset(pgtwin_rows) AS b({{defs}})
-                ON CONFLICT ({{keys}}) DO {{conflict_action}};
-        END IF;
-        RETURN NEW;
+    -- saw it. Then a statement compiled at `up` (its plan cached) applies it. Should this table have
+    -- changed since (a column dropped, renamed or retyped here), that statement fails, and the chunk
+    -- goes the way by name below, which reads the table as it is now.
+    IF pgtwin_header = {{expected_header}} THEN
+        BEGIN
+            IF pgtwin_replay_at IS NOT NULL THEN
+                -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more
+                -- than once (one transaction after another): its last change wins.
+                INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+                    SELECT DISTINCT ON ({{b_keys}}) {{b_cols}}
+                    FROM ROWS FROM (json_to_recordset(pgtwin_rows) AS ({{defs}})) WITH ORDINALITY AS b({{names}}, pgtwin_n)
+                    ORDER BY {{b_keys}}, b.pgtwin_n DESC
+                    ON CONFLICT ({{keys}}) DO {{conflict_action}};
+            ELSE
+                INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+                    SELECT {{b_cols}} FROM json_to_recordset(pgtwin_rows) AS b({{defs}})
+                    ON CONFLICT ({{keys}}) DO {{conflict_action}};
+            END IF;
+            RETURN NEW;
+        EXCEPTION WHEN undefined_column OR datatype_mismatch OR cannot_coerce
+                    OR numeric_value_out_of_range OR invalid_text_representation
+                    OR string_data_right_truncation OR invalid_datetime_format OR datetime_field_overflow THEN
+            NULL; -- the table changed since `up`, or the value is a real conflict: by name tells
+        END;
     END IF;
     -- A migration on either node since `up`: the synced columns are those both sides have now, this
     -- node's writable columns whose (peer) name the chunk carries, read with this node's types.

@@ -50,8 +50,9 @@ BEGIN
         END LOOP;
         RETURN NULL;
     END IF;
-    -- The columns as they are now, in the order row_to_json writes them.
-    pgtwin_columns := (SELECT json_agg(a.attname ORDER BY a.attnum)::text FROM pg_attribute a
+    -- The columns as they are now, in the order row_to_json writes them, as compact JSON (the form
+    -- the peer compares with the list `up` saw: crate::change::columns_json).
+    pgtwin_columns := (SELECT {{columns_list}} FROM pg_attribute a
                        WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped);
     FOR pgtwin_chunk, pgtwin_rows IN {{new_rows}}
     LOOP
