@@ -93,20 +93,42 @@ pub fn columns_json<'a>(names: impl IntoIterator<Item = &'a Ident>) -> String {
         .expect("names serialize")
 }
 
+/// What a chunk query needs to know besides its rows.
+pub struct Chunking<'a> {
+    pub max_rows: u32,
+    /// Rows longer than this (as text) are refused by `refuse_row`.
+    pub max_row_bytes: i64,
+    /// The function that raises the error for a row too large: (table, key, bytes).
+    pub refuse_row: &'a str,
+    /// The table's name, as a SQL literal, for that error.
+    pub table: &'a str,
+}
+
 /// A query yielding (chunk text, row count) for every chunk of `rows` (a SQL expression of type json per
-/// row of `source`), cut at `max_rows` rows or CHUNK_BYTES bytes, whichever comes first.
-/// `columns` is a SQL expression for the column list's JSON text.
-pub fn chunks_query(op: u8, columns: &str, row: &str, source: &str, max_rows: u32) -> String {
+/// row of `source`), cut at `max_rows` rows or CHUNK_BYTES bytes, whichever comes first. Chunks come in
+/// no particular order: the rows of one statement never share a key. `columns` is a SQL expression for
+/// the column list's JSON text; `key` one for a row's key, as JSON, named in the error for a row too
+/// large to travel.
+pub fn chunks_query(
+    op: u8,
+    columns: &str,
+    row: &str,
+    key: &str,
+    source: &str,
+    c: &Chunking,
+) -> String {
     // Each row weighs its length plus a fixed share of the byte budget, so a chunk ends at about
     // max_rows rows or CHUNK_BYTES bytes.
-    let per_row = CHUNK_BYTES / i64::from(max_rows.max(1));
+    let per_row = CHUNK_BYTES / i64::from(c.max_rows.max(1));
     let prefix = Literal(&format!("{}{COLUMNS_PREFIX}", op as char));
     let mark = Literal(ROWS_MARK);
+    let (max, refuse, table) = (c.max_row_bytes, c.refuse_row, c.table);
     format!(
         "SELECT {prefix} || {columns} || {mark} || string_agg(r, ',') || ']}}', count(*)::integer\n            \
-         FROM (SELECT r, (sum(octet_length(r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS chunk_no\n                  \
-         FROM (SELECT ({row})::text AS r FROM {source}) s0) s\n            \
-         GROUP BY chunk_no ORDER BY chunk_no"
+         FROM (SELECT CASE WHEN octet_length(r) > {max} THEN {refuse}({table}, k::text, octet_length(r)) ELSE r END AS r,\n                         \
+         (sum(octet_length(r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS chunk_no\n                  \
+         FROM (SELECT ({row})::text AS r, {key} AS k FROM {source}) s0) s\n            \
+         GROUP BY chunk_no"
     )
 }
 

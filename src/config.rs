@@ -87,6 +87,9 @@ pub struct Options {
     pub max_queue_age_s: u32,
     /// Rows per round trip when shipping a statement's changes to the peer.
     pub batch_size: u32,
+    /// The largest row (as text) that travels; a write of a larger one fails, naming the table and
+    /// key. PostgreSQL holds no value over 1 GB, and a change is parsed again on the peer.
+    pub max_row_mb: u32,
     /// Where `up` finds the same key with different rows on the two nodes: "NODE" (that node's row wins)
     /// or "newest" (by each table's `newest_by` column). Unset: `up` refuses such tables.
     pub prefer: Option<String>,
@@ -102,6 +105,7 @@ impl Default for Options {
             peer_idle_timeout_s: 60,
             connect_timeout_s: 5,
             batch_size: 1000,
+            max_row_mb: 256,
             max_queue_age_s: 7 * 24 * 3600,
             prefer: None,
         }
@@ -334,6 +338,11 @@ impl Config {
         }
         if o.batch_size == 0 {
             bail!("[options] batch_size must be above 0");
+        }
+        if o.max_row_mb == 0 || o.max_row_mb > 512 {
+            bail!(
+                "[options] max_row_mb must be from 1 to 512: PostgreSQL holds no value over 1 GB"
+            );
         }
         check_prefer(o.prefer.as_deref(), "[options] prefer", &nodes, &tables)?;
         for t in &tables {

@@ -380,3 +380,27 @@ async fn a_table_and_a_column_named_differently_per_node_sync_through_the_mappin
     p.pgtwin(&["down"]).ok();
     p.assert_clean().await;
 }
+
+/// A single row too large to travel fails its write with an error naming the table and the key, and
+/// nothing of it is applied or queued; rows under the limit travel.
+#[tokio::test]
+async fn a_row_too_large_to_travel_is_refused_by_table_and_key() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        .await;
+    p.config("[[tables]]\nname = \"docs\"\n[options]\nmax_row_mb = 1");
+    p.pgtwin(&["up"]).ok();
+    exec(&p, 0, "INSERT INTO docs VALUES (1, repeat('x', 1000000))").await;
+    let err = p.owner[0]
+        .batch_execute("INSERT INTO docs VALUES (2, 'small'), (3, repeat('y', 2000000))")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(
+        db.message(),
+        "pgtwin: a row of table \"public\".\"docs\" with key {\"id\" : 3} is 1.9 MB as text, more than max_row_mb allows to travel"
+    );
+    assert!(db.hint().unwrap().contains("exclude_columns"));
+    assert_eq!(same(&p, "SELECT id FROM docs ORDER BY id").await, ["(1)"]);
+    assert_eq!(p.queued(0).await, 0);
+}

@@ -72,6 +72,16 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
             Security::Invoker,
         ),
     ));
+    steps.push(Step::new(
+        "refuse row function",
+        function_sql(
+            &names::refuse_row_function(),
+            "pgtwin_table text, pgtwin_key text, pgtwin_bytes integer",
+            "text",
+            "BEGIN\n    RAISE EXCEPTION 'pgtwin: a row of table % with key % is % MB as text, more than max_row_mb allows to travel', pgtwin_table, pgtwin_key, round(pgtwin_bytes / 1048576.0, 1)\n        USING ERRCODE = 'program_limit_exceeded', HINT = 'keep such values out of the synced columns (exclude_columns), or raise max_row_mb (at most 512)';\nEND",
+            Security::Invoker,
+        ),
+    ));
     for stale in i.stale_tables {
         steps.push(
             Step::new(
@@ -367,14 +377,17 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
     let old = Ident::new(names::OLD_ROWS);
     let keys = comma_list(&t.key);
     let key_list = Literal(&change::columns_json(&t.key)).to_string();
+    let refuse_row = names::refuse_row_function().to_string();
+    let table_name = Literal(&t.synced_name.to_string()).to_string();
+    let chunking = change::Chunking {
+        max_rows: options.batch_size,
+        max_row_bytes: i64::from(options.max_row_mb) * 1024 * 1024,
+        refuse_row: &refuse_row,
+        table: &table_name,
+    };
     let deletes = |source: String| {
-        change::chunks_query(
-            change::DELETE,
-            &key_list,
-            &change::key_object(&t.key, "o"),
-            &source,
-            options.batch_size,
-        )
+        let key = change::key_object(&t.key, "o");
+        change::chunks_query(change::DELETE, &key_list, &key, &key, &source, &chunking)
     };
     fill(
         CAPTURE_TEMPLATE,
@@ -398,8 +411,9 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
                     // The alias is reserved (no user column starts with pgtwin_): a column named
                     // like a bare alias would be taken for it.
                     "row_to_json(pgtwin_row)",
+                    &change::key_object(&t.key, "pgtwin_row"),
                     &format!("{new} pgtwin_row"),
-                    options.batch_size,
+                    &chunking,
                 ),
             ),
         ],

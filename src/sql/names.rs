@@ -101,6 +101,11 @@ pub fn enqueue_function() -> QualName {
     in_schema("enqueue".into())
 }
 
+/// Raises the error for a row too large to travel (crate::change::chunks_query).
+pub fn refuse_row_function() -> QualName {
+    in_schema("refuse_row".into())
+}
+
 pub fn queue_table() -> QualName {
     in_schema("queue".into())
 }
