@@ -33,7 +33,8 @@ pub struct Column {
     /// Whether the type's own hash function tells every two different values apart (as text would),
     /// and hashes the same on both nodes: ints, text, timestamps, uuid, jsonb... but not floats (-0 = 0),
     /// numeric and jsonb (1.0 = 1.00), interval ('1 day' = '24 hours'), enums (hashed by OID, which
-    /// differs per node). `check` hashes such columns directly and the others by their text, which is much slower.
+    /// differs per node), nor text under a nondeterministic collation (hashed case- or accent-folded).
+    /// `check` hashes such columns directly and the others by their text, which is much slower.
     #[serde(skip)]
     pub exact_hash: bool,
     /// The column's default expression, as the node prints it.
@@ -47,6 +48,10 @@ pub struct KeySequence {
     pub increment: i64,
     /// The value the next `nextval` returns.
     pub next_value: i64,
+    /// Where `RESTART` and `TRUNCATE … RESTART IDENTITY` take it.
+    pub start: i64,
+    /// Wraps around at its end.
+    pub cycle: bool,
     pub may_alter: bool,
 }
 
@@ -66,6 +71,8 @@ pub struct TableInfo {
     /// The column list the peer's chunks carry, as `up` saw the peer (set when both nodes are read).
     #[serde(skip)]
     pub peer_header: String,
+    /// This node's column → the peer's name of it, for every column the config renames on either node.
+    pub peer_renames: Vec<(Ident, Ident)>,
     /// This node's names of the only columns the config syncs (None: all).
     pub only_columns: Option<Vec<Ident>>,
     /// This node's names of the columns the config never syncs.
@@ -231,7 +238,8 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
                     (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e
                       WHERE e.enumtypid = a.atttypid),
                     NOT (t.typtype = 'c' OR (t.typcategory = 'A' AND t.typelem >= 16384)),
-                    a.atttypid = ANY ($2::oid[]),
+                    a.atttypid = ANY ($2::oid[])
+                      AND coalesce((SELECT co.collisdeterministic FROM pg_collation co WHERE co.oid = a.attcollation), true),
                     pg_get_expr(d.adbin, d.adrelid)
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = ''
@@ -271,7 +279,12 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let key = choose_key(node, table, &columns, &unique_keys)?;
-    let all_columns: Vec<Ident> = columns.iter().map(|c| c.name.clone()).collect();
+    // What this node's chunks list: every column but generated ones (change::COLUMNS_SQL).
+    let all_columns: Vec<Ident> = columns
+        .iter()
+        .filter(|c| !c.generated)
+        .map(|c| c.name.clone())
+        .collect();
     let signature: String = db
         .query_one(
             &format!(
@@ -324,6 +337,7 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         all_columns,
         signature,
         peer_header: String::new(),
+        peer_renames: Vec::new(),
         only_columns: table
             .columns
             .as_ref()
@@ -418,6 +432,8 @@ async fn key_sequences(
                 sequence,
                 increment: 0,
                 next_value: 0,
+                start: 0,
+                cycle: false,
                 may_alter,
             });
             continue;
@@ -425,7 +441,8 @@ async fn key_sequences(
         let state = db
             .query_one(
                 &format!(
-                    "SELECT s.last_value + CASE WHEN s.is_called THEN p.increment_by ELSE 0 END, p.increment_by
+                    "SELECT s.last_value + CASE WHEN s.is_called THEN p.increment_by ELSE 0 END, p.increment_by,
+                            p.start_value, p.cycle
                      FROM {sequence} s, pg_sequences p WHERE p.schemaname = $1 AND p.sequencename = $2"
                 ),
                 &[&sequence.schema.as_str(), &sequence.name.as_str()],
@@ -437,6 +454,8 @@ async fn key_sequences(
             sequence,
             next_value: state.get(0),
             increment: state.get(1),
+            start: state.get(2),
+            cycle: state.get(3),
             may_alter,
         });
     }

@@ -31,13 +31,13 @@ pub const ROWS_MARK: &str = ",\"rows\":[";
 pub const COLUMNS_PREFIX: &str = "{\"columns\":";
 
 /// The column list of a chunk, over `pg_attribute a` of the table's live columns: compact JSON, as
-/// `columns_json` writes it.
+/// `columns_json` writes it. Generated columns are left out: each node computes its own.
 pub const COLUMNS_SQL: &str =
-    "'[' || string_agg(to_json(a.attname::text)::text, ',' ORDER BY a.attnum) || ']'";
+    "'[' || string_agg(to_json(a.attname::text)::text, ',' ORDER BY a.attnum) FILTER (WHERE a.attgenerated = '') || ']'";
 
 /// A table's columns as they are (over `pg_attribute a` of one table, live columns), as one text: the
 /// apply function compares it with the value `up` recorded to know whether the table changed since.
-pub const SIGNATURE_SQL: &str = "string_agg(format('%I %s %s %s', a.attname, a.atttypid, a.atttypmod, a.attgenerated), ',' ORDER BY a.attnum)";
+pub const SIGNATURE_SQL: &str = "string_agg(quote_ident(a.attname) || ' ' || a.atttypid::text || ' ' || a.atttypmod::text || ' ' || a.attgenerated::text, ',' ORDER BY a.attnum)";
 
 /// The op byte of an upsert or delete chunk in canonical form; None for a truncate or anything else
 /// (such a chunk is never joined with another).

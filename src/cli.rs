@@ -43,6 +43,21 @@ pub enum Command {
     Run(RunArgs),
     /// Start two throwaway local PostgreSQL servers and show two-way sync working.
     Demo(DemoArgs),
+    /// List the conflicts recorded on both nodes (keys both changed while apart), both versions side by
+    /// side with column names; --ack clears them.
+    Conflicts(ConflictsArgs),
+    /// This binary's version, and the version installed on each node.
+    Version(JsonFlag),
+}
+
+#[derive(Debug, Args)]
+pub struct ConflictsArgs {
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Clear the conflicts listed (after reading them).
+    #[arg(long)]
+    pub ack: bool,
 }
 
 #[derive(Debug, Args)]
@@ -74,14 +89,10 @@ pub struct CheckArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("winner").required(true).args(["prefer", "mirror"])))]
 pub struct RepairArgs {
     /// Where both nodes hold a key with different rows, this node's row wins. Never deletes.
-    #[arg(
-        long,
-        value_name = "NODE",
-        conflicts_with = "mirror",
-        required_unless_present = "mirror"
-    )]
+    #[arg(long, value_name = "NODE")]
     pub prefer: Option<String>,
     /// Make the other node an exact copy of this one, deleting its extra rows.
     #[arg(long, value_name = "NODE")]

@@ -508,6 +508,7 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
             }
         }
     }
+    let floors = sequence_floors(cfg, &nodes).await;
     let mut out = Vec::new();
     for (name, n) in nodes {
         let mut outcome = DownOutcome {
@@ -516,7 +517,7 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
             error: None,
         };
         let removed = match n {
-            Ok(n) => down_node(&n, dry_run, force, &mut outcome.steps).await,
+            Ok(n) => down_node(&n, &floors, dry_run, force, &mut outcome.steps).await,
             Err(e) => Err(e),
         };
         if let Err(e) = removed {
@@ -527,7 +528,52 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
     Ok(out)
 }
 
-async fn down_node(n: &Connected, dry_run: bool, force: bool, steps: &mut Vec<Step>) -> Result<()> {
+/// For each key sequence of a synced table on a reachable node (node name, sequence), the largest key
+/// on either reachable node of the column it feeds.
+async fn sequence_floors(
+    cfg: &Config,
+    nodes: &[(String, Result<Connected>)],
+) -> std::collections::HashMap<(String, QualName), i64> {
+    let mut out = std::collections::HashMap::new();
+    for table in &cfg.tables {
+        let mut infos = Vec::new();
+        for n in nodes.iter().filter_map(|(_, n)| n.as_ref().ok()) {
+            if let Ok(info) = catalog::table_info(n.name(), &n.db, table).await {
+                infos.push((n, info));
+            }
+        }
+        for (n, info) in &infos {
+            for seq in &info.key_sequences {
+                let Some(k) = info.key.iter().position(|c| c == &seq.column) else {
+                    continue;
+                };
+                let mut floor: Option<i64> = None;
+                for (m, other) in &infos {
+                    let Some(column) = other.key.get(k) else {
+                        continue;
+                    };
+                    if let Ok(Some(v)) =
+                        catalog::max_value(m.name(), &m.db, &other.name, column).await
+                    {
+                        floor = Some(floor.map_or(v, |f| f.max(v)));
+                    }
+                }
+                if let Some(floor) = floor {
+                    out.insert((n.name().to_string(), seq.sequence.clone()), floor);
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn down_node(
+    n: &Connected,
+    floors: &std::collections::HashMap<(String, QualName), i64>,
+    dry_run: bool,
+    force: bool,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
     apply::begin(n.name(), &n.db).await?;
     // Re-read inside the lock: another run may have changed the node meanwhile.
     let info = catalog::node_info(n.name(), &n.db).await?;
@@ -547,8 +593,18 @@ async fn down_node(n: &Connected, dry_run: bool, force: bool, steps: &mut Vec<St
         }
         refuse_queued_for_down(n).await?;
     }
-    let sequences = if info.installed.is_some() {
-        recorded_sequences(n.name(), &n.db).await?
+    let sequences: Vec<gen::RestoredSequence> = if info.installed.is_some() {
+        recorded_sequences(n.name(), &n.db)
+            .await?
+            .into_iter()
+            .map(|(sequence, increment)| gen::RestoredSequence {
+                floor: floors
+                    .get(&(n.name().to_string(), sequence.clone()))
+                    .copied(),
+                sequence,
+                increment,
+            })
+            .collect()
     } else {
         Vec::new()
     };

@@ -5,6 +5,7 @@ use pgtwin::cli::Cli;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "warn",
@@ -27,4 +28,23 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A reader that stops early (`pgtwin check | head -1`) closes the pipe; the output then ends quietly,
+/// with the exit status of a process ended by SIGPIPE, instead of a panic and a backtrace. (Rust ignores
+/// SIGPIPE so that sockets report errors instead; `println!` then panics on the closed stdout.)
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }

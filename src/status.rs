@@ -277,6 +277,15 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             );
         }
         if let Some(q) = &n.queue {
+            if q.conflicts > 0 {
+                add(
+                    Severity::Degraded,
+                    format!(
+                        "node {}: {} conflict(s) recorded (keys both nodes changed while apart): pgtwin conflicts lists them, --ack clears them",
+                        n.node, q.conflicts
+                    ),
+                );
+            }
             if q.needs_repair_since.is_some() {
                 add(
                     Severity::Degraded,

@@ -81,8 +81,24 @@ pub async fn inspect_table(
     nodes: &[Connected; 2],
     table: &crate::config::Table,
 ) -> Result<TablePair> {
-    let a = catalog::table_info(nodes[0].name(), &nodes[0].db, table).await?;
-    let b = catalog::table_info(nodes[1].name(), &nodes[1].db, table).await?;
+    let mut a = catalog::table_info(nodes[0].name(), &nodes[0].db, table).await?;
+    let mut b = catalog::table_info(nodes[1].name(), &nodes[1].db, table).await?;
+    // Every column the config renames, here and there, whether or not it exists yet.
+    let renamed: std::collections::BTreeSet<&Ident> = table
+        .on_node
+        .values()
+        .flat_map(|n| n.rename.keys())
+        .collect();
+    for (info, here, there) in [
+        (&mut a, nodes[0].name(), nodes[1].name()),
+        (&mut b, nodes[1].name(), nodes[0].name()),
+    ] {
+        info.peer_renames = renamed
+            .iter()
+            .map(|c| (table.column_on(here, c), table.column_on(there, c)))
+            .filter(|(x, y)| x != y)
+            .collect();
+    }
     pair_tables(nodes[0].name(), a, nodes[1].name(), b)
 }
 
@@ -161,7 +177,10 @@ pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<Tab
                 if ca.not_null { na } else { nb }
             ));
         }
-        if ca.default != cb.default {
+        // Each node's serial column draws from its own sequence, whose name may differ.
+        let own_sequence =
+            |d: &Option<String>| d.as_deref().is_some_and(|d| d.starts_with("nextval("));
+        if ca.default != cb.default && !(own_sequence(&ca.default) && own_sequence(&cb.default)) {
             drift.push(format!(
                 "column {c} has default {} on node {na} but {} on node {nb}",
                 ca.default.as_deref().unwrap_or("NULL"),
@@ -221,20 +240,25 @@ pub async fn sequence_changes(
     }
     let count = nodes.len() as i64;
     for pair in tables {
-        // Every key column with a sequence on either node, and both nodes' sequences for it.
-        let mut columns: Vec<&Ident> = pair
-            .iter()
-            .flat_map(|t| t.key_sequences.iter().map(|s| &s.column))
-            .collect();
-        columns.sort();
-        columns.dedup();
-        for column in columns {
-            let seqs = [0, 1].map(|i| pair[i].key_sequences.iter().find(|s| &s.column == column));
+        // Every key column (by position: its name may differ per node) with a sequence on either
+        // node, and both nodes' sequences for it.
+        for k in 0..pair[0].key.len() {
+            let seqs = [0, 1].map(|i| {
+                pair[i]
+                    .key_sequences
+                    .iter()
+                    .find(|s| s.column == pair[i].key[k])
+            });
+            if seqs.iter().all(Option::is_none) {
+                continue;
+            }
             // Ids in use (largest key on either node), and ids that either sequence may already have
             // handed out to a transaction not yet visible.
             let mut key_floor = 0;
             for (i, n) in nodes.iter().enumerate() {
-                if let Some(m) = catalog::max_value(n.name(), &n.db, &pair[i].name, column).await? {
+                if let Some(m) =
+                    catalog::max_value(n.name(), &n.db, &pair[i].name, &pair[i].key[k]).await?
+                {
                     key_floor = key_floor.max(m);
                 }
             }
@@ -248,8 +272,17 @@ pub async fn sequence_changes(
                 if !seq.may_alter {
                     bail!("sequence {} of table {} is not owned by the connecting role on node {}: run pgtwin as its owner, or set sequences = \"none\"", seq.sequence, pair[i].name, nodes[i].name());
                 }
+                // A sequence that wraps around, or counts down, would leave its node's ids.
+                if seq.cycle {
+                    bail!("sequence {} of table {} on node {} is CYCLE: after its end it would hand out the other node's ids: run ALTER SEQUENCE {} NO CYCLE, or set sequences = \"none\"", seq.sequence, pair[i].name, nodes[i].name(), seq.sequence);
+                }
+                if seq.increment < 0 {
+                    bail!("sequence {} of table {} on node {} counts down (INCREMENT BY {}): interleaving supports ascending key sequences only: set sequences = \"none\"", seq.sequence, pair[i].name, nodes[i].name(), seq.increment);
+                }
+                let in_residue = |v: i64| v.rem_euclid(count) == position.rem_euclid(count);
                 let aligned = seq.increment == count
-                    && seq.next_value.rem_euclid(count) == position.rem_euclid(count)
+                    && in_residue(seq.next_value)
+                    && in_residue(seq.start)
                     && seq.next_value > key_floor;
                 if !aligned {
                     out[i].push(SequenceChange {

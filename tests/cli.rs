@@ -379,3 +379,51 @@ fn ci_runs_the_readme_quick_start_commands_exactly() {
         );
     }
 }
+
+/// The small things users expect of a CLI: `version` without and with a config, `repair` naming both
+/// of its choices, and a reader that closes the pipe early ending the output quietly.
+#[tokio::test]
+async fn version_repair_choices_and_a_closed_pipe() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    let bare = common::pgtwin(
+        std::path::Path::new("/nonexistent/pgtwin.toml"),
+        &["version"],
+    )
+    .ok();
+    assert_eq!(
+        bare.stdout,
+        format!("pgtwin {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    p.config(TABLES);
+    let before = p.pgtwin(&["version"]).ok().stdout;
+    assert!(before.contains("node a: not installed"), "{before}");
+    p.pgtwin(&["up"]).ok();
+    let after: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["version", "--json"]).ok().stdout).unwrap();
+    assert_eq!(after["nodes"][1]["installed"], env!("CARGO_PKG_VERSION"));
+
+    let repair = p.pgtwin(&["repair"]);
+    assert_eq!(repair.code, 2);
+    assert!(
+        repair.stderr.contains("--prefer") && repair.stderr.contains("--mirror"),
+        "{}",
+        repair.stderr
+    );
+
+    // `pgtwin check | head -0`: the reader is gone before anything is written.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pgtwin"));
+    cmd.args([
+        "-c",
+        p.dir.path().join("pgtwin.toml").to_str().unwrap(),
+        "check",
+    ])
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+}

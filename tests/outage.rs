@@ -298,12 +298,38 @@ async fn conflicts_resolve_the_same_way_on_both_nodes() {
             .get::<_, i64>(0);
     }
     assert_eq!(recorded, 5, "each conflicting key recorded once");
-    let status: serde_json::Value =
-        serde_json::from_str(&p.pgtwin(&["status", "--json"]).ok().stdout).unwrap();
+    // Recorded conflicts make the pair "degraded" until someone has looked at them.
+    let status = p.pgtwin(&["status", "--json"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     let total = status["nodes"][0]["queue"]["conflicts"].as_i64().unwrap()
         + status["nodes"][1]["queue"]["conflicts"].as_i64().unwrap();
     assert_eq!(total, 5);
     assert_eq!(p.queued(0).await + p.queued(1).await, 0);
+    // Both versions side by side, with column names; --ack clears what was listed.
+    let listed: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["conflicts", "--json"]).ok().stdout).unwrap();
+    let conflicts = listed["conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 5, "{listed}");
+    let key1 = conflicts
+        .iter()
+        .find(|c| c["key"] == serde_json::json!([1]))
+        .unwrap_or_else(|| panic!("{listed}"));
+    let versions = [&key1["this_node"], &key1["peer"]];
+    assert!(
+        versions.iter().any(|v| v["row"]["v"] == "a first")
+            && versions.iter().any(|v| v["row"]["v"] == "b later, wins"),
+        "{key1}"
+    );
+    assert_eq!(key1["winner"], "b");
+    let text = p.pgtwin(&["conflicts", "--ack"]).ok().stdout;
+    assert!(text.contains("5 conflict(s) cleared"), "{text}");
+    p.pgtwin(&["status"]).ok();
+    assert!(p
+        .pgtwin(&["conflicts"])
+        .ok()
+        .stdout
+        .contains("no conflicts recorded"));
 }
 
 #[tokio::test]

@@ -272,7 +272,7 @@ async fn a_unique_index_on_one_node_is_reported_and_named_when_it_rejects() {
 }
 
 /// Chunks are cut by bytes as well as rows: one statement over rows that, as text, far exceed what a
-/// single PostgreSQL value may hold (1 GB) still travels, in sync mode and through the queue.
+/// single PostgreSQL value may hold (1 GB) still travels (sync mode).
 #[tokio::test]
 async fn a_bulk_update_of_large_rows_travels() {
     let p = Pair::new().await;
@@ -400,7 +400,46 @@ async fn a_row_too_large_to_travel_is_refused_by_table_and_key() {
         db.message(),
         "pgtwin: a row of table \"public\".\"docs\" with key {\"id\" : 3} is 1.9 MB as text, more than max_row_mb allows to travel"
     );
-    assert!(db.hint().unwrap().contains("exclude_columns"));
+    assert!(db.hint().unwrap().contains("max_row_mb"));
     assert_eq!(same(&p, "SELECT id FROM docs ORDER BY id").await, ["(1)"]);
     assert_eq!(p.queued(0).await, 0);
+}
+
+/// A column one node had at `up` and the other adds later syncs both ways from then on: the node that
+/// changed is not fooled by a change whose column list is still the one `up` saw.
+#[tokio::test]
+async fn a_column_added_later_on_one_node_joins_the_one_that_had_it() {
+    let p = Pair::new().await;
+    exec(&p, 0, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    exec(
+        &p,
+        1,
+        "CREATE TABLE t (id int PRIMARY KEY, v text, colour text)",
+    )
+    .await;
+    p.config("[[tables]]\nname = \"t\"");
+    p.pgtwin(&["up"]).ok();
+    exec(&p, 0, "ALTER TABLE t ADD COLUMN colour text").await;
+    exec(&p, 1, "INSERT INTO t VALUES (1, 'x', 'red')").await;
+    exec(&p, 0, "INSERT INTO t VALUES (2, 'y', 'blue')").await;
+    assert_eq!(
+        same(&p, "SELECT id, v, colour FROM t ORDER BY id").await,
+        ["(1,x,red)", "(2,y,blue)"]
+    );
+}
+
+/// With `columns` naming only what to sync, the path by name still upserts by key after a migration
+/// (the key is never left out, whatever the list says).
+#[tokio::test]
+async fn excluded_columns_and_a_migration_still_upsert_by_key() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE t (id serial PRIMARY KEY, v text, secret text)")
+        .await;
+    p.config("[[tables]]\nname = \"t\"\ncolumns = [\"v\"]");
+    p.pgtwin(&["up"]).ok();
+    exec(&p, 0, "ALTER TABLE t ADD COLUMN note text").await;
+    exec(&p, 1, "INSERT INTO t (v, secret) VALUES ('x', 'b only')").await;
+    exec(&p, 1, "UPDATE t SET v = 'y'").await;
+    assert_eq!(same(&p, "SELECT id, v FROM t ORDER BY id").await.len(), 1);
+    assert_eq!(rows(&p, 0, "SELECT secret FROM t").await, ["()"]);
 }

@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command};
 use crate::config::Config;
 
 mod check;
+mod conflicts;
 mod demo;
 mod down;
 mod plan;
@@ -15,10 +16,16 @@ mod repair;
 mod run;
 mod status;
 mod up;
+mod version;
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Demo(args) = &cli.command {
         return demo::run(args.keep).await;
+    }
+    // The binary's version needs no config; the nodes' versions need one.
+    if let Command::Version(a) = &cli.command {
+        let cfg = Config::load(&cli.config).ok();
+        return version::run(cfg.as_ref(), a.json).await;
     }
     let cfg = Config::load(&cli.config)?;
     match cli.command {
@@ -28,6 +35,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Some(prefer) => up::run(&cfg.preferring(prefer)?, a.json, a.dry_run).await,
         },
         Command::Down(a) => down::run(&cfg, &a).await,
+        Command::Conflicts(a) => conflicts::run(&cfg, &a).await,
+        Command::Version(_) => unreachable!("handled above"),
         Command::Run(a) => run::run(&cfg, &a).await,
         Command::Status(a) => status::run(&cfg, a.json).await,
         Command::Check(a) => check::run(&cfg, a.json).await,

@@ -379,6 +379,7 @@ mod tests {
             all_columns: vec![],
             signature: String::new(),
             peer_header: String::new(),
+            peer_renames: vec![],
             only_columns: None,
             excluded_columns: vec![],
             unique: vec![],

@@ -78,7 +78,7 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
             &names::refuse_row_function(),
             "pgtwin_table text, pgtwin_key text, pgtwin_bytes integer",
             "text",
-            "BEGIN\n    RAISE EXCEPTION 'pgtwin: a row of table % with key % is % MB as text, more than max_row_mb allows to travel', pgtwin_table, pgtwin_key, round(pgtwin_bytes / 1048576.0, 1)\n        USING ERRCODE = 'program_limit_exceeded', HINT = 'keep such values out of the synced columns (exclude_columns), or raise max_row_mb (at most 512)';\nEND",
+            "BEGIN\n    RAISE EXCEPTION 'pgtwin: a row of table % with key % is % MB as text, more than max_row_mb allows to travel', pgtwin_table, pgtwin_key, round(pgtwin_bytes / 1048576.0, 1)\n        USING ERRCODE = 'program_limit_exceeded', HINT = 'store such values outside the synced table, or raise max_row_mb (at most 512)';\nEND",
             Security::Invoker,
         ),
     ));
@@ -140,13 +140,14 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
             Step::new(
                 format!("sequence {}", s.sequence),
                 format!(
-                    "INSERT INTO {} VALUES ({}, {}, {}) ON CONFLICT DO NOTHING;\nALTER SEQUENCE {} INCREMENT BY {} RESTART WITH {}",
+                    "INSERT INTO {} VALUES ({}, {}, {}) ON CONFLICT DO NOTHING;\nALTER SEQUENCE {} INCREMENT BY {} START WITH {} RESTART WITH {}",
                     names::sequences_table(),
                     Literal(s.sequence.schema.as_str()),
                     Literal(s.sequence.name.as_str()),
                     s.original_increment,
                     s.sequence,
                     s.increment,
+                    s.restart,
                     s.restart
                 ),
             )
@@ -421,13 +422,13 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
 }
 
 /// The peer's name of each of this table's columns that the config renames on either node, as a JSON
-/// object (this node's name → the peer's) for the apply function.
+/// object (this node's name → the peer's) for the apply function; from the config, so that a renamed
+/// column added after `up` syncs too.
 fn peer_names(t: &TableInfo) -> String {
     let renamed: std::collections::BTreeMap<&str, &str> = t
-        .columns
+        .peer_renames
         .iter()
-        .filter(|c| c.peer_name != c.name)
-        .map(|c| (c.name.as_str(), c.peer_name.as_str()))
+        .map(|(here, there)| (here.as_str(), there.as_str()))
         .collect();
     serde_json::to_string(&renamed).expect("names serialize")
 }
@@ -517,6 +518,9 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
             ),
             ("peer_names", Literal(&peer_names(t)).to_string()),
             ("column_filter", column_filter(t)),
+            ("peer", Literal(i.peer).to_string()),
+            ("expected_signature", Literal(&t.signature).to_string()),
+            ("signature", change::SIGNATURE_SQL.to_string()),
             ("rows_mark", Literal(change::ROWS_MARK).to_string()),
             ("rows_mark_length", change::ROWS_MARK.len().to_string()),
             (
@@ -689,17 +693,38 @@ pub fn render(template: &str, values: &[(&str, String)]) -> String {
 }
 
 /// Steps that remove pgtwin from a node. `sequences` are (sequence, original increment) as recorded.
+/// A sequence `down` gives back: its original increment, and the largest key on either node of the
+/// column it feeds (None where unknown), which its next value must exceed.
+pub struct RestoredSequence {
+    pub sequence: QualName,
+    pub increment: i64,
+    pub floor: Option<i64>,
+}
+
 pub fn uninstall_steps(
     captured: &[QualName],
-    sequences: &[(QualName, i64)],
+    sequences: &[RestoredSequence],
     drop_extension: bool,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
-    for (seq, increment) in sequences {
-        steps.push(Step::new(
-            format!("sequence {seq}: restore increment"),
-            format!("ALTER SEQUENCE {seq} INCREMENT BY {increment}"),
-        ));
+    for s in sequences {
+        let seq = &s.sequence;
+        // Interleaving left each node's sequence behind the ids the other node handed out: without
+        // this, the next default id on the node the peer wrote last would collide.
+        let above = match s.floor {
+            None => String::new(),
+            Some(floor) => format!(
+                ";\nSELECT setval({}::regclass, greatest({floor}, (SELECT last_value FROM {seq})))",
+                Literal(&seq.to_string())
+            ),
+        };
+        steps.push(
+            Step::new(
+                format!("sequence {seq}: restore increment"),
+                format!("ALTER SEQUENCE {seq} INCREMENT BY {}{above}", s.increment),
+            )
+            .unhashed(),
+        );
     }
     for table in captured {
         steps.push(Step::new(
@@ -752,6 +777,7 @@ mod tests {
             all_columns: vec![],
             signature: String::new(),
             peer_header: String::new(),
+            peer_renames: vec![],
             only_columns: None,
             excluded_columns: vec![],
             columns: vec![
@@ -769,6 +795,8 @@ mod tests {
                 sequence: QualName::new("public", "products_id_seq"),
                 increment: 1,
                 next_value: 3,
+                start: 1,
+                cycle: false,
                 may_alter: true,
             }],
             unique: vec![],
@@ -782,6 +810,7 @@ mod tests {
             all_columns: vec![],
             signature: String::new(),
             peer_header: String::new(),
+            peer_renames: vec![],
             only_columns: None,
             excluded_columns: vec![Ident::new("internal")],
             columns: vec![
@@ -825,7 +854,11 @@ mod tests {
     fn uninstall_sql_golden() {
         insta::assert_snapshot!(crate::plan::render(&uninstall_steps(
             &[QualName::new("public", "products")],
-            &[(QualName::new("public", "products_id_seq"), 1)],
+            &[RestoredSequence {
+                sequence: QualName::new("public", "products_id_seq"),
+                increment: 1,
+                floor: Some(42)
+            }],
             true
         )));
     }

@@ -4,6 +4,9 @@
 -- the rows back. Columns are matched by name, against the table as it is now (docs/change-format.md):
 -- a column the peer has and this node lacks is ignored, one this node has alone keeps its value (its
 -- default for a new row), so a migration on either node never fails the other's writes.
+-- The fast path is compiled at `up` for the columns both sides had then; the table's signature
+-- (crate::change::SIGNATURE_SQL) tells whether this node's table still has them, and the chunk's column
+-- list whether the peer's does.
 -- (No names in these comments: an identifier may hold a newline.)
 DECLARE
     pgtwin_table oid;
@@ -66,30 +69,24 @@ BEGIN
         RETURN NEW;
     END IF;
     -- The common case: the chunk has the peer's columns as `up` saw them, and this table is as `up`
-    -- saw it. Then a statement compiled at `up` (its plan cached) applies it. Should this table have
-    -- changed since (a column dropped, renamed or retyped here), that statement fails, and the chunk
-    -- goes the way by name below, which reads the table as it is now.
-    IF pgtwin_header = {{expected_header}} THEN
-        BEGIN
-            IF pgtwin_replay_at IS NOT NULL THEN
-                -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more
-                -- than once (one transaction after another): its last change wins.
-                INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-                    SELECT DISTINCT ON ({{b_keys}}) {{b_cols}}
-                    FROM ROWS FROM (json_to_recordset(pgtwin_rows) AS ({{defs}})) WITH ORDINALITY AS b({{names}}, pgtwin_n)
-                    ORDER BY {{b_keys}}, b.pgtwin_n DESC
-                    ON CONFLICT ({{keys}}) DO {{conflict_action}};
-            ELSE
-                INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-                    SELECT {{b_cols}} FROM json_to_recordset(pgtwin_rows) AS b({{defs}})
-                    ON CONFLICT ({{keys}}) DO {{conflict_action}};
-            END IF;
-            RETURN NEW;
-        EXCEPTION WHEN undefined_column OR datatype_mismatch OR cannot_coerce
-                    OR numeric_value_out_of_range OR invalid_text_representation
-                    OR string_data_right_truncation OR invalid_datetime_format OR datetime_field_overflow THEN
-            NULL; -- the table changed since `up`, or the value is a real conflict: by name tells
-        END;
+    -- saw it. Then a statement compiled at `up` (its plan cached) applies it.
+    IF pgtwin_header = {{expected_header}}
+       AND (SELECT {{signature}} FROM pg_attribute a
+            WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped) = {{expected_signature}} THEN
+        IF pgtwin_replay_at IS NOT NULL THEN
+            -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more
+            -- than once (one transaction after another): its last change wins.
+            INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+                SELECT DISTINCT ON ({{b_keys}}) {{b_cols}}
+                FROM ROWS FROM (json_to_recordset(pgtwin_rows) AS ({{defs}})) WITH ORDINALITY AS b({{names}}, pgtwin_n)
+                ORDER BY {{b_keys}}, b.pgtwin_n DESC
+                ON CONFLICT ({{keys}}) DO {{conflict_action}};
+        ELSE
+            INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+                SELECT {{b_cols}} FROM json_to_recordset(pgtwin_rows) AS b({{defs}})
+                ON CONFLICT ({{keys}}) DO {{conflict_action}};
+        END IF;
+        RETURN NEW;
     END IF;
     -- A migration on either node since `up`: the synced columns are those both sides have now, this
     -- node's writable columns whose (peer) name the chunk carries, read with this node's types.
@@ -103,8 +100,12 @@ BEGIN
     FROM pg_attribute a
     CROSS JOIN LATERAL (SELECT coalesce({{peer_names}}::jsonb ->> a.attname::text, a.attname::text) AS name) m
     WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-      AND {{column_filter}}
+      AND (a.attname::text = ANY ({{key_names}}) OR {{column_filter}})
       AND m.name IN (SELECT json_array_elements_text(pgtwin_header::json));
+    IF pgtwin_cols IS NULL THEN
+        RAISE EXCEPTION 'pgtwin: no column of a change from node % matches table % on node %', {{peer}}, {{table_text}}, {{local}}
+            USING ERRCODE = 'undefined_column', HINT = 'the key columns must have the same names on both nodes (or a rename in pgtwin.toml)';
+    END IF;
     IF pgtwin_replay_at IS NOT NULL THEN
         EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
             SELECT DISTINCT ON (%s) %s
