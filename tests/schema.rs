@@ -443,3 +443,38 @@ async fn excluded_columns_and_a_migration_still_upsert_by_key() {
     assert_eq!(same(&p, "SELECT id, v FROM t ORDER BY id").await.len(), 1);
     assert_eq!(rows(&p, 0, "SELECT secret FROM t").await, ["()"]);
 }
+
+/// Every way two tables differ is reported in one run, each with what it means, while the shared
+/// columns keep syncing.
+#[tokio::test]
+async fn every_drift_of_a_table_is_listed_in_one_run() {
+    let p = Pair::new().await;
+    exec(&p, 0, "CREATE TYPE mood AS ENUM ('sad', 'ok');
+                 CREATE TABLE t (id int PRIMARY KEY, n int, s text NOT NULL, d text DEFAULT 'x', m mood,
+                                 g int GENERATED ALWAYS AS (n * 2) STORED, only_a int)").await;
+    exec(&p, 1, "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+                 CREATE TABLE t (id int PRIMARY KEY, n bigint, s text, d text, m mood, g int, only_b int)").await;
+    p.config("[[tables]]\nname = \"t\"");
+    p.pgtwin(&["up"]).ok();
+    let check = p.pgtwin(&["check"]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+    for expected in [
+        "column \"n\" is integer on node a but bigint on node b",
+        "column \"s\" is NOT NULL on node a only",
+        "column \"d\" has default 'x'::text on node a but NULL on node b",
+        "column \"m\": enum public.mood has different labels",
+        "column \"g\" is generated on node a only",
+        "column \"only_a\" (integer) exists on node a only",
+        "column \"only_b\" (integer) exists on node b only",
+    ] {
+        assert!(check.stdout.contains(expected), "{expected}:\n{}", check.stdout);
+    }
+    exec(&p, 1, "INSERT INTO t (id, n, s, m, g) VALUES (1, 5, 'b', 'ok', 99)").await;
+    assert_eq!(
+        same(&p, "SELECT id, n, s, m FROM t").await,
+        ["(1,5,b,ok)"]
+    );
+    // Generated columns never travel: each node keeps its own.
+    assert_eq!(rows(&p, 0, "SELECT g FROM t").await, ["(10)"]);
+    assert_eq!(rows(&p, 1, "SELECT g FROM t").await, ["(99)"]);
+}
