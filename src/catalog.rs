@@ -144,8 +144,10 @@ pub struct NodeInfo {
     pub fdw_usage: bool,
     pub can_create_schema: bool,
     pub installed: Option<Installed>,
-    /// `pgtwin` exists but holds no installation record: someone else's schema.
+    /// `pgtwin` exists but holds no installation record, or objects another role owns: someone else's.
     pub foreign_schema: bool,
+    /// What in schema `pgtwin` is not the connecting role's (see FOREIGN_OBJECTS_SQL).
+    pub foreign_objects: Vec<String>,
 }
 
 /// Built-in types whose hash is exact and node-independent (see Column::exact_hash), and their arrays:
@@ -174,7 +176,19 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
         .await
         .map_err(on_node(node, "reading the catalog"))?;
     let has_state: bool = row.get(8);
-    let installed = if has_state {
+    // Objects in pgtwin's schema that another role owns (or a trigger pgtwin never creates) could run
+    // that role's code as whoever installs: found before anything there is read.
+    let foreign_objects: Vec<String> = db
+        .query(
+            FOREIGN_OBJECTS_SQL,
+            &[&names::SCHEMA, &names::APPLY_TRIGGER],
+        )
+        .await
+        .map_err(on_node(node, "reading the catalog"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let installed = if has_state && foreign_objects.is_empty() {
         read_installed(node, db).await?
     } else {
         None
@@ -189,9 +203,31 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
         fdw_usage: row.get(6),
         can_create_schema: row.get(7),
         installed,
-        foreign_schema: row.get::<_, bool>(9) && !has_state,
+        foreign_schema: row.get::<_, bool>(9) && (!has_state || !foreign_objects.is_empty()),
+        foreign_objects,
     })
 }
+
+/// pgtwin's schema and what is in it, where not owned by the connecting role; and triggers on its
+/// relations other than the inbox trigger. (The schema name is $1, the inbox trigger's $2.)
+const FOREIGN_OBJECTS_SQL: &str = "
+    WITH me AS (SELECT oid FROM pg_roles WHERE rolname = current_user),
+         s AS (SELECT oid, nspowner FROM pg_namespace WHERE nspname = $1)
+    SELECT 'schema ' || quote_ident($1) FROM s WHERE s.nspowner <> (SELECT oid FROM me)
+    UNION ALL
+    SELECT 'relation ' || c.oid::regclass::text FROM pg_class c, s
+     WHERE c.relnamespace = s.oid AND c.relowner <> (SELECT oid FROM me) AND c.relkind <> 'i'
+    UNION ALL
+    SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p, s
+     WHERE p.pronamespace = s.oid AND p.proowner <> (SELECT oid FROM me)
+    UNION ALL
+    SELECT 'type ' || t.oid::regtype::text FROM pg_type t, s
+     WHERE t.typnamespace = s.oid AND t.typowner <> (SELECT oid FROM me)
+    UNION ALL
+    SELECT 'trigger ' || quote_ident(g.tgname) || ' on ' || g.tgrelid::regclass::text
+      FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid, s
+     WHERE c.relnamespace = s.oid AND NOT g.tgisinternal AND g.tgname <> $2
+    ORDER BY 1";
 
 async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
     let sql = format!(

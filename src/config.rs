@@ -526,17 +526,25 @@ mod tests {
 
     #[test]
     fn a_tables_own_prefer_wins_over_the_options() {
-        let text = format!(
-            "{GOOD}\n[options]\nprefer = \"shop\"",
-        )
-        .replacen("name = \"products\"", "name = \"products\"\n        prefer = \"legacy\"", 1);
+        let text = format!("{GOOD}\n[options]\nprefer = \"shop\"",).replacen(
+            "name = \"products\"",
+            "name = \"products\"\n        prefer = \"legacy\"",
+            1,
+        );
         let c = Config::parse(&text, env).unwrap();
         use crate::data::merge::Winner;
         let winner = |t: usize| c.merge_policy(&c.tables[t]).unwrap().winner;
         assert!(matches!(winner(0), Winner::Node(0)), "legacy is node 0");
         assert!(matches!(winner(1), Winner::Node(1)), "shop is node 1");
-        let e = err(&GOOD.replacen("name = \"products\"", "name = \"products\"\n        prefer = \"postgres://u:pw@h/db\"", 1));
-        assert!(e.contains("prefer is neither a node") && !e.contains("pw@"), "{e}");
+        let e = err(&GOOD.replacen(
+            "name = \"products\"",
+            "name = \"products\"\n        prefer = \"postgres://u:pw@h/db\"",
+            1,
+        ));
+        assert!(
+            e.contains("prefer is neither a node") && !e.contains("pw@"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -124,6 +124,12 @@ pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: boo
             bail!("node {node}: role {user} is not a superuser, so postgres_fdw must log in to node {peer} with a password: put it in [nodes.{peer}] url");
         }
     }
+    if !info.foreign_objects.is_empty() {
+        bail!(
+            "node {node}: schema pgtwin holds what role {user} did not create ({}): pgtwin will not run another role's code; drop or rename that schema as its owner, then run pgtwin up",
+            info.foreign_objects.join(", ")
+        );
+    }
     if info.foreign_schema {
         bail!("node {node}: schema pgtwin exists but was not created by pgtwin: rename or drop it");
     }

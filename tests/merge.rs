@@ -262,7 +262,7 @@ async fn repair_prefer_copies_and_keeps_mirror_deletes() {
         (0, "UPDATE {t} SET \"select\" = 'a wins?' WHERE \"Order\" = 1; INSERT INTO {t} VALUES (9999, 1, 'only a')"),
         (1, "UPDATE {t} SET \"select\" = 'b wins?' WHERE \"Order\" = 1; INSERT INTO {t} VALUES (9999, 2, 'only b'); DELETE FROM {t} WHERE \"Order\" = 2"),
     ] {
-        p.admin[i].batch_execute(&format!("SET pgtwin.origin = 'test'; {}", sql.replace("{t}", t))).await.unwrap();
+        p.admin[i].batch_execute(&format!("SET session_replication_role = replica; {}", sql.replace("{t}", t))).await.unwrap();
     }
     assert_eq!(p.pgtwin(&["check"]).code, 1);
     let dry = json(
@@ -282,7 +282,7 @@ async fn repair_prefer_copies_and_keeps_mirror_deletes() {
     );
     p.pgtwin(&["check"]).ok();
 
-    p.admin[1].batch_execute(&format!("SET pgtwin.origin = 'test'; INSERT INTO {t} VALUES (7777, 7, 'extra on b'); DELETE FROM {t} WHERE \"Order\" = 3")).await.unwrap();
+    p.admin[1].batch_execute(&format!("SET session_replication_role = replica; INSERT INTO {t} VALUES (7777, 7, 'extra on b'); DELETE FROM {t} WHERE \"Order\" = 3")).await.unwrap();
     p.pgtwin(&["repair", "--mirror", "a"]).ok();
     let rows = p.assert_same(t).await;
     assert!(

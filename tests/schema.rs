@@ -467,13 +467,19 @@ async fn every_drift_of_a_table_is_listed_in_one_run() {
         "column \"only_a\" (integer) exists on node a only",
         "column \"only_b\" (integer) exists on node b only",
     ] {
-        assert!(check.stdout.contains(expected), "{expected}:\n{}", check.stdout);
+        assert!(
+            check.stdout.contains(expected),
+            "{expected}:\n{}",
+            check.stdout
+        );
     }
-    exec(&p, 1, "INSERT INTO t (id, n, s, m, g) VALUES (1, 5, 'b', 'ok', 99)").await;
-    assert_eq!(
-        same(&p, "SELECT id, n, s, m FROM t").await,
-        ["(1,5,b,ok)"]
-    );
+    exec(
+        &p,
+        1,
+        "INSERT INTO t (id, n, s, m, g) VALUES (1, 5, 'b', 'ok', 99)",
+    )
+    .await;
+    assert_eq!(same(&p, "SELECT id, n, s, m FROM t").await, ["(1,5,b,ok)"]);
     // Generated columns never travel: each node keeps its own.
     assert_eq!(rows(&p, 0, "SELECT g FROM t").await, ["(10)"]);
     assert_eq!(rows(&p, 1, "SELECT g FROM t").await, ["(99)"]);

@@ -135,6 +135,16 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
     for t in i.tables {
         steps.extend(table_steps(t, i));
     }
+    // Default privileges (ALTER DEFAULT PRIVILEGES for the installing role) may have granted others
+    // access to what was just created: the queue and the conflicts hold row data, and the inbox
+    // applies whatever it is given. Only the owner keeps any.
+    steps.push(Step::new(
+        "privileges",
+        format!(
+            "DO $pgtwin$\nDECLARE\n    r record;\nBEGIN\n    FOR r IN\n        SELECT 'SCHEMA ' || quote_ident(n.nspname) AS obj, a.grantee FROM pg_namespace n, aclexplode(n.nspacl) a\n         WHERE n.nspname = {schema} AND a.grantee <> n.nspowner\n        UNION ALL\n        SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE ' ELSE 'TABLE ' END || c.oid::regclass::text, a.grantee\n          FROM pg_class c, aclexplode(c.relacl) a\n         WHERE c.relnamespace = {schema}::regnamespace AND a.grantee <> c.relowner\n        UNION ALL\n        SELECT 'FUNCTION ' || p.oid::regprocedure::text, a.grantee FROM pg_proc p, aclexplode(p.proacl) a\n         WHERE p.pronamespace = {schema}::regnamespace AND a.grantee <> p.proowner\n        UNION ALL\n        SELECT 'TYPE ' || t.oid::regtype::text, a.grantee FROM pg_type t, aclexplode(t.typacl) a\n         WHERE t.typnamespace = {schema}::regnamespace AND a.grantee <> t.typowner AND t.typtype <> 'c'\n    LOOP\n        EXECUTE format('REVOKE ALL ON %s FROM %s', r.obj,\n            CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(r.grantee)) END);\n    END LOOP;\nEND\n$pgtwin$",
+            schema = Literal(names::SCHEMA)
+        ),
+    ));
     for s in i.sequences {
         steps.push(
             Step::new(

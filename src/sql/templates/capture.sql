@@ -12,7 +12,9 @@ DECLARE
     pgtwin_columns text;
 BEGIN
     -- Writes applied by pgtwin (from the peer, or by repair) carry pgtwin.origin: never ship them back.
-    IF coalesce(current_setting({{origin_setting}}, true), '') <> '' THEN
+    -- Any role can set that, so it counts only in a session of the role that installed pgtwin (this
+    -- function's owner: SECURITY DEFINER makes it current_user here), which pgtwin's own sessions use.
+    IF coalesce(current_setting({{origin_setting}}, true), '') <> '' AND session_user = current_user THEN
         RETURN NULL;
     END IF;
     -- Queue when the mode says so, or while older changes wait in the queue (the peer was found

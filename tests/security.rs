@@ -1,0 +1,121 @@
+//! No way in, against real servers: an application role cannot make pgtwin run its code, read or forge
+//! pgtwin's queue through default privileges, or opt its writes out of the sync.
+
+mod common;
+
+use common::Pair;
+
+const PRODUCTS: &str = "CREATE TABLE products (id bigserial PRIMARY KEY, name text, price int);
+    GRANT SELECT, INSERT, UPDATE, DELETE ON products TO app; GRANT USAGE ON SEQUENCE products_id_seq TO app";
+
+/// An application role that may create schemas prepares `pgtwin` with a trigger of its own: `up`
+/// (run by a superuser) refuses, naming what it found, and runs none of it.
+#[tokio::test]
+async fn a_schema_prepared_by_another_role_is_refused_not_adopted() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    let db = p.db.clone();
+    p.admin[0]
+        .batch_execute(&format!("GRANT CREATE ON DATABASE {db} TO app"))
+        .await
+        .unwrap();
+    let app = p.app(0).await;
+    app.batch_execute(
+        "CREATE SCHEMA pgtwin;
+         CREATE TABLE pgtwin.installation (singleton boolean);
+         CREATE TABLE pgtwin.link (singleton boolean PRIMARY KEY DEFAULT true, needs_repair_since timestamptz, reason text);
+         CREATE FUNCTION pgtwin.grab() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN ALTER ROLE app SUPERUSER; RETURN NEW; END $$;
+         CREATE TRIGGER grab BEFORE INSERT ON pgtwin.link FOR EACH ROW EXECUTE FUNCTION pgtwin.grab();",
+    )
+    .await
+    .unwrap();
+    // `up` as the superuser of node a.
+    let admin_url = common::servers().nodes[0].url("postgres", None, &db);
+    let text = format!(
+        "[nodes.a]\nurl = \"{admin_url}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"products\"\n",
+        p.url(1)
+    );
+    p.config_text(&text);
+    p.pgtwin(&["up"]).fails_with(&[
+        "node a",
+        "schema pgtwin holds what role postgres did not create",
+        "trigger grab on pgtwin.link",
+        "function pgtwin.grab()",
+    ]);
+    let superuser: bool = p.admin[0]
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "the application role became a superuser");
+}
+
+/// Default privileges set by a DBA for pgtwin's role grant nothing on pgtwin's objects: the
+/// application role can neither read the queue nor write into an inbox.
+#[tokio::test]
+async fn default_privileges_open_nothing_of_pgtwin() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    for admin in &p.admin {
+        admin
+            .batch_execute(
+                "ALTER DEFAULT PRIVILEGES FOR ROLE twin GRANT ALL ON TABLES TO app;
+                 ALTER DEFAULT PRIVILEGES FOR ROLE twin GRANT ALL ON FUNCTIONS TO app;
+                 ALTER DEFAULT PRIVILEGES FOR ROLE twin GRANT ALL ON SEQUENCES TO app;
+                 ALTER DEFAULT PRIVILEGES FOR ROLE twin GRANT ALL ON SCHEMAS TO app;",
+            )
+            .await
+            .unwrap();
+    }
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    let app = p.app(0).await;
+    let open: Vec<String> = p.admin[0]
+        .query(
+            "SELECT c.oid::regclass::text FROM pg_class c
+              WHERE c.relnamespace = 'pgtwin'::regnamespace
+                AND (has_table_privilege('app', c.oid, 'SELECT') OR has_table_privilege('app', c.oid, 'INSERT')
+                     OR has_table_privilege('app', c.oid, 'UPDATE'))
+             UNION ALL
+             SELECT p.oid::regprocedure::text FROM pg_proc p
+              WHERE p.pronamespace = 'pgtwin'::regnamespace AND has_function_privilege('app', p.oid, 'EXECUTE')
+             UNION ALL
+             SELECT 'schema' WHERE has_schema_privilege('app', 'pgtwin', 'USAGE')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(open.is_empty(), "app may use: {open:?}");
+    assert!(app
+        .batch_execute("SELECT * FROM pgtwin.queue")
+        .await
+        .is_err());
+    // Writes still sync as before.
+    app.batch_execute("INSERT INTO products (name, price) VALUES ('a', 1)")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("products").await.len(), 1);
+}
+
+/// `SET pgtwin.origin` (or PGOPTIONS) in an application's session does not keep its writes from
+/// the peer: only pgtwin's own role may mark a write as one pgtwin applied.
+#[tokio::test]
+async fn an_application_cannot_opt_its_writes_out_of_the_sync() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    let app = p.app(0).await;
+    app.batch_execute(
+        "SET pgtwin.origin = 'b'; INSERT INTO products (name, price) VALUES ('sneaky', 1);
+         BEGIN; SET LOCAL pgtwin.origin = 'b'; UPDATE products SET price = 2; COMMIT;",
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.assert_same("products").await.len(), 1);
+    assert!(p.rows(1, "products").await[0].ends_with(",2)"));
+}
