@@ -1,7 +1,9 @@
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
-use pgtwin::cli::Cli;
+use pgtwin::cli::{Cli, LogFormat};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,14 +14,16 @@ async fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!("pgtwin={default}"))
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("pgtwin={default}")));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().init(),
+        // Colour only for a person at a terminal, never into a file or a journal.
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     match pgtwin::commands::run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -385,10 +385,54 @@ pub async fn run_once(cfg: &Config) -> Result<[Drained; 2]> {
     Ok([ab, ba])
 }
 
-/// `run`: drains, then waits for new queue entries (LISTEN/NOTIFY) and drains again; reconnects with
-/// backoff after an outage; returns on SIGINT/SIGTERM between two transactions.
+/// Backoff after an error of any kind (connecting, replaying, pgtwin removed): doubles up to a cap.
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// Logs a problem once per change of state, not once per try: the same error again is debug output.
+#[derive(Default)]
+struct Reporter {
+    last: Option<String>,
+}
+
+impl Reporter {
+    fn problem(&mut self, what: &str, retry_in: Duration) {
+        if self.last.as_deref() == Some(what) {
+            tracing::debug!("still: {what}; retrying in {retry_in:?}");
+        } else {
+            tracing::warn!("{what}; retrying in {retry_in:?} (and with backoff after that)");
+            self.last = Some(what.to_string());
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.last.take().is_some() {
+            tracing::warn!("recovered: replaying again");
+        }
+    }
+}
+
+/// Whether pgtwin is installed on a node (its queue exists); None when the node cannot be asked.
+async fn installed(cfg: &Config, node: &Node) -> Option<bool> {
+    let timeout = Duration::from_secs(cfg.options.connect_timeout_s.into());
+    let db = crate::db::connect(&node.name, &node.conn, timeout)
+        .await
+        .ok()?;
+    db.query_one(
+        "SELECT to_regclass($1) IS NOT NULL",
+        &[&names::queue_table().to_string()],
+    )
+    .await
+    .ok()
+    .map(|r| r.get(0))
+}
+
+/// `run`: drains, then waits for new queue entries (LISTEN/NOTIFY) and drains again; after any error
+/// backs off (capped) and tries again, logging each new state once; returns on SIGINT/SIGTERM between
+/// two transactions, and with an error once pgtwin is removed from both nodes.
 pub async fn run_forever(cfg: &Config) -> Result<()> {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = BACKOFF_FIRST;
+    let mut report = Reporter::default();
     let (stop_tx, mut stop) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -400,63 +444,89 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
             connect_listening(cfg, &cfg.nodes[0], wake_tx.clone()),
             connect_listening(cfg, &cfg.nodes[1], wake_tx)
         );
-        let (a, b) = match connected {
-            (Ok(a), Ok(b)) => (a, b),
+        let problem = match connected {
+            (Ok(a), Ok(b)) => {
+                eprintln!(
+                    "pgtwin run: replaying queues between {} and {}",
+                    a.name, b.name
+                );
+                match replay_until_error(&a, &b, &mut wake, &mut stop, &mut report, &mut backoff)
+                    .await
+                {
+                    None => return Ok(()),
+                    Some(e) => e,
+                }
+            }
             (a, b) => {
                 let e = a.err().or(b.err()).expect("one failed");
-                tracing::warn!("{e:#}; retrying in {:?}", backoff);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => return Ok(()),
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-                continue;
+                format!("{e:#}")
             }
         };
-        backoff = Duration::from_millis(500);
-        eprintln!(
-            "pgtwin run: replaying queues between {} and {}",
-            a.name, b.name
-        );
-        let mut last_applied = Instant::now();
-        loop {
-            let result = async {
-                let ab = drain(&a, &b, &stop).await?;
-                let ba = drain(&b, &a, &stop).await?;
-                Ok::<_, anyhow::Error>(ab.entries + ba.entries)
-            }
-            .await;
-            let applied = match result {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!("{e:#}; reconnecting");
-                    break;
-                }
-            };
-            // Writers notify only when they find the queue empty (NOTIFY serializes the commits of
-            // all notifying transactions). One that found entries a drain was busy with sends none,
-            // and may commit just after the runner last looked: so after a drain that applied
-            // anything, look again at once, then every few milliseconds for a short while, and only
-            // then wait for a notification (or a second: a peer coming back sends none, nor does a
-            // writer that committed long after it queued).
-            if applied > 0 {
-                last_applied = Instant::now();
-                while wake.try_recv().is_ok() {}
-                continue;
-            }
-            let wait = if last_applied.elapsed() < TAIL {
-                TAIL_POLL
-            } else {
-                IDLE_POLL
-            };
-            tokio::select! {
-                _ = wake.recv() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return Ok(()),
-            }
+        // Removed from both nodes (`pgtwin down`): nothing will ever be replayed again.
+        let (a, b) = tokio::join!(installed(cfg, &cfg.nodes[0]), installed(cfg, &cfg.nodes[1]));
+        if a == Some(false) && b == Some(false) {
+            bail!(
+                "pgtwin is not installed on node {} nor on node {} (removed by pgtwin down?): nothing to replay; run pgtwin up, then start pgtwin run again",
+                cfg.nodes[0].name,
+                cfg.nodes[1].name
+            );
         }
+        report.problem(&problem, backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(BACKOFF_CAP);
     }
     Ok(())
+}
+
+/// Drains both directions and waits for more, until an error (returned as text) or a stop (None).
+async fn replay_until_error(
+    a: &Listener,
+    b: &Listener,
+    wake: &mut mpsc::UnboundedReceiver<()>,
+    stop: &mut Stop,
+    report: &mut Reporter,
+    backoff: &mut Duration,
+) -> Option<String> {
+    let mut last_applied = Instant::now();
+    loop {
+        let result = async {
+            let ab = drain(a, b, stop).await?;
+            let ba = drain(b, a, stop).await?;
+            Ok::<_, anyhow::Error>(ab.entries + ba.entries)
+        }
+        .await;
+        let applied = match result {
+            Ok(n) => n,
+            Err(e) => return Some(format!("{e:#}")),
+        };
+        // A full round without an error: the next problem starts its backoff afresh.
+        report.recovered();
+        *backoff = BACKOFF_FIRST;
+        // Writers notify only when they find the queue empty (NOTIFY serializes the commits of
+        // all notifying transactions). One that found entries a drain was busy with sends none,
+        // and may commit just after the runner last looked: so after a drain that applied
+        // anything, look again at once, then every few milliseconds for a short while, and only
+        // then wait for a notification (or a second: a peer coming back sends none, nor does a
+        // writer that committed long after it queued).
+        if applied > 0 {
+            last_applied = Instant::now();
+            while wake.try_recv().is_ok() {}
+            continue;
+        }
+        let wait = if last_applied.elapsed() < TAIL {
+            TAIL_POLL
+        } else {
+            IDLE_POLL
+        };
+        tokio::select! {
+            _ = wake.recv() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return None,
+        }
+    }
 }
 
 fn shutdown_signal() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {

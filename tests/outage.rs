@@ -874,3 +874,61 @@ async fn a_truncate_while_apart_is_weighed_key_by_key() {
     assert_eq!(p.queued(0).await, 0);
     assert!(p.assert_same("items").await.is_empty());
 }
+
+/// `run` as a service: while a node is unreachable it backs off and logs that state once (here as
+/// JSON lines, for a log shipper), and once pgtwin is removed from both nodes it exits with a clear
+/// message instead of retrying forever.
+#[tokio::test]
+async fn run_backs_off_logs_each_state_once_and_exits_once_removed() {
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let good = std::fs::read_to_string(p.dir.path().join("pgtwin.toml")).unwrap();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    let unreachable = good.replace(
+        &format!(":{}/", common::servers().nodes[1].port),
+        &format!(":{closed}/"),
+    );
+    p.config_text(&unreachable);
+    let child = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
+        .arg("-c")
+        .arg(p.dir.path().join("pgtwin.toml"))
+        .args(["--log-format", "json", "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").arg(pid).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    // Four seconds of retries (0.5 + 1 + 2 s) are one line, not one per try.
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
+
+    p.config_text(&good);
+    p.pgtwin(&["down"]).ok();
+    let started = Instant::now();
+    let run = p.pgtwin(&["run"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("pgtwin is not installed on node a nor on node b"),
+        "{}",
+        run.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
