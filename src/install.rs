@@ -514,22 +514,51 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
             }
         }
     }
+    // A node left installed keeps capturing and queueing for a peer that no longer takes anything,
+    // and a later `up` would merge its table with the queue's deletions lost: so both nodes go, or
+    // neither (unless --force).
+    if !force && !dry_run {
+        if let Some((name, Err(e))) = nodes.iter().find(|(_, n)| n.is_err()) {
+            bail!(
+                "{e:#}: down changes nothing while node {name} is unreachable (a node left installed would keep queueing for nothing); run it again once {name} is back, or pgtwin down --force to remove pgtwin from the other node alone"
+            );
+        }
+    }
     let floors = sequence_floors(cfg, &nodes).await;
     let mut out = Vec::new();
-    for (name, n) in nodes {
+    let mut opened = Vec::new();
+    for (name, n) in &nodes {
         let mut outcome = DownOutcome {
-            node: name,
+            node: name.clone(),
             steps: Vec::new(),
             error: None,
         };
         let removed = match n {
-            Ok(n) => down_node(&n, &floors, dry_run, force, &mut outcome.steps).await,
-            Err(e) => Err(e),
+            // Without --force each node's transaction stays open until both are done.
+            Ok(n) => {
+                let removed = down_node(n, &floors, dry_run, force, &mut outcome.steps).await;
+                if removed.is_ok() && !force && !dry_run {
+                    opened.push(n);
+                }
+                removed
+            }
+            Err(e) => Err(anyhow::anyhow!("{e:#}")),
         };
         if let Err(e) = removed {
             outcome.error = Some(format!("{e:#}"));
         }
         out.push(outcome);
+    }
+    if !force && !dry_run {
+        if out.iter().any(|o| o.error.is_some()) {
+            for n in opened {
+                apply::rollback(&n.db).await;
+            }
+        } else {
+            for n in opened {
+                apply::commit(n.name(), &n.db).await?;
+            }
+        }
     }
     Ok(out)
 }
@@ -624,7 +653,10 @@ async fn down_node(
         return Ok(());
     }
     apply::run(n.name(), &n.db, steps).await?;
-    apply::commit(n.name(), &n.db).await
+    if force {
+        apply::commit(n.name(), &n.db).await?;
+    }
+    Ok(())
 }
 
 /// Sequences whose increment `up` changed, with the increment to restore (those that still exist).

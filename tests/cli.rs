@@ -255,7 +255,7 @@ async fn a_superuser_creates_the_extension_and_down_removes_it() {
 }
 
 #[tokio::test]
-async fn down_cleans_the_reachable_node_when_the_other_is_gone() {
+async fn down_changes_nothing_when_a_node_is_gone_unless_forced() {
     let p = Pair::new().await;
     p.both(PRODUCTS).await;
     p.config(TABLES);
@@ -284,8 +284,16 @@ async fn down_cleans_the_reachable_node_when_the_other_is_gone() {
         p.url(0),
         b_url.replace(&port, &closed.to_string())
     ));
+    // Both nodes or neither: with b away, down changes nothing...
+    p.pgtwin(&["down", "--json"]).fails_with(&[
+        "node b",
+        "down changes nothing while node b is unreachable",
+        "--force",
+    ]);
+    assert!(p.installed(0).await && p.installed(1).await);
+    // ...unless forced: then the reachable node is cleaned alone.
     let run = p
-        .pgtwin(&["down", "--json"])
+        .pgtwin(&["down", "--force", "--json"])
         .fails_with(&["node b", "down again"]);
     let outcomes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(outcomes[0]["node"], "a");
