@@ -512,6 +512,30 @@ pub async fn max_value(
     Ok(row.get(0))
 }
 
+/// Largest value of an integer key column in one residue (`value ≡ position mod count`): the largest
+/// id a node's interleaved sequence handed out. Walks the key's index from the top.
+pub async fn max_in_residue(
+    node: &str,
+    db: &Client,
+    table: &QualName,
+    column: &Ident,
+    count: i64,
+    position: i64,
+) -> Result<Option<i64>> {
+    let residue = position.rem_euclid(count);
+    let row = db
+        .query_opt(
+            &format!(
+                "SELECT {column}::bigint FROM {table} WHERE mod({column}::bigint, $1) IN ($2, $2 - $1)
+                 ORDER BY {column} DESC LIMIT 1"
+            ),
+            &[&count, &residue],
+        )
+        .await
+        .map_err(on_node(node, &format!("reading max({column}) of {table}")))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
 /// Tables that carry pgtwin's capture triggers on this node (found by the trigger function's schema, so
 /// even objects left from an older config are found).
 pub async fn captured_tables(node: &str, db: &Client) -> Result<Vec<(QualName, Vec<Ident>)>> {

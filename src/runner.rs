@@ -481,6 +481,27 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// How often `run` writes its heartbeat (status calls a runner unseen for a minute gone).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Writes the heartbeat on both nodes; `drained`: the last round found both queues empty.
+async fn heartbeat(a: &Listener, b: &Listener, drained: bool) -> Result<()> {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    let sql = format!(
+        "INSERT INTO {t} AS r VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host})
+         ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
+             drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)",
+        t = names::runner_table(),
+        host = Literal(&host),
+    );
+    for l in [a, b] {
+        l.db.batch_execute(&sql)
+            .await
+            .map_err(on_node(&l.name, "writing the heartbeat"))?;
+    }
+    Ok(())
+}
+
 /// Drains both directions and waits for more, until an error (returned as text) or a stop (None).
 async fn replay_until_error(
     a: &Listener,
@@ -491,6 +512,7 @@ async fn replay_until_error(
     backoff: &mut Duration,
 ) -> Option<String> {
     let mut last_applied = Instant::now();
+    let mut last_heartbeat: Option<Instant> = None;
     loop {
         let result = async {
             let ab = drain(a, b, stop).await?;
@@ -505,6 +527,12 @@ async fn replay_until_error(
         // A full round without an error: the next problem starts its backoff afresh.
         report.recovered();
         *backoff = BACKOFF_FIRST;
+        if last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
+            if let Err(e) = heartbeat(a, b, applied == 0).await {
+                return Some(format!("{e:#}"));
+            }
+            last_heartbeat = Some(Instant::now());
+        }
         // Writers notify only when they find the queue empty (NOTIFY serializes the commits of
         // all notifying transactions). One that found entries a drain was busy with sends none,
         // and may commit just after the runner last looked: so after a drain that applied

@@ -38,6 +38,10 @@ pub struct QueueStatus {
     /// Set when the queue outgrew its limit: only a repair joins the nodes again.
     pub needs_repair_since: Option<String>,
     pub needs_repair_reason: Option<String>,
+    /// Seconds since `pgtwin run` last wrote its heartbeat here (None: never).
+    pub runner_seen_s_ago: Option<f64>,
+    /// When the runner last found both queues empty.
+    pub runner_drained_at: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -53,6 +57,11 @@ pub struct SequenceStatus {
     pub sequence: String,
     pub increment: i64,
     pub next_value: i64,
+    /// The largest key on this node in its residue (the largest id it handed out; None: none).
+    pub largest_key: Option<i64>,
+    /// What is wrong with it, where interleaving is on: off its node's residue, or not above the
+    /// node's largest key (an application's `setval`, a restored backup).
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -143,18 +152,53 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
             .iter()
             .find(|(t, _)| t == table.name_on(&node.name))
             .map_or(0, |(_, trig)| trig.len());
-        let sequences = match catalog::table_info(n.name(), &n.db, table).await {
-            Ok(info) => info
-                .key_sequences
-                .into_iter()
-                .map(|k| SequenceStatus {
+        let mut sequences = Vec::new();
+        if let Ok(info) = catalog::table_info(n.name(), &n.db, table).await {
+            let count = cfg.nodes.len() as i64;
+            let position = cfg
+                .nodes
+                .iter()
+                .position(|x| x.name == node.name)
+                .unwrap_or(0) as i64
+                + 1;
+            for k in info.key_sequences {
+                let largest_key = catalog::max_in_residue(
+                    n.name(),
+                    &n.db,
+                    &info.name,
+                    &k.column,
+                    count,
+                    position,
+                )
+                .await?;
+                // Healthy: in this node's residue and above the largest key in it (the other node's
+                // keys are in the other residue, whatever their size: no false alarm after one node
+                // inserted more).
+                let interleaved = cfg.options.sequences == crate::config::Sequences::Interleave
+                    && s.installed.is_some();
+                let problem = if !interleaved || !k.may_alter {
+                    None
+                } else if k.increment != count
+                    || k.next_value.rem_euclid(count) != position.rem_euclid(count)
+                {
+                    Some(format!(
+                        "hands out ids outside node {}'s residue (next {}, step {})",
+                        node.name, k.next_value, k.increment
+                    ))
+                } else if largest_key.is_some_and(|m| k.next_value <= m) {
+                    Some(format!("is behind the largest id it handed out, {} (next {}): it would hand out ids again", largest_key.unwrap_or_default(), k.next_value))
+                } else {
+                    None
+                };
+                sequences.push(SequenceStatus {
                     sequence: k.sequence.to_string(),
                     increment: k.increment,
                     next_value: k.next_value,
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+                    largest_key,
+                    problem,
+                });
+            }
+        }
         s.tables.push(TableStatus {
             table: table.name.to_string(),
             triggers,
@@ -181,11 +225,14 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
                         (SELECT extract(epoch FROM now() - min(changed_at))::float8 FROM {q}),
                         (SELECT max(applied_at)::text FROM {applied}),
                         (SELECT count(*) FROM {conflicts}),
-                        (SELECT needs_repair_since::text FROM {link}), (SELECT reason FROM {link})",
+                        (SELECT needs_repair_since::text FROM {link}), (SELECT reason FROM {link}),
+                        (SELECT extract(epoch FROM now() - seen_at)::float8 FROM {runner}),
+                        (SELECT drained_at::text FROM {runner})",
                 q = names::queue_table(),
                 applied = names::applied_table(),
                 conflicts = names::conflicts_table(),
                 link = names::link_table(),
+                runner = names::runner_table(),
             ),
             &[],
         )
@@ -199,6 +246,8 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
         conflicts: row.get(4),
         needs_repair_since: row.get(5),
         needs_repair_reason: row.get(6),
+        runner_seen_s_ago: row.get(7),
+        runner_drained_at: row.get(8),
     })
 }
 
@@ -218,6 +267,10 @@ async fn check_link(db: &Client, table: &crate::sql::ident::QualName) -> Link {
         error: result.err().map(|e| crate::db::pg_message(&e)),
     }
 }
+
+/// Queued changes older than this, with no runner seen for RUNNER_GONE_S, make the pair degraded.
+const QUEUED_TOO_LONG_S: f64 = 30.0;
+const RUNNER_GONE_S: f64 = 60.0;
 
 /// How bad a problem is, as `status` exits: 1 degraded, 2 down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -263,6 +316,17 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             continue;
         }
         for t in &n.tables {
+            for q in &t.sequences {
+                if let Some(problem) = &q.problem {
+                    add(
+                        Severity::Degraded,
+                        format!(
+                            "sequence {} of table {} on node {} {problem}: run pgtwin up",
+                            q.sequence, t.table, n.node
+                        ),
+                    );
+                }
+            }
             if t.triggers < t.triggers_expected {
                 add(Severity::Degraded, format!(
                     "table {} on node {} has {} of pgtwin's {} triggers (dropped, or created again by a schema load): its writes are not synced: run pgtwin up",
@@ -277,6 +341,23 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             );
         }
         if let Some(q) = &n.queue {
+            // Changes waiting with nobody to replay them (sync mode stays in "queue everything").
+            let waiting = q.oldest_age_s.is_some_and(|age| age > QUEUED_TOO_LONG_S);
+            let runner_gone = q.runner_seen_s_ago.is_none_or(|s| s > RUNNER_GONE_S);
+            if waiting && runner_gone {
+                let seen = q
+                    .runner_seen_s_ago
+                    .map_or("never".to_string(), |s| format!("{s:.0} s ago"));
+                add(
+                    Severity::Degraded,
+                    format!(
+                        "node {}: {} change(s) queued for {:.0} s and no pgtwin run seen (last: {seen}): start pgtwin run",
+                        n.node,
+                        q.rows,
+                        q.oldest_age_s.unwrap_or_default()
+                    ),
+                );
+            }
             if q.conflicts > 0 {
                 add(
                     Severity::Degraded,

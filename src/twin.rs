@@ -262,6 +262,23 @@ pub async fn sequence_changes(
                     key_floor = key_floor.max(m);
                 }
             }
+            // Per node, the largest id in its residue on either node: a node restored from a backup
+            // has lost ids it handed out that its peer still holds.
+            let mut own_max = [0i64; 2];
+            for (r, max) in own_max.iter_mut().enumerate() {
+                for (i, n) in nodes.iter().enumerate() {
+                    let m = catalog::max_in_residue(
+                        n.name(),
+                        &n.db,
+                        &pair[i].name,
+                        &pair[i].key[k],
+                        count,
+                        r as i64 + 1,
+                    )
+                    .await?;
+                    *max = (*max).max(m.unwrap_or(0));
+                }
+            }
             let floor = seqs
                 .iter()
                 .flatten()
@@ -280,10 +297,12 @@ pub async fn sequence_changes(
                     bail!("sequence {} of table {} on node {} counts down (INCREMENT BY {}): interleaving supports ascending key sequences only: set sequences = \"none\"", seq.sequence, pair[i].name, nodes[i].name(), seq.increment);
                 }
                 let in_residue = |v: i64| v.rem_euclid(count) == position.rem_euclid(count);
+                // Interleaved already: in its residue, and above every id of that residue on either
+                // node (the other residue's ids do not matter, whatever their size).
                 let aligned = seq.increment == count
                     && in_residue(seq.next_value)
                     && in_residue(seq.start)
-                    && seq.next_value > key_floor;
+                    && seq.next_value > own_max[i];
                 if !aligned {
                     out[i].push(SequenceChange {
                         sequence: seq.sequence.clone(),

@@ -106,6 +106,11 @@ pub fn refuse_row_function() -> QualName {
     in_schema("refuse_row".into())
 }
 
+/// `pgtwin run`'s heartbeat.
+pub fn runner_table() -> QualName {
+    in_schema("runner".into())
+}
+
 pub fn queue_table() -> QualName {
     in_schema("queue".into())
 }

@@ -66,3 +66,11 @@ CREATE TABLE IF NOT EXISTS {{link}} (
     reason text
 );
 INSERT INTO {{link}} VALUES (true, NULL, NULL) ON CONFLICT DO NOTHING;
+-- `pgtwin run`'s heartbeat, written on both nodes every few seconds while it replays: `status` tells
+-- from it whether a runner is alive, and when it last found the queues drained.
+CREATE TABLE IF NOT EXISTS {{runner}} (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    seen_at timestamptz NOT NULL,
+    drained_at timestamptz,
+    host text
+);
