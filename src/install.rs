@@ -465,6 +465,10 @@ async fn repair_locked(
         )
         .await
         .map_err(on_node(n.name(), "clearing the repair mark"))?;
+        // The tables are equal now: the changes the peer refused are settled by the repair's policy.
+        n.db.execute(&format!("DELETE FROM {}", names::set_aside_table()), &[])
+            .await
+            .map_err(on_node(n.name(), "clearing the changes set aside"))?;
     }
     if dry_run {
         return Ok(RepairReport {

@@ -237,25 +237,103 @@ async fn apply_batch(
             Ok(done) => return Ok(done),
             Err(e) => {
                 let _ = to.db.batch_execute("ROLLBACK").await;
-                let pg = e.downcast_ref::<tokio_postgres::Error>();
-                let unjoined = pg
-                    .and_then(|e| e.code())
-                    .is_some_and(|c| c.code() == names::RETRY_UNJOINED_SQLSTATE);
-                if !(join && unjoined) {
-                    let cause = match pg {
-                        Some(pg) => pg_message(pg),
-                        None => format!("{e:#}"),
-                    };
-                    bail!(
-                        "node {}: applying queued changes from {}: {cause}",
+                match refusal(&e) {
+                    Refusal::Unjoined if join => join = false,
+                    // One entry the peer will never take must not hold up the others: find it.
+                    Refusal::Data(_) => {
+                        return apply_one_by_one(from, to, entries, forgotten).await
+                    }
+                    _ => bail!(
+                        "node {}: applying queued changes from {}: {}",
                         to.name,
-                        from.name
-                    );
+                        from.name,
+                        describe(&e)
+                    ),
                 }
-                join = false;
             }
         }
     }
+}
+
+/// Why the peer refused a replay, as far as the retry policy goes.
+enum Refusal {
+    /// A joined chunk met changes queued on the peer: send the entries one by one.
+    Unjoined,
+    /// The data itself (a constraint, a value the column cannot take, a trigger's exception): that
+    /// entry will never be taken, however often it is sent.
+    Data(String),
+    /// Anything else (connection, lock timeout, pgtwin missing there): try again later.
+    Other,
+}
+
+fn refusal(e: &anyhow::Error) -> Refusal {
+    let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() else {
+        return Refusal::Other;
+    };
+    let Some(code) = pg.code().map(|c| c.code()) else {
+        return Refusal::Other;
+    };
+    if code == names::RETRY_UNJOINED_SQLSTATE {
+        Refusal::Unjoined
+    } else if code.starts_with("22") || code.starts_with("23") || code == "P0001" || code == "54000"
+    {
+        Refusal::Data(pg_message(pg))
+    } else {
+        Refusal::Other
+    }
+}
+
+fn describe(e: &anyhow::Error) -> String {
+    match e.downcast_ref::<tokio_postgres::Error>() {
+        Some(pg) => pg_message(pg),
+        None => format!("{e:#}"),
+    }
+}
+
+/// Each entry in a transaction of its own; one the peer refuses for its data is set aside, with the
+/// reason, in the origin's transaction that removes the batch from the queue.
+async fn apply_one_by_one(
+    from: &Listener,
+    to: &Listener,
+    entries: &[Entry],
+    forgotten: &[i64],
+) -> Result<Drained> {
+    let mut done = Drained::default();
+    let mut forgotten = forgotten;
+    for entry in entries {
+        match apply_entries(from, to, std::slice::from_ref(entry), forgotten, false).await {
+            Ok(d) => {
+                done.entries += d.entries;
+                done.rows += d.rows;
+                forgotten = &[];
+            }
+            Err(e) => {
+                let _ = to.db.batch_execute("ROLLBACK").await;
+                let Refusal::Data(reason) = refusal(&e) else {
+                    bail!(
+                        "node {}: applying queued changes from {}: {}",
+                        to.name,
+                        from.name,
+                        describe(&e)
+                    );
+                };
+                let reason = format!("node {} refused it: {reason}", to.name);
+                tracing::warn!(from = %from.name, seq = entry.seq, "change set aside: {reason}");
+                from.db
+                    .batch_execute(&format!(
+                        "INSERT INTO {} (seq, table_tag, rows, batch, changed_at, reason)
+                         SELECT seq, table_tag, rows, batch, changed_at, {} FROM {} WHERE seq = {}",
+                        names::set_aside_table(),
+                        Literal(&reason),
+                        names::queue_table(),
+                        entry.seq
+                    ))
+                    .await
+                    .map_err(on_node(&from.name, "setting a refused change aside"))?;
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// One transaction on `to`: deletes the records of `forgotten` entries (gone from the origin's queue),

@@ -38,6 +38,8 @@ pub struct QueueStatus {
     /// Set when the queue outgrew its limit: only a repair joins the nodes again.
     pub needs_repair_since: Option<String>,
     pub needs_repair_reason: Option<String>,
+    /// Queue entries the peer refused for their data, set aside.
+    pub set_aside: i64,
     /// Seconds since `pgtwin run` last wrote its heartbeat here (None: never).
     pub runner_seen_s_ago: Option<f64>,
     /// When the runner last found both queues empty.
@@ -227,12 +229,14 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
                         (SELECT count(*) FROM {conflicts}),
                         (SELECT needs_repair_since::text FROM {link}), (SELECT reason FROM {link}),
                         (SELECT extract(epoch FROM now() - seen_at)::float8 FROM {runner}),
-                        (SELECT drained_at::text FROM {runner})",
+                        (SELECT drained_at::text FROM {runner}),
+                        (SELECT count(*) FROM {set_aside})",
                 q = names::queue_table(),
                 applied = names::applied_table(),
                 conflicts = names::conflicts_table(),
                 link = names::link_table(),
                 runner = names::runner_table(),
+                set_aside = names::set_aside_table(),
             ),
             &[],
         )
@@ -248,6 +252,7 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
         needs_repair_reason: row.get(6),
         runner_seen_s_ago: row.get(7),
         runner_drained_at: row.get(8),
+        set_aside: row.get(9),
     })
 }
 
@@ -355,6 +360,15 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
                         n.node,
                         q.rows,
                         q.oldest_age_s.unwrap_or_default()
+                    ),
+                );
+            }
+            if q.set_aside > 0 {
+                add(
+                    Severity::Degraded,
+                    format!(
+                        "node {}: {} change(s) set aside (its peer refused them for their data): pgtwin conflicts lists them, pgtwin repair makes the tables equal and clears them",
+                        n.node, q.set_aside
                     ),
                 );
             }

@@ -932,3 +932,51 @@ async fn run_backs_off_logs_each_state_once_and_exits_once_removed() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// A change the peer always refuses (its own CHECK constraint) is set aside with its reason, every
+/// later change still arrives, `status` and `pgtwin conflicts` show it, and `repair` settles it.
+#[tokio::test]
+async fn a_change_the_peer_refuses_is_set_aside_and_never_blocks_the_others() {
+    let p = Pair::new().await;
+    p.owner[0].batch_execute(ITEMS).await.unwrap();
+    p.owner[1]
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text, n int CHECK (n >= 0))")
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    for sql in [
+        "INSERT INTO items VALUES (1, 'fine', 1)",
+        "INSERT INTO items VALUES (2, 'poison', -1)",
+        "INSERT INTO items VALUES (3, 'after', 3)",
+        "UPDATE items SET v = 'later' WHERE id = 1",
+    ] {
+        p.owner[0].batch_execute(sql).await.unwrap();
+    }
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.rows(1, "items").await, vec!["(1,later,1)", "(3,after,3)"]);
+    assert_eq!(p.queued(0).await, 0);
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("node a: 1 change(s) set aside"),
+        "{}",
+        status.stdout
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["conflicts", "--json"]).ok().stdout).unwrap();
+    let entry = &listed["set_aside"][0];
+    assert!(
+        entry["reason"]
+            .as_str()
+            .unwrap()
+            .contains("node b refused it")
+            && entry["reason"].as_str().unwrap().contains("items_n_check"),
+        "{listed}"
+    );
+    assert_eq!(entry["change"]["rows"][0]["v"], "poison", "{listed}");
+    // The nodes differ in that row until a repair settles it (b's table is the one to keep).
+    p.pgtwin(&["repair", "--mirror", "b"]).ok();
+    p.assert_same("items").await;
+    p.pgtwin(&["status"]).ok();
+}

@@ -75,12 +75,53 @@ pub async fn run(cfg: &Config, args: &ConflictsArgs) -> Result<ExitCode> {
             .map_err(on_node(n.name(), "clearing the conflicts"))?;
         }
     }
+    // Changes the peer refused, set aside by `pgtwin run` (cleared by `repair`, not by --ack: the
+    // tables differ until then).
+    let mut set_aside = Vec::new();
+    for n in &nodes {
+        if n.info.installed.is_none() {
+            continue;
+        }
+        let rows =
+            n.db.query(
+                &format!(
+                    "SELECT seq, set_aside_at::text, table_tag, reason, batch FROM {} ORDER BY seq",
+                    names::set_aside_table()
+                ),
+                &[],
+            )
+            .await
+            .map_err(on_node(n.name(), "reading the changes set aside"))?;
+        for r in rows {
+            let batch: String = r.get(4);
+            set_aside.push(serde_json::json!({
+                "node": n.name(),
+                "seq": r.get::<_, i64>(0),
+                "set_aside_at": r.get::<_, String>(1),
+                "table_tag": r.get::<_, String>(2),
+                "reason": r.get::<_, String>(3),
+                "op": batch.get(..1).unwrap_or(""),
+                "change": as_json(batch.get(1..).map(str::to_string)),
+            }));
+        }
+    }
     if args.json {
-        super::print_json(&serde_json::json!({ "conflicts": all, "acknowledged": args.ack }));
+        super::print_json(
+            &serde_json::json!({ "conflicts": all, "set_aside": set_aside, "acknowledged": args.ack }),
+        );
         return Ok(ExitCode::SUCCESS);
     }
     if all.is_empty() {
         println!("no conflicts recorded");
+    }
+    for s in &set_aside {
+        println!(
+            "set aside on node {} at {}: {}",
+            s["node"].as_str().unwrap_or(""),
+            s["set_aside_at"].as_str().unwrap_or(""),
+            s["reason"].as_str().unwrap_or("")
+        );
+        println!("  {} {}", s["op"].as_str().unwrap_or(""), s["change"]);
     }
     for c in &all {
         println!(

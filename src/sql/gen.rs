@@ -658,6 +658,7 @@ fn common_names() -> Vec<(&'static str, String)> {
         ("conflicts", names::conflicts_table().to_string()),
         ("link", names::link_table().to_string()),
         ("runner", names::runner_table().to_string()),
+        ("set_aside", names::set_aside_table().to_string()),
         ("enqueue", names::enqueue_function().to_string()),
         ("channel", Literal(names::QUEUE_CHANNEL).to_string()),
         ("origin_setting", Literal(names::ORIGIN_SETTING).to_string()),

@@ -106,6 +106,11 @@ pub fn refuse_row_function() -> QualName {
     in_schema("refuse_row".into())
 }
 
+/// Queue entries the peer refused for a reason of data.
+pub fn set_aside_table() -> QualName {
+    in_schema("set_aside".into())
+}
+
 /// `pgtwin run`'s heartbeat.
 pub fn runner_table() -> QualName {
     in_schema("runner".into())

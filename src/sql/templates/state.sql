@@ -74,3 +74,15 @@ CREATE TABLE IF NOT EXISTS {{runner}} (
     drained_at timestamptz,
     host text
 );
+-- Queue entries the peer refused for a reason of data (a constraint, a value its column cannot take):
+-- set aside with the reason, so that every later change still arrives. `status` counts them, `pgtwin
+-- conflicts` lists them, `repair` resolves them.
+CREATE TABLE IF NOT EXISTS {{set_aside}} (
+    seq bigint PRIMARY KEY,
+    table_tag text NOT NULL,
+    rows integer NOT NULL,
+    batch text NOT NULL,
+    changed_at timestamptz NOT NULL,
+    set_aside_at timestamptz NOT NULL DEFAULT now(),
+    reason text NOT NULL
+);
