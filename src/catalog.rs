@@ -131,6 +131,8 @@ pub struct Installed {
     pub plan_hash: String,
     pub created_extension: bool,
     pub tables: Vec<String>,
+    /// The OID of the database `up` installed in (None: an install older than the record of it).
+    pub database_oid: Option<i64>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -148,6 +150,8 @@ pub struct NodeInfo {
     pub foreign_schema: bool,
     /// What in schema `pgtwin` is not the connecting role's (see FOREIGN_OBJECTS_SQL).
     pub foreign_objects: Vec<String>,
+    /// This database's OID: an install records it, and a copy (a dump restored elsewhere) has another.
+    pub database_oid: i64,
 }
 
 /// Built-in types whose hash is exact and node-independent (see Column::exact_hash), and their arrays:
@@ -170,7 +174,8 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
                             AND has_foreign_data_wrapper_privilege(oid, 'USAGE')),
                     has_database_privilege(current_database(), 'CREATE'),
                     to_regclass($1) IS NOT NULL,
-                    EXISTS (SELECT FROM pg_namespace WHERE nspname = $2)",
+                    EXISTS (SELECT FROM pg_namespace WHERE nspname = $2),
+                    (SELECT oid FROM pg_database WHERE datname = current_database())::bigint",
             &[&names::installation_table().to_string(), &names::SCHEMA],
         )
         .await
@@ -205,6 +210,7 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
         installed,
         foreign_schema: row.get::<_, bool>(9) && (!has_state || !foreign_objects.is_empty()),
         foreign_objects,
+        database_oid: row.get(10),
     })
 }
 
@@ -231,7 +237,8 @@ const FOREIGN_OBJECTS_SQL: &str = "
 
 async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
     let sql = format!(
-        "SELECT version, node, peer, plan_hash, created_extension, tables FROM {}",
+        "SELECT version, node, peer, plan_hash, created_extension, tables,
+                (to_jsonb(i) ->> 'database_oid')::bigint FROM {} i",
         names::installation_table()
     );
     let row = db
@@ -245,6 +252,7 @@ async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
         plan_hash: r.get(3),
         created_extension: r.get(4),
         tables: r.get(5),
+        database_oid: r.get(6),
     }))
 }
 
@@ -563,4 +571,14 @@ pub async fn captured_tables(node: &str, db: &Client) -> Result<Vec<(QualName, V
             )
         })
         .collect())
+}
+
+impl NodeInfo {
+    /// The installation here was made in another database: this one is a copy (a restored dump).
+    pub fn is_copy(&self) -> bool {
+        self.installed
+            .as_ref()
+            .and_then(|i| i.database_oid)
+            .is_some_and(|oid| oid != self.database_oid)
+    }
 }

@@ -180,6 +180,7 @@ pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
             create_extension: !n.info.fdw_installed,
             stale_tables: &stale,
             sequences: &sequences[i],
+            database_oid: n.info.database_oid,
         });
         let hash = plan_hash(&steps);
         let up_to_date = is_up_to_date(n, peer, &hash, &tables, &sequences[i]).await?;

@@ -18,6 +18,8 @@ pub struct NodeStatus {
     pub reachable: bool,
     pub error: Option<String>,
     pub installed: Option<Installed>,
+    /// The installation was made in another database: this is a copy (see NodeInfo::is_copy).
+    pub copy: bool,
     pub tables: Vec<TableStatus>,
     /// Whether this node reaches its peer through the foreign server, as the triggers do.
     pub link: Option<Link>,
@@ -132,6 +134,7 @@ pub async fn status(cfg: &Config) -> Vec<NodeStatus> {
             reachable: false,
             error: None,
             installed: None,
+            copy: false,
             tables: Vec::new(),
             link: None,
             queue: None,
@@ -148,6 +151,7 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
     let n = twin::connect(cfg, node).await?;
     s.reachable = true;
     s.installed = n.info.installed.clone();
+    s.copy = n.info.is_copy();
     let captured = catalog::captured_tables(n.name(), &n.db).await?;
     for table in &cfg.tables {
         let triggers = captured
@@ -319,6 +323,15 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
                 format!("node {}: pgtwin is not installed: run pgtwin up", n.node),
             );
             continue;
+        }
+        if n.copy {
+            add(
+                Severity::Down,
+                format!(
+                    "node {}: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; run pgtwin down against it to remove pgtwin's objects (and the peer's password), or pgtwin up to sync this database",
+                    n.node
+                ),
+            );
         }
         for t in &n.tables {
             for q in &t.sequences {

@@ -119,3 +119,85 @@ async fn an_application_cannot_opt_its_writes_out_of_the_sync() {
     assert_eq!(p.assert_same("products").await.len(), 1);
     assert!(p.rows(1, "products").await[0].ends_with(",2)"));
 }
+
+/// A dump of a synced database restored elsewhere (a staging copy) is not a live link: its writes
+/// capture and ship nothing, and `status` against it says it is a copy and what to run.
+#[tokio::test]
+async fn a_restored_copy_ships_nothing_and_says_so() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    let server = &common::servers().nodes[0];
+    let copy = format!("{}_copy", p.db);
+    p.admin[0]
+        .batch_execute(&format!("CREATE DATABASE {copy} OWNER twin"))
+        .await
+        .unwrap();
+    let bin = pgtwin::localpg::find_bin_dir().unwrap();
+    let port = server.port.to_string();
+    let dump = std::process::Command::new(bin.join("pg_dump"))
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", &p.db])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let mut restore = std::process::Command::new(bin.join("psql"))
+        .args([
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            &copy,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    restore
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&dump.stdout)
+        .unwrap();
+    assert!(restore.wait().unwrap().success());
+    let staging = server.connect(&copy).await.unwrap();
+    staging
+        .batch_execute("INSERT INTO products (name, price) VALUES ('staging only', 1)")
+        .await
+        .unwrap();
+    let queued: i64 = staging
+        .query_one("SELECT count(*) FROM pgtwin.queue", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+    assert!(
+        p.rows(1, "products").await.is_empty(),
+        "a staging insert reached the peer"
+    );
+    // `status` with a config that points at the copy.
+    let url = server.url("twin", Some(common::TWIN_PW), &copy);
+    p.config_text(&format!(
+        "[nodes.a]\nurl = \"{url}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"products\"\n",
+        p.url(1)
+    ));
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 2, "{}", status.stdout);
+    assert!(
+        status
+            .stdout
+            .contains("node a: this database is a copy of one pgtwin was installed in"),
+        "{}",
+        status.stdout
+    );
+}

@@ -28,6 +28,8 @@ pub struct Install<'a> {
     /// Tables that carry pgtwin triggers but are no longer in the config.
     pub stale_tables: &'a [QualName],
     pub sequences: &'a [SequenceChange],
+    /// This database's OID: the capture functions do nothing in any other (a restored copy).
+    pub database_oid: i64,
 }
 
 /// Interleaving of one key sequence: node i of n hands out i, i+n, i+2n, ...
@@ -183,7 +185,7 @@ pub fn record_step(
     Step::new(
         "installation record",
         format!(
-            "INSERT INTO {t} AS i VALUES (true, {}, {}, {}, {}, {created_extension}, ARRAY[{table_names}]::text[], now())\n    ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, node = EXCLUDED.node, peer = EXCLUDED.peer,\n    plan_hash = EXCLUDED.plan_hash, tables = EXCLUDED.tables, installed_at = EXCLUDED.installed_at,\n    created_extension = i.created_extension OR EXCLUDED.created_extension",
+            "INSERT INTO {t} AS i VALUES (true, {}, {}, {}, {}, {created_extension}, ARRAY[{table_names}]::text[], now(),\n    (SELECT oid FROM pg_database WHERE datname = current_database()))\n    ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, node = EXCLUDED.node, peer = EXCLUDED.peer,\n    plan_hash = EXCLUDED.plan_hash, tables = EXCLUDED.tables, installed_at = EXCLUDED.installed_at,\n    created_extension = i.created_extension OR EXCLUDED.created_extension, database_oid = EXCLUDED.database_oid",
             Literal(env!("CARGO_PKG_VERSION")),
             Literal(node),
             Literal(peer),
@@ -321,7 +323,7 @@ fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
         // the stored password or the queue; the function runs as the role that installed it.
         Step::new(
             format!("table {name}: capture function"),
-            function_sql(&capture, "", "trigger", &capture_body(t, i.options), Security::Capture),
+            function_sql(&capture, "", "trigger", &capture_body(t, i.options, i.database_oid), Security::Capture),
         ),
     ];
     let mut triggers = drop_capture_triggers(table);
@@ -383,7 +385,7 @@ fn function_sql(
     )
 }
 
-fn capture_body(t: &TableInfo, options: &Options) -> String {
+fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
     let new = Ident::new(names::NEW_ROWS);
     let old = Ident::new(names::OLD_ROWS);
     let keys = comma_list(&t.key);
@@ -404,6 +406,7 @@ fn capture_body(t: &TableInfo, options: &Options) -> String {
         CAPTURE_TEMPLATE,
         &[
             ("always_queue", (options.mode == Mode::Async).to_string()),
+            ("database_oid", database_oid.to_string()),
             ("ship", names::ship_function(&t.synced_name).to_string()),
             ("columns_list", change::COLUMNS_SQL.to_string()),
             ("truncated_keys", deletes(format!("{} o", t.name))),
@@ -848,6 +851,7 @@ mod tests {
             tables,
             create_extension: true,
             stale_tables: &[QualName::new("public", "old")],
+            database_oid: 16384,
             sequences: &[SequenceChange {
                 sequence: QualName::new("public", "products_id_seq"),
                 original_increment: 1,

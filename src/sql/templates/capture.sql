@@ -17,6 +17,10 @@ BEGIN
     IF coalesce(current_setting({{origin_setting}}, true), '') <> '' AND session_user = current_user THEN
         RETURN NULL;
     END IF;
+    -- A copy of this database (a dump restored elsewhere) is not a live link: it captures nothing.
+    IF (SELECT oid FROM pg_database WHERE datname = current_database()) <> {{database_oid}} THEN
+        RETURN NULL;
+    END IF;
     -- Queue when the mode says so, or while older changes wait in the queue (the peer was found
     -- down): a change must never overtake an earlier one of the same key.
     pgtwin_queue := {{always_queue}} OR EXISTS (SELECT FROM {{queue}});

@@ -10,6 +10,8 @@ CREATE TABLE IF NOT EXISTS {{installation}} (
     tables text[] NOT NULL,
     installed_at timestamptz NOT NULL
 );
+-- The database installed in: a dump restored into another database is a copy, not a live link.
+ALTER TABLE {{installation}} ADD COLUMN IF NOT EXISTS database_oid oid;
 -- Increments `up` changed, to be restored by `down`.
 CREATE TABLE IF NOT EXISTS {{sequences}} (
     schema_name text NOT NULL,
