@@ -232,7 +232,7 @@ const FOREIGN_OBJECTS_SQL: &str = "
     UNION ALL
     SELECT 'trigger ' || quote_ident(g.tgname) || ' on ' || g.tgrelid::regclass::text
       FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid, s
-     WHERE c.relnamespace = s.oid AND NOT g.tgisinternal AND g.tgname <> $2
+     WHERE c.relnamespace = s.oid AND NOT g.tgisinternal AND (g.tgname <> $2 OR c.relkind <> 'v')
     ORDER BY 1";
 
 async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
@@ -521,7 +521,7 @@ pub async fn max_value(
 }
 
 /// Largest value of an integer key column in one residue (`value ≡ position mod count`): the largest
-/// id a node's interleaved sequence handed out. Walks the key's index from the top.
+/// id a node's interleaved sequence handed out, looked for among the 1,000 largest keys.
 pub async fn max_in_residue(
     node: &str,
     db: &Client,
@@ -531,11 +531,13 @@ pub async fn max_in_residue(
     position: i64,
 ) -> Result<Option<i64>> {
     let residue = position.rem_euclid(count);
+    // Among the top keys only (bounded work, whatever the table's size): a node that mostly receives
+    // rows has many of the other residue on top. None when none of them is in this residue.
     let row = db
         .query_opt(
             &format!(
-                "SELECT {column}::bigint FROM {table} WHERE mod({column}::bigint, $1) IN ($2, $2 - $1)
-                 ORDER BY {column} DESC LIMIT 1"
+                "SELECT k FROM (SELECT {column}::bigint AS k FROM {table} ORDER BY {column} DESC LIMIT 1000) top
+                 WHERE mod(k, $1) IN ($2, $2 - $1) ORDER BY k DESC LIMIT 1"
             ),
             &[&count, &residue],
         )
@@ -555,7 +557,7 @@ pub async fn captured_tables(node: &str, db: &Client) -> Result<Vec<(QualName, V
              JOIN pg_class c ON c.oid = t.tgrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)
-               AND n.nspname <> $1
+               AND n.nspname <> $1 AND t.tgenabled <> 'D'
              GROUP BY 1, 2 ORDER BY 1, 2",
             &[&names::SCHEMA],
         )

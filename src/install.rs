@@ -467,9 +467,13 @@ async fn repair_locked(
         .await
         .map_err(on_node(n.name(), "clearing the repair mark"))?;
         // The tables are equal now: the changes the peer refused are settled by the repair's policy.
-        n.db.execute(&format!("DELETE FROM {}", names::set_aside_table()), &[])
-            .await
-            .map_err(on_node(n.name(), "clearing the changes set aside"))?;
+        // (An install older than this binary has no such table until its next `up`.)
+        n.db.batch_execute(&format!(
+            "DO $pgtwin$ BEGIN IF to_regclass({t}) IS NOT NULL THEN EXECUTE 'DELETE FROM ' || {t}; END IF; END $pgtwin$",
+            t = Literal(&names::set_aside_table().to_string())
+        ))
+        .await
+        .map_err(on_node(n.name(), "clearing the changes set aside"))?;
     }
     if dry_run {
         return Ok(RepairReport {

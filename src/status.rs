@@ -191,7 +191,9 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
                         "hands out ids outside node {}'s residue (next {}, step {})",
                         node.name, k.next_value, k.increment
                     ))
-                } else if largest_key.is_some_and(|m| k.next_value <= m) {
+                } else if largest_key.is_some_and(|m| k.next_value <= m)
+                    && still_behind(n.name(), &n.db, table, &k.sequence, largest_key).await
+                {
                     Some(format!("is behind the largest id it handed out, {} (next {}): it would hand out ids again", largest_key.unwrap_or_default(), k.next_value))
                 } else {
                     None
@@ -223,6 +225,24 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
     Ok(())
 }
 
+/// Reads the sequence again after the largest key: an insert that committed between the two reads
+/// is not a sequence behind its keys.
+async fn still_behind(
+    node: &str,
+    db: &Client,
+    table: &crate::config::Table,
+    sequence: &crate::sql::ident::QualName,
+    largest_key: Option<i64>,
+) -> bool {
+    let Ok(info) = catalog::table_info(node, db, table).await else {
+        return false;
+    };
+    info.key_sequences
+        .iter()
+        .find(|k| &k.sequence == sequence)
+        .is_some_and(|k| largest_key.is_some_and(|m| k.next_value <= m))
+}
+
 async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
     let row = db
         .query_one(
@@ -231,21 +251,35 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
                         (SELECT extract(epoch FROM now() - min(changed_at))::float8 FROM {q}),
                         (SELECT max(applied_at)::text FROM {applied}),
                         (SELECT count(*) FROM {conflicts}),
-                        (SELECT needs_repair_since::text FROM {link}), (SELECT reason FROM {link}),
-                        (SELECT extract(epoch FROM now() - seen_at)::float8 FROM {runner}),
-                        (SELECT drained_at::text FROM {runner}),
-                        (SELECT count(*) FROM {set_aside})",
+                        (SELECT needs_repair_since::text FROM {link}), (SELECT reason FROM {link})",
                 q = names::queue_table(),
                 applied = names::applied_table(),
                 conflicts = names::conflicts_table(),
                 link = names::link_table(),
-                runner = names::runner_table(),
-                set_aside = names::set_aside_table(),
             ),
             &[],
         )
         .await
         .map_err(crate::db::on_node(node, "reading the queue"))?;
+    // Tables an install older than this binary lacks until its next `up`: read when present.
+    let runner = db
+        .query_opt(
+            &format!(
+                "SELECT extract(epoch FROM now() - seen_at)::float8, drained_at::text FROM {}",
+                names::runner_table()
+            ),
+            &[],
+        )
+        .await
+        .ok()
+        .flatten();
+    let set_aside = db
+        .query_one(
+            &format!("SELECT count(*) FROM {}", names::set_aside_table()),
+            &[],
+        )
+        .await
+        .ok();
     Ok(QueueStatus {
         entries: row.get(0),
         rows: row.get(1),
@@ -254,9 +288,9 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
         conflicts: row.get(4),
         needs_repair_since: row.get(5),
         needs_repair_reason: row.get(6),
-        runner_seen_s_ago: row.get(7),
-        runner_drained_at: row.get(8),
-        set_aside: row.get(9),
+        runner_seen_s_ago: runner.as_ref().and_then(|r| r.get(0)),
+        runner_drained_at: runner.as_ref().and_then(|r| r.get(1)),
+        set_aside: set_aside.map_or(0, |r| r.get(0)),
     })
 }
 
@@ -328,7 +362,7 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             add(
                 Severity::Down,
                 format!(
-                    "node {}: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; run pgtwin down against it to remove pgtwin's objects (and the peer's password), or pgtwin up to sync this database",
+                    "node {}: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; remove pgtwin's objects (and the peer's password) from it with DROP SCHEMA pgtwin CASCADE; DROP SERVER pgtwin_peer CASCADE; run there (not pgtwin down, which would also reach the live peer)",
                     n.node
                 ),
             );

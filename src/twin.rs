@@ -276,6 +276,8 @@ pub async fn sequence_changes(
                         r as i64 + 1,
                     )
                     .await?;
+                    // None: no key of this residue among the top ones (the other node inserted
+                    // more since): the floor stays as the other reads say.
                     *max = (*max).max(m.unwrap_or(0));
                 }
             }

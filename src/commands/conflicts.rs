@@ -91,7 +91,8 @@ pub async fn run(cfg: &Config, args: &ConflictsArgs) -> Result<ExitCode> {
                 &[],
             )
             .await
-            .map_err(on_node(n.name(), "reading the changes set aside"))?;
+            // An install older than this binary has no such table until its next `up`.
+            .unwrap_or_default();
         for r in rows {
             let batch: String = r.get(4);
             set_aside.push(serde_json::json!({
