@@ -297,9 +297,8 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
             lock_table(n.name(), &n.db, &pair[i].name).await?;
         }
     }
-    // Queued changes must reach the peer first: the merge would take them for differences, and a node
-    // whose objects are rebuilt could not read its queue (chunks are the text of its change types). The
-    // one exception is a half-done `up`: the installed node queued because its peer had no inbox yet,
+    // Queued changes must reach the peer first: the merge would take them for differences (and a
+    // queued deletion would come back as a row the other node still has). The one exception is a half-done `up`: the installed node queued because its peer had no inbox yet,
     // so nothing can replay it. Its changes are in its table, and the merge below carries them over;
     // the queue is then emptied with the merge, so they are not replayed on top of it.
     let mut stranded = [false; 2];

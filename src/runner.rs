@@ -542,10 +542,8 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
         );
         let problem = match connected {
             (Ok(a), Ok(b)) => {
-                eprintln!(
-                    "pgtwin run: replaying queues between {} and {}",
-                    a.name, b.name
-                );
+                // A change of state, logged like the others (as JSON with --log-format json).
+                tracing::warn!("replaying queues between {} and {}", a.name, b.name);
                 match replay_until_error(&a, &b, &mut wake, &mut stop, &mut report, &mut backoff)
                     .await
                 {

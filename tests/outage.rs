@@ -920,6 +920,28 @@ async fn run_backs_off_logs_each_state_once_and_exits_once_removed() {
     );
 
     p.config_text(&good);
+    // Connected, the state change is a JSON line too.
+    let child = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
+        .arg("-c")
+        .arg(p.dir.path().join("pgtwin.toml"))
+        .args(["--log-format", "json", "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").arg(pid).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("replaying queues between a and b"),
+        "{stderr}"
+    );
+    for line in stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
     p.pgtwin(&["down"]).ok();
     let started = Instant::now();
     let run = p.pgtwin(&["run"]);
