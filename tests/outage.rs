@@ -875,6 +875,24 @@ async fn a_truncate_while_apart_is_weighed_key_by_key() {
     assert!(p.assert_same("items").await.is_empty());
 }
 
+/// Runs `pgtwin --log-format json run` for `time`, then SIGTERM; returns what it logged.
+async fn json_run_for(p: &Pair, time: Duration) -> String {
+    let child = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
+        .arg("-c")
+        .arg(p.dir.path().join("pgtwin.toml"))
+        .args(["--log-format", "json", "run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(time).await;
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").arg(pid).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// `run` as a service: while a node is unreachable it backs off and logs that state once (here as
 /// JSON lines, for a log shipper), and once pgtwin is removed from both nodes it exits with a clear
 /// message instead of retrying forever.
@@ -891,20 +909,7 @@ async fn run_backs_off_logs_each_state_once_and_exits_once_removed() {
         &format!(":{closed}/"),
     );
     p.config_text(&unreachable);
-    let child = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
-        .arg("-c")
-        .arg(p.dir.path().join("pgtwin.toml"))
-        .args(["--log-format", "json", "run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").arg(pid).status().unwrap().success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = json_run_for(&p, Duration::from_secs(4)).await;
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(!lines.is_empty());
     for line in &lines {
@@ -921,20 +926,7 @@ async fn run_backs_off_logs_each_state_once_and_exits_once_removed() {
 
     p.config_text(&good);
     // Connected, the state change is a JSON line too.
-    let child = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
-        .arg("-c")
-        .arg(p.dir.path().join("pgtwin.toml"))
-        .args(["--log-format", "json", "run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").arg(pid).status().unwrap().success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = json_run_for(&p, Duration::from_millis(1500)).await;
     assert!(
         stderr.contains("replaying queues between a and b"),
         "{stderr}"
