@@ -898,6 +898,7 @@ async fn json_run_for(p: &Pair, time: Duration) -> String {
 /// message instead of retrying forever.
 #[tokio::test]
 async fn run_backs_off_logs_each_state_once_and_exits_once_removed() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
     p.both(ITEMS).await;
     p.config("[[tables]]\nname = \"items\"");
@@ -951,6 +952,7 @@ async fn run_backs_off_logs_each_state_once_and_exits_once_removed() {
 /// later change still arrives, `status` and `pgtwin conflicts` show it, and `repair` settles it.
 #[tokio::test]
 async fn a_change_the_peer_refuses_is_set_aside_and_never_blocks_the_others() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
     p.owner[0].batch_execute(ITEMS).await.unwrap();
     p.owner[1]
