@@ -82,17 +82,6 @@ async fn connect_listening(
             info.foreign_objects.join(", ")
         );
     }
-    let locked: bool = db
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK_KEY])
-        .await
-        .map_err(on_node(&node.name, "taking the runner lock"))?
-        .get(0);
-    if !locked {
-        bail!(
-            "node {}: another pgtwin run is already replaying here",
-            node.name
-        );
-    }
     db.batch_execute(&format!("LISTEN {}", names::QUEUE_CHANNEL))
         .await
         .map_err(on_node(&node.name, "LISTEN"))?;
@@ -101,6 +90,43 @@ async fn connect_listening(
         db,
     })
 }
+
+impl Listener {
+    /// Takes the runner lock of this node, unless another session holds it.
+    async fn try_lock(&self) -> Result<bool> {
+        Ok(self
+            .db
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK_KEY])
+            .await
+            .map_err(on_node(&self.name, "taking the runner lock"))?
+            .get(0))
+    }
+
+    async fn unlock(&self) -> Result<()> {
+        self.db
+            .execute("SELECT pg_advisory_unlock($1)", &[&RUNNER_LOCK_KEY])
+            .await
+            .map_err(on_node(&self.name, "releasing the runner lock"))?;
+        Ok(())
+    }
+}
+
+/// Takes the runner locks of both nodes, always the first node's first: of two runners, one gets
+/// both and the other none (never one each, which would stop both). Their sessions hold them; a
+/// runner that dies, even by kill -9, loses them as soon as its server sees the connection close.
+async fn lock_pair(a: &Listener, b: &Listener) -> Result<bool> {
+    if !a.try_lock().await? {
+        return Ok(false);
+    }
+    if !b.try_lock().await? {
+        a.unlock().await?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// How often a runner standing by tries to take over.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 
 /// Replays `from`'s queue on `to`, up to the last entry queued when it starts (writers that never
 /// stop must not keep one direction, or `run --once`, going forever). Stops between two transactions
@@ -475,6 +501,13 @@ pub async fn run_once(cfg: &Config) -> Result<[Drained; 2]> {
         connect_listening(cfg, &cfg.nodes[1], wake)
     );
     let (a, b) = (a?, b?);
+    if !lock_pair(&a, &b).await? {
+        bail!(
+            "another pgtwin run is replaying between {} and {}: it drains the queues; stop it first to drain them here",
+            a.name,
+            b.name
+        );
+    }
     let (_keep, never) = watch::channel(false);
     let ab = drain(&a, &b, &never).await.context("replaying")?;
     let ba = drain(&b, &a, &never).await.context("replaying")?;
@@ -542,6 +575,19 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
         );
         let problem = match connected {
             (Ok(a), Ok(b)) => {
+                match stand_by(&a, &b, &mut stop).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(()),
+                    Err(e) => {
+                        report.problem(&format!("{e:#}"), backoff);
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => return Ok(()),
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_CAP);
+                        continue;
+                    }
+                }
                 // A change of state, logged like the others (as JSON with --log-format json).
                 tracing::warn!("replaying queues between {} and {}", a.name, b.name);
                 match replay_until_error(&a, &b, &mut wake, &mut stop, &mut report, &mut backoff)
@@ -573,6 +619,32 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
         backoff = (backoff * 2).min(BACKOFF_CAP);
     }
     Ok(())
+}
+
+/// Waits, connected, until this runner holds both nodes' runner locks (true) or is told to stop
+/// (false). Another runner replaying is a state, logged once: this one takes over when it stops.
+async fn stand_by(a: &Listener, b: &Listener, stop: &mut Stop) -> Result<bool> {
+    let mut said = false;
+    loop {
+        if lock_pair(a, b).await? {
+            if said {
+                tracing::warn!("the other pgtwin run is gone: taking over");
+            }
+            return Ok(true);
+        }
+        if !said {
+            tracing::warn!(
+                "standing by: another pgtwin run replays between {} and {}; taking over when it stops",
+                a.name,
+                b.name
+            );
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(STANDBY_POLL) => {}
+            _ = stop.changed() => return Ok(false),
+        }
+    }
 }
 
 /// How often `run` writes its heartbeat (status calls a runner unseen for a minute gone).

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Pair;
+use common::{Pair, Runner};
 use tokio::sync::Mutex;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -595,59 +595,6 @@ async fn a_joined_chunk_meeting_queued_changes_is_refused_for_a_retry() {
     p.owner[1].batch_execute(&replay("off")).await.unwrap();
     p.owner[1].batch_execute("COMMIT").await.unwrap();
     assert_eq!(p.rows(1, "items").await, vec!["(5,\"queued on b\",1)"]);
-}
-
-/// A `pgtwin` process in the background, killed if the test ends first.
-struct Runner(std::process::Child);
-
-impl Runner {
-    fn start(p: &Pair, args: &[&str]) -> Runner {
-        Runner(
-            Command::new(env!("CARGO_BIN_EXE_pgtwin"))
-                .arg("-c")
-                .arg(p.dir.path().join("pgtwin.toml"))
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(self) {
-        drop(self);
-    }
-
-    /// SIGTERM, then waits for the process to exit, at most `limit`.
-    fn terminate(self, limit: Duration) -> std::process::ExitStatus {
-        let pid = self.0.id().to_string();
-        assert!(Command::new("kill").arg(pid).status().unwrap().success());
-        self.wait(limit)
-    }
-
-    /// Waits for the process to exit, at most `limit`.
-    fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "pgtwin did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

@@ -301,6 +301,87 @@ pub fn pgtwin(config: &std::path::Path, args: &[&str]) -> Run {
     }
 }
 
+/// A `pgtwin` process in the background, killed if the test ends first. What it logs goes to a file
+/// (`log()` reads it so far).
+pub struct Runner {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+static RUNNERS: AtomicUsize = AtomicUsize::new(0);
+
+impl Runner {
+    pub fn start(p: &Pair, args: &[&str]) -> Runner {
+        use std::process::Stdio;
+        let log = p.dir.path().join(format!(
+            "run-{}.log",
+            RUNNERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
+            .arg("-c")
+            .arg(p.dir.path().join("pgtwin.toml"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Runner { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log holds `needle`, at most `limit`.
+    #[track_caller]
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) {
+        let started = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                started.elapsed() < limit,
+                "no {needle:?} logged within {limit:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(self) {
+        drop(self);
+    }
+
+    /// SIGTERM, then waits for the process to exit, at most `limit`.
+    pub fn terminate(self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").arg(pid).status().unwrap().success());
+        self.wait(limit)
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait(mut self, limit: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "pgtwin did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs a command, killing it if it outlives `limit`: a hang is a test failure, not a stuck CI.
 pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
     use std::process::Stdio;
