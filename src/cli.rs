@@ -135,6 +135,10 @@ pub struct RunArgs {
     /// With --once: machine-readable output on stdout.
     #[arg(long, requires = "once")]
     pub json: bool,
+    /// Serve Prometheus metrics on http://ADDR/metrics and the status verdict on /healthz
+    /// (e.g. 127.0.0.1:9187).
+    #[arg(long, value_name = "ADDR", conflicts_with = "once")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]

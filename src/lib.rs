@@ -11,6 +11,7 @@ pub mod data;
 pub mod db;
 pub mod install;
 pub mod localpg;
+pub mod metrics;
 pub mod plan;
 pub mod progress;
 pub mod runner;

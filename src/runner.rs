@@ -36,10 +36,29 @@ const ENTRIES_PER_TRANSACTION: i64 = 100;
 /// Session advisory lock that keeps a second runner off a node ("pgtr").
 const RUNNER_LOCK_KEY: i64 = 0x7067_7472;
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Drained {
     pub entries: u64,
     pub rows: u64,
+    /// Rows per table tag, for the metrics.
+    pub by_tag: Vec<(String, u64)>,
+}
+
+impl Drained {
+    fn add(&mut self, other: Drained) {
+        self.entries += other.entries;
+        self.rows += other.rows;
+        for (tag, rows) in other.by_tag {
+            self.count(&tag, rows);
+        }
+    }
+
+    fn count(&mut self, tag: &str, rows: u64) {
+        match self.by_tag.iter_mut().find(|(t, _)| t == tag) {
+            Some((_, n)) => *n += rows,
+            None => self.by_tag.push((tag.to_string(), rows)),
+        }
+    }
 }
 
 /// A node connection that also delivers the queue's notifications.
@@ -179,6 +198,7 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
         };
         if entries.is_empty() {
             let _ = from.db.batch_execute("COMMIT").await;
+            crate::metrics::caught_up(&from.name, &to.name);
             break;
         }
         let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
@@ -201,9 +221,15 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
             .map_err(on_node(&from.name, "removing replayed queue entries"))?;
         forgotten = std::mem::take(&mut applied_earlier);
         forgotten.extend(&seqs);
-        total.entries += done.entries;
-        total.rows += done.rows;
         tracing::info!(from = %from.name, to = %to.name, entries = done.entries, rows = done.rows, "replayed");
+        let oldest_age_ms = entries.iter().map(|e| e.age_ms).max().unwrap_or(0);
+        crate::metrics::replayed(
+            &from.name,
+            &to.name,
+            &done.by_tag,
+            oldest_age_ms as f64 / 1000.0,
+        );
+        total.add(done);
         // A long catch-up is a runner at work, not a runner gone: keep the heartbeat going.
         if batch_started.elapsed() >= HEARTBEAT {
             if let Err(e) = heartbeat(from, to, false).await {
@@ -240,7 +266,9 @@ async fn read_batch(from: &Listener, last: i64, applied_earlier: &[i64]) -> Resu
     let queue = names::queue_table();
     let sql = format!(
         "BEGIN; DELETE FROM {queue} WHERE seq = ANY({}); \
-         SELECT seq, table_tag, rows, batch, changed_at FROM {queue} WHERE seq <= {} \
+         SELECT seq, table_tag, rows, batch, changed_at, \
+                (extract(epoch FROM clock_timestamp() - changed_at) * 1000)::bigint \
+         FROM {queue} WHERE seq <= {} \
          ORDER BY seq LIMIT {ENTRIES_PER_TRANSACTION} FOR UPDATE",
         bigint_array(applied_earlier),
         Literal(&last.to_string())
@@ -260,6 +288,7 @@ async fn read_batch(from: &Listener, last: i64, applied_earlier: &[i64]) -> Resu
                 rows: field(2).parse::<u64>().unwrap_or(0),
                 batch: field(3),
                 changed_at: field(4),
+                age_ms: field(5).parse().unwrap_or(0),
             });
         }
     }
@@ -347,8 +376,7 @@ async fn apply_one_by_one(
     for entry in entries {
         match apply_entries(from, to, std::slice::from_ref(entry), forgotten, false).await {
             Ok(d) => {
-                done.entries += d.entries;
-                done.rows += d.rows;
+                done.add(d);
                 forgotten = &[];
             }
             Err(e) => {
@@ -443,6 +471,7 @@ async fn apply_entries(
             .await?;
         done.entries += 1;
         done.rows += chunk.rows;
+        done.count(&chunk.tag, chunk.rows);
     }
     let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
     to.db
@@ -463,6 +492,8 @@ struct Entry {
     rows: u64,
     batch: String,
     changed_at: String,
+    /// How old its change was when read from the queue.
+    age_ms: i64,
 }
 
 /// Largest chunk the runner builds by joining queue entries.
@@ -579,6 +610,7 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
                     Ok(true) => {}
                     Ok(false) => return Ok(()),
                     Err(e) => {
+                        crate::metrics::error();
                         report.problem(&format!("{e:#}"), backoff);
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -611,6 +643,8 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
                 cfg.nodes[1].name
             );
         }
+        crate::metrics::active(false);
+        crate::metrics::error();
         report.problem(&problem, backoff);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -627,6 +661,7 @@ async fn stand_by(a: &Listener, b: &Listener, stop: &mut Stop) -> Result<bool> {
     let mut said = false;
     loop {
         if lock_pair(a, b).await? {
+            crate::metrics::active(true);
             if said {
                 tracing::warn!("the other pgtwin run is gone: taking over");
             }
@@ -747,6 +782,7 @@ mod tests {
             rows,
             batch: batch.into(),
             changed_at: at.into(),
+            age_ms: 0,
         }
     }
 

@@ -46,6 +46,20 @@ pub struct QueueStatus {
     pub runner_seen_s_ago: Option<f64>,
     /// When the runner last found both queues empty.
     pub runner_drained_at: Option<String>,
+    /// The same figures per table.
+    pub by_table: Vec<TableQueue>,
+}
+
+/// One table's share of a node's queue, set-aside changes and conflicts.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TableQueue {
+    /// The table by its name in the config, unquoted (`public.items`).
+    pub table: String,
+    pub entries: i64,
+    pub rows: i64,
+    pub oldest_age_s: Option<f64>,
+    pub set_aside: i64,
+    pub conflicts: i64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -90,6 +104,31 @@ pub struct Drift {
     pub problem: String,
     /// Whether the table's shared columns still sync despite it.
     pub synced: bool,
+}
+
+/// Everything `status` reports, with its verdict: what `pgtwin status` prints and `/healthz` serves.
+pub struct Report {
+    pub nodes: Vec<NodeStatus>,
+    pub pair: Option<PairStatus>,
+    pub problems: Vec<Problem>,
+}
+
+impl Report {
+    /// The worst problem's severity; None: healthy.
+    pub fn severity(&self) -> Option<Severity> {
+        self.problems.iter().map(|p| p.severity).max()
+    }
+}
+
+pub async fn report(cfg: &Config) -> Report {
+    let nodes = status(cfg).await;
+    let pair = pair_status(cfg).await;
+    let problems = problems(&nodes, pair.as_ref());
+    Report {
+        nodes,
+        pair,
+        problems,
+    }
 }
 
 /// Needs both nodes; None when either is unreachable.
@@ -215,7 +254,10 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
         });
     }
     if s.installed.is_some() {
-        s.queue = Some(queue_status(n.name(), &n.db).await?);
+        let mut queue = queue_status(n.name(), &n.db).await?;
+        let tables: Vec<_> = cfg.tables.iter().map(|t| t.name.clone()).collect();
+        queue.by_table = queue_by_table(&n.db, &tables).await;
+        s.queue = Some(queue);
     }
     if let Some(first) = s.installed.as_ref().and_then(|i| i.tables.first()) {
         if let Ok(name) = crate::sql::ident::QualName::parse(first) {
@@ -291,7 +333,70 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
         runner_seen_s_ago: runner.as_ref().and_then(|r| r.get(0)),
         runner_drained_at: runner.as_ref().and_then(|r| r.get(1)),
         set_aside: set_aside.map_or(0, |r| r.get(0)),
+        by_table: Vec::new(),
     })
+}
+
+/// Queue, set-aside and conflict figures per table. Entries carry a table's tag, matched here to its
+/// config name; conflicts carry that name. Best effort: an older install may lack a table.
+async fn queue_by_table(db: &Client, tables: &[crate::sql::ident::QualName]) -> Vec<TableQueue> {
+    // Every synced table has its figures, zeros included: a monitor sees a series, not a gap.
+    let mut out: Vec<TableQueue> = tables
+        .iter()
+        .map(|t| TableQueue {
+            table: t.plain(),
+            ..TableQueue::default()
+        })
+        .collect();
+    let tag_of = |tag: &str| tables.iter().find(|t| names::table_tag(t) == tag);
+    let grouped = |sql: String| async move { db.query(&sql, &[]).await.unwrap_or_default() };
+    let queued = grouped(format!(
+        "SELECT table_tag, count(*), coalesce(sum(rows), 0)::bigint,
+                extract(epoch FROM now() - min(changed_at))::float8
+         FROM {} GROUP BY 1",
+        names::queue_table()
+    ))
+    .await;
+    let set_aside = grouped(format!(
+        "SELECT table_tag, count(*) FROM {} GROUP BY 1",
+        names::set_aside_table()
+    ))
+    .await;
+    let conflicts = grouped(format!(
+        "SELECT table_name, count(*) FROM {} GROUP BY 1",
+        names::conflicts_table()
+    ))
+    .await;
+    let name_of = |tag: &str| tag_of(tag).map_or(tag.to_string(), |t| t.plain());
+    for r in &queued {
+        let t = table_entry(&mut out, name_of(r.get(0)));
+        t.entries = r.get(1);
+        t.rows = r.get(2);
+        t.oldest_age_s = r.get(3);
+    }
+    for r in &set_aside {
+        table_entry(&mut out, name_of(r.get(0))).set_aside = r.get(1);
+    }
+    for r in &conflicts {
+        let name: String = r.get(0);
+        table_entry(&mut out, name).conflicts = r.get(1);
+    }
+    out.sort_by(|a, b| a.table.cmp(&b.table));
+    out
+}
+
+fn table_entry(out: &mut Vec<TableQueue>, table: String) -> &mut TableQueue {
+    let i = match out.iter().position(|t| t.table == table) {
+        Some(i) => i,
+        None => {
+            out.push(TableQueue {
+                table,
+                ..TableQueue::default()
+            });
+            out.len() - 1
+        }
+    };
+    &mut out[i]
 }
 
 /// Reads the peer's inbox view through the foreign server: the same path, role and

@@ -3,9 +3,14 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::{Pair, Runner};
+use tokio::sync::Mutex;
+
+/// The metrics test stops node b: tests here run one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text)";
 
@@ -29,6 +34,7 @@ async fn eventually_rows(p: &Pair, i: usize, table: &str, want: &[&str]) {
 /// takes over when the first is killed with SIGKILL, losing nothing queued meanwhile.
 #[tokio::test]
 async fn a_second_runner_stands_by_and_takes_over_when_the_first_is_killed() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
     p.both(ITEMS).await;
     p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
@@ -71,4 +77,148 @@ async fn a_second_runner_stands_by_and_takes_over_when_the_first_is_killed() {
     assert!(order.is_sorted(), "{log}");
     assert!(second.terminate(Duration::from_secs(10)).success());
     assert_eq!(p.queued(0).await + p.queued(1).await, 0);
+}
+
+/// GET over plain HTTP/1.1, as a scraper would: (status code, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+/// The value of one sample (`name{labels}`) in a scrape; None when absent.
+fn sample(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+/// Polls the scrape until `series` has `want`, at most 15 s; returns that scrape.
+fn scrape_until(addr: &str, series: &str, want: f64) -> String {
+    let started = Instant::now();
+    loop {
+        let (code, body) = get(addr, "/metrics");
+        assert_eq!(code, 200, "{body}");
+        if sample(&body, series) == Some(want) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{series} is not {want}:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `run --metrics` before, during and after an outage of node b: what it replayed per table, the
+/// queue growing on a while b is down, b down, the verdict on /healthz, and all of it back to normal
+/// once b returns.
+#[tokio::test]
+async fn metrics_follow_an_outage_and_the_replay_after_it() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    let addr = format!("127.0.0.1:{}", pgtwin::localpg::free_port().unwrap());
+    let runner = Runner::start(&p, &["run", "--metrics", &addr]);
+    runner.wait_for_log("replaying queues between a and b", Duration::from_secs(15));
+
+    p.owner[0]
+        .batch_execute("INSERT INTO items SELECT g, 'before' FROM generate_series(1, 3) g")
+        .await
+        .unwrap();
+    let replayed = r#"pgtwin_replayed_changes_total{from="a",to="b",table="public.items"}"#;
+    let before = scrape_until(&addr, replayed, 3.0);
+    for (series, want) in [
+        (r#"pgtwin_node_up{node="b"}"#, 1.0),
+        (r#"pgtwin_link_up{node="a"}"#, 1.0),
+        (
+            r#"pgtwin_queue_changes{node="a",table="public.items"}"#,
+            0.0,
+        ),
+        ("pgtwin_runner_up", 1.0),
+        ("pgtwin_runner_active", 1.0),
+        ("pgtwin_errors_total", 0.0),
+    ] {
+        assert_eq!(sample(&before, series), Some(want), "{series}\n{before}");
+    }
+    assert!(before.contains("# TYPE pgtwin_replayed_changes_total counter"));
+    let rate = r#"pgtwin_replay_rate_changes_per_second{from="a",to="b"}"#;
+    assert!(sample(&before, rate).unwrap() > 0.0, "{before}");
+    assert!(
+        sample(&before, r#"pgtwin_replay_lag_seconds{from="a",to="b"}"#).is_some(),
+        "{before}"
+    );
+    assert_eq!(get(&addr, "/healthz"), (200, "healthy\n".to_string()));
+
+    common::servers().nodes[1].stop(true).unwrap();
+    p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (4, 'during'), (5, 'during')")
+        .await
+        .unwrap();
+    let during = scrape_until(&addr, r#"pgtwin_node_up{node="b"}"#, 0.0);
+    let during = if sample(
+        &during,
+        r#"pgtwin_queue_changes{node="a",table="public.items"}"#,
+    ) == Some(2.0)
+    {
+        during
+    } else {
+        scrape_until(
+            &addr,
+            r#"pgtwin_queue_changes{node="a",table="public.items"}"#,
+            2.0,
+        )
+    };
+    assert_eq!(sample(&during, "pgtwin_status"), Some(2.0), "{during}");
+    assert!(
+        sample(&during, "pgtwin_last_error_timestamp_seconds").is_some(),
+        "{during}"
+    );
+    let (code, body) = get(&addr, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("DOWN") && body.contains("node b"),
+        "{body}"
+    );
+
+    common::servers().nodes[1].start_again().unwrap();
+    p.reconnect(1).await;
+    let after = scrape_until(&addr, replayed, 5.0);
+    assert_eq!(
+        sample(&after, r#"pgtwin_node_up{node="b"}"#),
+        Some(1.0),
+        "{after}"
+    );
+    scrape_until(
+        &addr,
+        r#"pgtwin_queue_changes{node="a",table="public.items"}"#,
+        0.0,
+    );
+    p.assert_same("items").await;
+    assert!(runner.terminate(Duration::from_secs(10)).success());
+}
+
+/// An address `run` cannot listen on is an error at once, not a runner without metrics.
+#[tokio::test]
+async fn a_metrics_address_that_cannot_be_listened_on_is_refused() {
+    let p = Pair::new().await;
+    p.config("[[tables]]\nname = \"items\"");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    p.pgtwin(&["run", "--metrics", &addr])
+        .fails_with(&["--metrics", &addr, "cannot listen"]);
 }

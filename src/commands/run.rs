@@ -8,6 +8,9 @@ use crate::runner;
 
 pub async fn run(cfg: &Config, args: &RunArgs) -> Result<ExitCode> {
     if !args.once {
+        if let Some(addr) = &args.metrics {
+            crate::metrics::serve(std::sync::Arc::new(cfg.clone()), addr).await?;
+        }
         runner::run_forever(cfg).await?;
         return Ok(ExitCode::SUCCESS);
     }

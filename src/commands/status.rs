@@ -6,9 +6,11 @@ use crate::config::Config;
 use crate::status;
 
 pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
-    let nodes = status::status(cfg).await;
-    let pair = status::pair_status(cfg).await;
-    let problems = status::problems(&nodes, pair.as_ref());
+    let status::Report {
+        nodes,
+        pair,
+        problems,
+    } = status::report(cfg).await;
     let code = match problems.iter().map(|p| p.severity).max() {
         None => ExitCode::SUCCESS,
         Some(status::Severity::Degraded) => ExitCode::from(1),

@@ -75,6 +75,13 @@ impl QualName {
     }
 }
 
+impl QualName {
+    /// `schema.name` as the catalog spells them, unquoted: for labels and reading, never for SQL.
+    pub fn plain(&self) -> String {
+        format!("{}.{}", self.schema.as_str(), self.name.as_str())
+    }
+}
+
 impl fmt::Display for QualName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.schema, self.name)

@@ -1,0 +1,415 @@
+//! `pgtwin run --metrics ADDR`: Prometheus text on `/metrics`, the status verdict on `/healthz`.
+//!
+//! Two sources. What the nodes hold (queues, set-aside changes, conflicts, links, the verdict) is read
+//! at each scrape, exactly as `pgtwin status` reads it, so a scrape never shows a stale figure. What
+//! only this process knows (changes it replayed, their lag, its errors, whether it is the runner
+//! replaying or the one standing by) is recorded as it happens, in [`RECORDER`].
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::status::{self, Severity};
+
+/// What this process's runner did, since it started.
+#[derive(Default)]
+struct Recorder {
+    /// Changes replayed, per (from, to, table).
+    replayed: BTreeMap<(String, String, String), u64>,
+    /// Replays of the last RATE_WINDOW, per direction, for the rate.
+    recent: VecDeque<(Instant, (String, String), u64)>,
+    /// Per (from, to): age of the oldest change in the last replayed batch when it was read; 0 once
+    /// a drain finds the queue empty.
+    lag_s: BTreeMap<(String, String), f64>,
+    errors: u64,
+    last_error_at: Option<SystemTime>,
+    /// Holds both nodes' runner locks (false: standing by, or not connected).
+    active: bool,
+}
+
+static RECORDER: Mutex<Option<Recorder>> = Mutex::new(None);
+
+/// The window over which the replay rate is averaged.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+fn record(f: impl FnOnce(&mut Recorder)) {
+    let mut guard = RECORDER.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(Recorder::default));
+}
+
+/// A replayed batch, committed on `to`: changes per table, and the age of its oldest change.
+pub fn replayed(from: &str, to: &str, tables: &[(String, u64)], oldest_age_s: f64) {
+    record(|r| {
+        let now = Instant::now();
+        for (table, rows) in tables {
+            *r.replayed
+                .entry((from.into(), to.into(), table.clone()))
+                .or_default() += rows;
+            r.recent.push_back((now, (from.into(), to.into()), *rows));
+        }
+        r.lag_s.insert((from.into(), to.into()), oldest_age_s);
+        trim(r);
+    });
+}
+
+/// A drain found nothing left to replay from `from` to `to`.
+pub fn caught_up(from: &str, to: &str) {
+    record(|r| {
+        r.lag_s.insert((from.into(), to.into()), 0.0);
+    });
+}
+
+pub fn error() {
+    record(|r| {
+        r.errors += 1;
+        r.last_error_at = Some(SystemTime::now());
+    });
+}
+
+pub fn active(active: bool) {
+    record(|r| r.active = active);
+}
+
+/// Prometheus text exposition: each metric's samples in one group (as the format requires), after
+/// its HELP and TYPE; metrics in the order first sampled.
+#[derive(Default)]
+struct Exposition {
+    metrics: Vec<Family>,
+}
+
+struct Family {
+    name: &'static str,
+    head: String,
+    samples: String,
+}
+
+impl Exposition {
+    fn sample(
+        &mut self,
+        name: &'static str,
+        kind: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let i = match self.metrics.iter().position(|f| f.name == name) {
+            Some(i) => i,
+            None => {
+                self.metrics.push(Family {
+                    name,
+                    head: format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"),
+                    samples: String::new(),
+                });
+                self.metrics.len() - 1
+            }
+        };
+        let out = &mut self.metrics[i].samples;
+        out.push_str(name);
+        if !labels.is_empty() {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = write!(out, "{{{}}}", labels.join(","));
+        }
+        let _ = writeln!(out, " {value}");
+    }
+
+    fn text(&self) -> String {
+        self.metrics
+            .iter()
+            .map(|f| format!("{}{}", f.head, f.samples))
+            .collect()
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn flag(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// The status verdict as a number: 0 healthy, 1 degraded, 2 down (as `status` exits).
+fn verdict_code(severity: Option<Severity>) -> f64 {
+    match severity {
+        None => 0.0,
+        Some(Severity::Degraded) => 1.0,
+        Some(Severity::Down) => 2.0,
+    }
+}
+
+/// Everything `/metrics` serves.
+pub fn render(cfg: &Config, report: &status::Report) -> String {
+    let mut m = Exposition::default();
+    m.sample(
+        "pgtwin_runner_up",
+        "gauge",
+        "1 while this pgtwin run process serves metrics.",
+        &[],
+        1.0,
+    );
+    m.sample(
+        "pgtwin_status",
+        "gauge",
+        "The status verdict: 0 healthy, 1 degraded, 2 down (as pgtwin status exits).",
+        &[],
+        verdict_code(report.severity()),
+    );
+    for n in &report.nodes {
+        let node = n.node.as_str();
+        m.sample(
+            "pgtwin_node_up",
+            "gauge",
+            "1 when pgtwin can connect to the node.",
+            &[("node", node)],
+            flag(n.reachable),
+        );
+        m.sample(
+            "pgtwin_installed",
+            "gauge",
+            "1 when pgtwin is installed on the node.",
+            &[("node", node)],
+            flag(n.installed.is_some()),
+        );
+        if let Some(link) = &n.link {
+            m.sample(
+                "pgtwin_link_up",
+                "gauge",
+                "1 when the node reaches its peer through the foreign server, as its triggers do.",
+                &[("node", node)],
+                flag(link.ok),
+            );
+        }
+        let Some(q) = &n.queue else { continue };
+        m.sample(
+            "pgtwin_needs_repair",
+            "gauge",
+            "1 once the node's queue outgrew its limit: only pgtwin repair joins the nodes again.",
+            &[("node", node)],
+            flag(q.needs_repair_since.is_some()),
+        );
+        if let Some(seen) = q.runner_seen_s_ago {
+            m.sample(
+                "pgtwin_runner_heartbeat_age_seconds",
+                "gauge",
+                "Seconds since a pgtwin run last wrote its heartbeat on the node.",
+                &[("node", node)],
+                seen,
+            );
+        }
+        for t in &q.by_table {
+            let labels = [("node", node), ("table", t.table.as_str())];
+            m.sample(
+                "pgtwin_queue_entries",
+                "gauge",
+                "Queue entries (chunks of changes) waiting on the node for its peer.",
+                &labels,
+                t.entries as f64,
+            );
+            m.sample(
+                "pgtwin_queue_changes",
+                "gauge",
+                "Row changes waiting on the node for its peer.",
+                &labels,
+                t.rows as f64,
+            );
+            m.sample(
+                "pgtwin_queue_oldest_age_seconds",
+                "gauge",
+                "Age of the oldest change waiting on the node for its peer.",
+                &labels,
+                t.oldest_age_s.unwrap_or(0.0),
+            );
+            m.sample(
+                "pgtwin_set_aside_entries",
+                "gauge",
+                "Queue entries the peer refused for their data, set aside (pgtwin conflicts lists them).",
+                &labels,
+                t.set_aside as f64,
+            );
+            m.sample(
+                "pgtwin_conflicts",
+                "gauge",
+                "Conflicts recorded on the node and not yet acknowledged (pgtwin conflicts --ack).",
+                &labels,
+                t.conflicts as f64,
+            );
+        }
+    }
+    let guard = RECORDER.lock().unwrap_or_else(|e| e.into_inner());
+    let empty = Recorder::default();
+    let r = guard.as_ref().unwrap_or(&empty);
+    m.sample(
+        "pgtwin_runner_active",
+        "gauge",
+        "1 while this process replays; 0 while it stands by for another pgtwin run, or cannot connect.",
+        &[],
+        flag(r.active),
+    );
+    for ((from, to, tag), rows) in &r.replayed {
+        // Queue entries carry a table's tag; the label is its name in the config, as above.
+        let table = cfg
+            .tables
+            .iter()
+            .find(|t| crate::sql::names::table_tag(&t.name) == *tag)
+            .map_or(tag.clone(), |t| t.name.plain());
+        m.sample(
+            "pgtwin_replayed_changes_total",
+            "counter",
+            "Row changes this process replayed from one node's queue on the other.",
+            &[("from", from), ("to", to), ("table", &table)],
+            *rows as f64,
+        );
+    }
+    let since = Instant::now().checked_sub(RATE_WINDOW);
+    // Every direction drained so far has a rate, 0 when idle.
+    let mut rate: BTreeMap<&(String, String), f64> = r.lag_s.keys().map(|d| (d, 0.0)).collect();
+    for (at, direction, rows) in &r.recent {
+        if since.is_none_or(|s| *at >= s) {
+            *rate.entry(direction).or_default() += *rows as f64 / RATE_WINDOW.as_secs_f64();
+        }
+    }
+    for ((from, to), v) in &rate {
+        m.sample(
+            "pgtwin_replay_rate_changes_per_second",
+            "gauge",
+            "Row changes replayed per second, averaged over the last minute.",
+            &[("from", from), ("to", to)],
+            *v,
+        );
+    }
+    for ((from, to), lag) in &r.lag_s {
+        m.sample(
+            "pgtwin_replay_lag_seconds",
+            "gauge",
+            "Age of the oldest change in the last batch replayed (0 once the queue is drained).",
+            &[("from", from), ("to", to)],
+            *lag,
+        );
+    }
+    m.sample(
+        "pgtwin_errors_total",
+        "counter",
+        "Errors this process met while connecting or replaying (each retried with backoff).",
+        &[],
+        r.errors as f64,
+    );
+    if let Some(at) = r.last_error_at {
+        m.sample(
+            "pgtwin_last_error_timestamp_seconds",
+            "gauge",
+            "When this process last met an error, in seconds since the Unix epoch.",
+            &[],
+            at.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        );
+    }
+    m.text()
+}
+
+/// Drops replays older than the rate window (called at each record, so memory stays bounded).
+fn trim(r: &mut Recorder) {
+    if let Some(since) = Instant::now().checked_sub(RATE_WINDOW) {
+        while r.recent.front().is_some_and(|(at, _, _)| *at < since) {
+            r.recent.pop_front();
+        }
+    }
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until the process ends. Binding fails here, at once,
+/// so a wrong address is an error of `run`, not a silent absence of metrics.
+pub async fn serve(cfg: Arc<Config>, addr: &str) -> Result<()> {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
+    let metrics_cfg = cfg.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let cfg = metrics_cfg.clone();
+                async move {
+                    let report = status::report(&cfg).await;
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        render(&cfg, &report),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let cfg = cfg.clone();
+                async move {
+                    let report = status::report(&cfg).await;
+                    // Down is an outage (503); degraded still serves (200), with the reason in the
+                    // body, so a liveness probe does not restart a runner that is not at fault.
+                    let code = match report.severity() {
+                        Some(Severity::Down) => StatusCode::SERVICE_UNAVAILABLE,
+                        _ => StatusCode::OK,
+                    };
+                    (code, format!("{}\n", status::summary(&report.problems))).into_response()
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("metrics endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_metric_is_one_group_after_its_help_and_type() {
+        let mut m = Exposition::default();
+        m.sample("x", "gauge", "An x.", &[("node", "a")], 1.0);
+        m.sample("y", "counter", "A y.", &[], 3.0);
+        m.sample("x", "gauge", "An x.", &[("node", "b")], 2.5);
+        assert_eq!(
+            m.text(),
+            "# HELP x An x.\n# TYPE x gauge\nx{node=\"a\"} 1\nx{node=\"b\"} 2.5\n\
+             # HELP y A y.\n# TYPE y counter\ny 3\n"
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+
+    #[test]
+    fn the_rate_window_forgets_old_replays() {
+        let mut r = Recorder::default();
+        let old = Instant::now().checked_sub(RATE_WINDOW * 2);
+        if let Some(old) = old {
+            r.recent.push_back((old, ("a".into(), "b".into()), 5));
+        }
+        r.recent
+            .push_back((Instant::now(), ("a".into(), "b".into()), 7));
+        trim(&mut r);
+        assert_eq!(r.recent.len(), 1);
+    }
+}
