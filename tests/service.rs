@@ -222,3 +222,73 @@ async fn a_metrics_address_that_cannot_be_listened_on_is_refused() {
     p.pgtwin(&["run", "--metrics", &addr])
         .fails_with(&["--metrics", &addr, "cannot listen"]);
 }
+
+/// The command line of the shipped systemd unit (or the container's), with the binary, the config
+/// and the metrics address made this test's: run as written, it replays and serves /healthz.
+fn deployed_command(p: &Pair, file: &str, metrics: &str) -> Vec<String> {
+    let text =
+        std::fs::read_to_string(format!("{}/deploy/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let args: Vec<String> = if let Some(line) = text.lines().find(|l| l.starts_with("ExecStart=")) {
+        line["ExecStart=".len()..]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    } else {
+        let entry = text.lines().find(|l| l.starts_with("ENTRYPOINT ")).unwrap();
+        let cmd = text.lines().find(|l| l.starts_with("CMD ")).unwrap();
+        let list = |l: &str| -> Vec<String> {
+            serde_json::from_str(l.split_once(' ').unwrap().1).unwrap()
+        };
+        [list(entry), list(cmd)].concat()
+    };
+    assert_eq!(args[0], "/usr/local/bin/pgtwin", "{file}");
+    let config = p.dir.path().join("pgtwin.toml");
+    args[1..]
+        .iter()
+        .map(|a| match a.as_str() {
+            "/etc/pgtwin/pgtwin.toml" => config.display().to_string(),
+            "127.0.0.1:9187" | "0.0.0.0:9187" => metrics.to_string(),
+            _ => a.clone(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_shipped_service_commands_replay_and_serve_health() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    for (i, file) in ["pgtwin-run.service", "Containerfile"]
+        .into_iter()
+        .enumerate()
+    {
+        let addr = format!("127.0.0.1:{}", pgtwin::localpg::free_port().unwrap());
+        let args = deployed_command(&p, file, &addr);
+        assert!(args.contains(&"--metrics".to_string()), "{file}: {args:?}");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgtwin"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let runner = Runner::adopt(child);
+        let id = i as i32 + 1;
+        p.owner[0]
+            .execute("INSERT INTO items VALUES ($1, $2)", &[&id, &file])
+            .await
+            .unwrap();
+        let started = Instant::now();
+        while p.rows(1, "items").await.len() < id as usize {
+            assert!(started.elapsed() < Duration::from_secs(15), "{file}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(get(&addr, "/healthz").0, 200, "{file}");
+        assert!(
+            runner.terminate(Duration::from_secs(10)).success(),
+            "{file}"
+        );
+    }
+}

@@ -329,6 +329,14 @@ impl Runner {
         Runner { child, log }
     }
 
+    /// A process started elsewhere (its log unread).
+    pub fn adopt(child: std::process::Child) -> Runner {
+        Runner {
+            child,
+            log: PathBuf::new(),
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
