@@ -152,6 +152,8 @@ pub struct NodeInfo {
     pub foreign_objects: Vec<String>,
     /// This database's OID: an install records it, and a copy (a dump restored elsewhere) has another.
     pub database_oid: i64,
+    /// The version of pgtwin's state tables here (crate::state); None: not installed.
+    pub state_version: Option<i32>,
 }
 
 /// Built-in types whose hash is exact and node-independent (see Column::exact_hash), and their arrays:
@@ -193,7 +195,15 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let installed = if has_state && foreign_objects.is_empty() {
+    let trusted = has_state && foreign_objects.is_empty();
+    let state_version = if trusted {
+        crate::state::installed_version(node, db).await?
+    } else {
+        None
+    };
+    // A newer installation's record may not read as this binary expects: it is refused (see
+    // state::refuse_newer) before anything else is read there.
+    let installed = if trusted && state_version.is_some_and(|v| v <= crate::state::VERSION) {
         read_installed(node, db).await?
     } else {
         None
@@ -211,6 +221,7 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
         foreign_schema: row.get::<_, bool>(9) && (!has_state || !foreign_objects.is_empty()),
         foreign_objects,
         database_oid: row.get(10),
+        state_version,
     })
 }
 

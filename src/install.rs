@@ -205,8 +205,8 @@ pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
     Ok([a, b])
 }
 
-/// Installed from the same plan, with the same peer login, every capture trigger still in place and
-/// sequences interleaved.
+/// Installed from the same plan and state version, with the same peer login, every capture trigger
+/// still in place and sequences interleaved.
 async fn is_up_to_date(
     n: &Connected,
     peer: &Connected,
@@ -217,7 +217,9 @@ async fn is_up_to_date(
     let Some(installed) = &n.info.installed else {
         return Ok(false);
     };
-    if installed.plan_hash != hash || !seqs.is_empty() {
+    // State tables an older pgtwin left are upgraded by the next `up`.
+    let state_current = n.info.state_version == Some(crate::state::VERSION);
+    if installed.plan_hash != hash || !seqs.is_empty() || !state_current {
         return Ok(false);
     }
     // The hash covers the masked SQL only: compare the stored login with the config's.

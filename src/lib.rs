@@ -16,6 +16,7 @@ pub mod plan;
 pub mod progress;
 pub mod runner;
 pub mod sql;
+pub mod state;
 pub mod status;
 pub mod tls;
 pub mod twin;

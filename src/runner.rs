@@ -65,6 +65,8 @@ impl Drained {
 struct Listener {
     name: String,
     db: Client,
+    /// Of pgtwin's state tables there (crate::state): an install not yet upgraded by `up` still replays.
+    state_version: i32,
 }
 
 async fn connect_listening(
@@ -93,6 +95,7 @@ async fn connect_listening(
     crate::db::setup_session(&node.name, &db, timeout).await?;
     // Replaying reads and writes pgtwin's tables as this role: never in a schema another role filled.
     let info = crate::catalog::node_info(&node.name, &db).await?;
+    crate::state::refuse_newer(&node.name, &info)?;
     if !info.foreign_objects.is_empty() {
         bail!(
             "node {}: schema pgtwin holds what role {} did not create ({}): pgtwin run will not touch it",
@@ -107,6 +110,7 @@ async fn connect_listening(
     Ok(Listener {
         name: node.name.clone(),
         db,
+        state_version: info.state_version.unwrap_or(crate::state::UNRECORDED),
     })
 }
 
@@ -685,17 +689,33 @@ async fn stand_by(a: &Listener, b: &Listener, stop: &mut Stop) -> Result<bool> {
 /// How often `run` writes its heartbeat (status calls a runner unseen for a minute gone).
 const HEARTBEAT: Duration = Duration::from_secs(5);
 
-/// Writes the heartbeat on both nodes; `drained`: the last round found both queues empty.
+/// Writes the heartbeat on both nodes; `drained`: the last round found both queues empty. It names this
+/// process (host, pid, version) where the state tables have room for it (state version 2).
 async fn heartbeat(a: &Listener, b: &Listener, drained: bool) -> Result<()> {
     let host = std::env::var("HOSTNAME").unwrap_or_default();
-    let sql = format!(
-        "INSERT INTO {t} AS r VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host})
-         ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
-             drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)",
-        t = names::runner_table(),
-        host = Literal(&host),
-    );
     for l in [a, b] {
+        let sql = if l.state_version >= 2 {
+            format!(
+                "INSERT INTO {t} AS r (singleton, seen_at, drained_at, host, pid, version)
+                 VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host}, {pid}, {version})
+                 ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
+                     pid = EXCLUDED.pid, version = EXCLUDED.version,
+                     drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)",
+                t = names::runner_table(),
+                host = Literal(&host),
+                pid = std::process::id(),
+                version = Literal(env!("CARGO_PKG_VERSION")),
+            )
+        } else {
+            format!(
+                "INSERT INTO {t} AS r (singleton, seen_at, drained_at, host)
+                 VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host})
+                 ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
+                     drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)",
+                t = names::runner_table(),
+                host = Literal(&host),
+            )
+        };
         l.db.batch_execute(&sql)
             .await
             .map_err(on_node(&l.name, "writing the heartbeat"))?;

@@ -46,6 +46,8 @@ pub struct QueueStatus {
     pub runner_seen_s_ago: Option<f64>,
     /// When the runner last found both queues empty.
     pub runner_drained_at: Option<String>,
+    /// Which process wrote the heartbeat: "HOST pid N, pgtwin VERSION" (what the install records).
+    pub runner: Option<String>,
     /// The same figures per table.
     pub by_table: Vec<TableQueue>,
 }
@@ -307,7 +309,10 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
     let runner = db
         .query_opt(
             &format!(
-                "SELECT extract(epoch FROM now() - seen_at)::float8, drained_at::text FROM {}",
+                "SELECT extract(epoch FROM now() - seen_at)::float8, drained_at::text,
+                        concat_ws(' ', nullif(host, ''), 'pid ' || (to_jsonb(r) ->> 'pid'),
+                                  'pgtwin ' || (to_jsonb(r) ->> 'version'))
+                 FROM {} r",
                 names::runner_table()
             ),
             &[],
@@ -332,6 +337,10 @@ async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
         needs_repair_reason: row.get(6),
         runner_seen_s_ago: runner.as_ref().and_then(|r| r.get(0)),
         runner_drained_at: runner.as_ref().and_then(|r| r.get(1)),
+        runner: runner
+            .as_ref()
+            .and_then(|r| r.get::<_, Option<String>>(2))
+            .filter(|s| !s.is_empty()),
         set_aside: set_aside.map_or(0, |r| r.get(0)),
         by_table: Vec::new(),
     })

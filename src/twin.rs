@@ -28,6 +28,7 @@ pub async fn connect(cfg: &Config, node: &Node) -> Result<Connected> {
     let timeout = Duration::from_secs(cfg.options.connect_timeout_s.into());
     let db = crate::db::connect(&node.name, &node.conn, timeout).await?;
     let info = catalog::node_info(&node.name, &db).await?;
+    crate::state::refuse_newer(&node.name, &info)?;
     Ok(Connected {
         node: node.clone(),
         db,

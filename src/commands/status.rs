@@ -55,6 +55,13 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
                 "  queue: {} change(s) in {} entr(ies){age}{replay}; conflicts resolved: {}",
                 q.rows, q.entries, q.conflicts
             );
+            if let Some(seen) = q.runner_seen_s_ago {
+                let who = q
+                    .runner
+                    .as_deref()
+                    .map_or(String::new(), |w| format!(" ({w})"));
+                println!("  pgtwin run: seen {seen:.0} s ago{who}");
+            }
             if let Some(since) = &q.needs_repair_since {
                 println!(
                     "  NEEDS REPAIR since {since}: {}; changes are no longer recorded: run pgtwin repair",

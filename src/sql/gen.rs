@@ -9,7 +9,6 @@ use crate::plan::Step;
 use crate::sql::ident::{comma_list, dollar_quote, Ident, Literal, QualName};
 use crate::sql::names;
 
-const STATE_SQL: &str = include_str!("templates/state.sql");
 const ENQUEUE_TEMPLATE: &str = include_str!("templates/enqueue.sql");
 const CAPTURE_TEMPLATE: &str = include_str!("templates/capture.sql");
 const SHIP_TEMPLATE: &str = include_str!("templates/ship.sql");
@@ -60,7 +59,10 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
         "schema",
         format!("CREATE SCHEMA IF NOT EXISTS {schema};\nREVOKE ALL ON SCHEMA {schema} FROM PUBLIC"),
     ));
-    steps.push(Step::new("state tables", fill(STATE_SQL, &[]).trim()));
+    steps.push(Step::new(
+        "state tables",
+        fill(&crate::state::migrations_sql(), &[]).trim(),
+    ));
     steps.push(Step::new(
         "enqueue function",
         function_sql(
@@ -661,6 +663,7 @@ fn common_names() -> Vec<(&'static str, String)> {
         ("conflicts", names::conflicts_table().to_string()),
         ("link", names::link_table().to_string()),
         ("runner", names::runner_table().to_string()),
+        ("state_version", names::state_version_table().to_string()),
         ("set_aside", names::set_aside_table().to_string()),
         ("enqueue", names::enqueue_function().to_string()),
         ("channel", Literal(names::QUEUE_CHANNEL).to_string()),
@@ -681,7 +684,7 @@ fn common_names() -> Vec<(&'static str, String)> {
 }
 
 /// Fills a template: its own values, then pgtwin's common names.
-fn fill(template: &str, values: &[(&str, String)]) -> String {
+pub fn fill(template: &str, values: &[(&str, String)]) -> String {
     let mut all: Vec<(&str, String)> = values.to_vec();
     all.extend(common_names());
     render(template, &all)

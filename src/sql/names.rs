@@ -112,6 +112,10 @@ pub fn set_aside_table() -> QualName {
 }
 
 /// `pgtwin run`'s heartbeat.
+pub fn state_version_table() -> QualName {
+    in_schema("state_version".into())
+}
+
 pub fn runner_table() -> QualName {
     in_schema("runner".into())
 }

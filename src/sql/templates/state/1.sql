@@ -1,5 +1,5 @@
--- pgtwin's own state on a node. Created once and kept by every later `up`: the queue and the record of
--- what was applied must survive a reinstall. `down` drops it with the schema.
+-- State schema migration 1: pgtwin's own tables, as the first versioned release found them. Every
+-- statement is idempotent, so it is also a no-op on an installation made before versions were recorded.
 CREATE TABLE IF NOT EXISTS {{installation}} (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     version text NOT NULL,
