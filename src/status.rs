@@ -18,6 +18,8 @@ pub struct NodeStatus {
     pub reachable: bool,
     pub error: Option<String>,
     pub installed: Option<Installed>,
+    /// Version of pgtwin's state tables there (crate::state).
+    pub state_version: Option<i32>,
     /// The installation was made in another database: this is a copy (see NodeInfo::is_copy).
     pub copy: bool,
     pub tables: Vec<TableStatus>,
@@ -175,6 +177,7 @@ pub async fn status(cfg: &Config) -> Vec<NodeStatus> {
             reachable: false,
             error: None,
             installed: None,
+            state_version: None,
             copy: false,
             tables: Vec::new(),
             link: None,
@@ -192,6 +195,7 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
     let n = twin::connect(cfg, node).await?;
     s.reachable = true;
     s.installed = n.info.installed.clone();
+    s.state_version = n.info.state_version;
     s.copy = n.info.is_copy();
     let captured = catalog::captured_tables(n.name(), &n.db).await?;
     for table in &cfg.tables {
@@ -561,7 +565,13 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             );
         }
         for (n, fresh) in nodes.iter().zip(pair.up_to_date.unwrap_or([true; 2])) {
-            if !fresh {
+            let state = n.state_version.unwrap_or(crate::state::VERSION);
+            if state < crate::state::VERSION {
+                add(
+                    Severity::Degraded,
+                    format!("node {}: pgtwin's state tables there are version {state}, this pgtwin's are {}: run pgtwin up to upgrade them", n.node, crate::state::VERSION),
+                );
+            } else if !fresh {
                 add(
                     Severity::Degraded,
                     format!("node {}: installed objects do not match the config and tables: run pgtwin up", n.node),

@@ -55,8 +55,16 @@ async fn an_unversioned_installation_replays_then_up_upgrades_it_in_place() {
 
     // This binary reads the old installation and replays its queue; `up` waits for that (its merge
     // must not take changes in flight for differences), changing nothing meanwhile.
-    let status = p.pgtwin(&["status", "--json"]);
-    assert_ne!(status.code, 2, "{}", status.stdout);
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 1, "{}", status.stdout);
+    assert!(
+        status.stdout.contains(&format!(
+            "node a: pgtwin's state tables there are version 1, this pgtwin's are {}: run pgtwin up",
+            pgtwin::state::VERSION
+        )),
+        "{}",
+        status.stdout
+    );
     p.pgtwin(&["up"])
         .fails_with(&["node a", "still wait", "pgtwin run --once"]);
     let unversioned: bool = p.admin[0]
