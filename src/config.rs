@@ -112,7 +112,7 @@ impl Default for Options {
     }
 }
 
-/// One node: its name and its parsed connection URL.
+/// One node: its name and its connection parameters, resolved as libpq would.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub name: String,
