@@ -62,8 +62,17 @@ fn assert_no_password(run: &Run) {
     }
 }
 
-/// `up` with this environment works, and a write on node a reaches node b.
+/// `plan` shows the password found for each peer's user mapping masked, `up` with this environment
+/// works, and a write on node a reaches node b.
 async fn up_and_sync(p: &Pair, config: &Path, env: &[(&str, &str)]) {
+    let run = common::pgtwin_env(config, &["plan"], env).ok();
+    assert_no_password(&run);
+    assert_eq!(
+        run.stdout.matches("password '********'").count(),
+        2,
+        "{}",
+        run.stdout
+    );
     let run = common::pgtwin_env(config, &["up"], env).ok();
     assert_no_password(&run);
     p.admin[0]
