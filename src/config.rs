@@ -112,7 +112,7 @@ impl Default for Options {
     }
 }
 
-/// One node: its name and its parsed connection URL.
+/// One node: its name and its connection parameters, resolved as libpq would.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub name: String,
@@ -193,12 +193,13 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        Config::parse(&text, |var| std::env::var(var).ok())
+        Config::parse(&text, crate::libpq::System)
             .with_context(|| format!("config {}", path.display()))
     }
 
-    /// Parses and validates config text; `env` resolves `${VAR}` references.
-    pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config> {
+    /// Parses and validates config text; `env` resolves `${VAR}` references and gives each node what
+    /// its url leaves out, as libpq would (environment, service and password files, defaults).
+    pub fn parse(text: &str, env: impl crate::libpq::Env) -> Result<Config> {
         let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|e| {
                 // toml's own message spans several lines with a source excerpt (which may hold a
@@ -223,7 +224,7 @@ impl Config {
             }
             let url = expand_env(&node.url, &env)
                 .map_err(|e| anyhow::anyhow!("[nodes.{name}] url: {e}"))?;
-            let conn = crate::db::ConnInfo::parse(&url)
+            let conn = crate::libpq::resolve(&url, &env)
                 .map_err(|e| anyhow::anyhow!("[nodes.{name}] url: {e}"))?;
             nodes.push(Node { name, conn });
         }
@@ -439,7 +440,7 @@ fn is_node_name(name: &str) -> bool {
 }
 
 /// Replaces every `${VAR}` with the variable's value; a missing variable is an error naming it.
-fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<String, String> {
+fn expand_env(text: &str, env: &impl crate::libpq::Env) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -449,7 +450,9 @@ fn expand_env(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Strin
             .find('}')
             .ok_or_else(|| "unclosed ${ (write ${VAR})".to_string())?;
         let var = &after[..end];
-        let value = env(var).ok_or_else(|| format!("environment variable {var} is not set"))?;
+        let value = env
+            .var(var)
+            .ok_or_else(|| format!("environment variable {var} is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -602,6 +605,33 @@ mod tests {
         let e = err(&GOOD.replace("127.0.0.1:5432", "127.0.0.1:notaport"));
         assert!(e.contains("[nodes.shop]"), "{e}");
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn a_node_takes_what_its_url_leaves_out_from_the_environment() {
+        let text = GOOD.replace(
+            "postgres://app:secret@127.0.0.1:5432/shop",
+            "host=127.0.0.1 dbname=shop",
+        );
+        let env = |var: &str| match var {
+            "PGUSER" => Some("app".to_string()),
+            "PGPASSWORD" => Some("from-env".to_string()),
+            other => env(other),
+        };
+        let c = Config::parse(&text, env).unwrap();
+        let shop = &c.node("shop").unwrap().conn;
+        assert_eq!(shop.user, "app");
+        assert_eq!(shop.password.as_deref(), Some("from-env"));
+        assert_eq!(
+            c.node("legacy").unwrap().conn.password.as_deref(),
+            Some("p")
+        );
+        let e = err(&GOOD.replace(
+            "postgres://app:secret@127.0.0.1:5432/shop",
+            "host=127.0.0.1 port=x password='s3 cret'",
+        ));
+        assert!(e.contains("[nodes.shop] url: port \"x\""), "{e}");
+        assert!(!e.contains("s3") && !e.contains("cret"), "{e}");
     }
 
     #[test]

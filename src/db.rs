@@ -1,5 +1,5 @@
-//! Connections to a node: URL parsing (libpq URL form), connecting with bounded waits, and the session
-//! settings every pgtwin connection runs with.
+//! Connections to a node: its connection parameters (found by `libpq`), connecting with bounded waits,
+//! and the session settings every pgtwin connection runs with.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Result};
 use tokio_postgres::Client;
 
-/// A libpq connection URL, split into the parts pgtwin needs. Query parameters other than the ones named
-/// here pass through to postgres_fdw unchanged (sslmode, sslrootcert, target_session_attrs, ...).
+/// A node's libpq connection parameters, resolved (see `libpq::resolve`). Parameters other than the ones
+/// named here pass through to postgres_fdw unchanged (sslmode, sslrootcert, target_session_attrs, ...).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ConnInfo {
     pub host: String,
@@ -43,74 +43,10 @@ impl fmt::Display for ConnInfo {
 }
 
 impl ConnInfo {
-    /// Parses `postgres://user:password@host:port/dbname?param=value`. Errors never echo the URL (it
-    /// may hold a password).
+    /// A connection string (URL or keyword/value pairs) taken alone: no environment, no service or
+    /// password file. Config files go through `libpq::resolve` with the machine's environment.
     pub fn parse(text: &str) -> Result<ConnInfo, String> {
-        // libpq allows an empty host (`postgres://user@/db?host=/socket/dir`); the url crate does not.
-        let url = match url::Url::parse(text) {
-            Err(url::ParseError::EmptyHost) => {
-                let (scheme, rest) = text.split_once("://").unwrap_or((text, ""));
-                let fixed = match rest.split_once('/') {
-                    Some((auth, path)) => format!("{scheme}://{auth}localhost/{path}"),
-                    None => format!("{scheme}://{rest}localhost"),
-                };
-                url::Url::parse(&fixed)
-            }
-            other => other,
-        }
-        .map_err(|e| format!("not a valid postgres:// URL ({e})"))?;
-        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-            return Err(format!(
-                "scheme {:?} is not postgres:// or postgresql://",
-                url.scheme()
-            ));
-        }
-        let decode =
-            |s: &str| percent_decode(s).ok_or_else(|| "bad %-escape in the URL".to_string());
-        let mut params = BTreeMap::new();
-        for (k, v) in url.query_pairs() {
-            params.insert(k.into_owned(), v.into_owned());
-        }
-        let host = match params.remove("host") {
-            Some(h) => h,
-            None => decode(url.host_str().unwrap_or("localhost"))?,
-        };
-        let port = match params.remove("port") {
-            Some(p) => p
-                .parse()
-                .map_err(|_| format!("port {p:?} is not a number"))?,
-            None => url.port().unwrap_or(5432),
-        };
-        let user = match params.remove("user") {
-            Some(u) => u,
-            None if !url.username().is_empty() => decode(url.username())?,
-            None => return Err("no user: write postgres://USER:PASSWORD@HOST/DB".into()),
-        };
-        let password = match params.remove("password") {
-            Some(p) => Some(p),
-            None => url.password().map(decode).transpose()?,
-        };
-        let dbname = match params.remove("dbname") {
-            Some(d) => d,
-            None => decode(url.path().trim_start_matches('/'))?,
-        };
-        if dbname.is_empty() {
-            return Err("no database name: write postgres://USER:PASSWORD@HOST/DB".into());
-        }
-        crate::tls::mode(params.get("sslmode").map(String::as_str))?;
-        for reserved in ["client_encoding", "fallback_application_name"] {
-            if params.contains_key(reserved) {
-                return Err(format!("parameter {reserved} is set by pgtwin: remove it"));
-            }
-        }
-        Ok(ConnInfo {
-            host,
-            port,
-            user,
-            password,
-            dbname,
-            params,
-        })
+        crate::libpq::resolve(text, &|_: &str| None)
     }
 
     fn pg_config(&self, connect_timeout: Duration) -> tokio_postgres::Config {
@@ -159,23 +95,6 @@ impl ConnInfo {
         )));
         c
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// TCP keepalive and unacknowledged-data limits on every connection to a node: pgtwin's own, and the
@@ -233,7 +152,13 @@ pub async fn open(node: &str, info: &ConnInfo, timeout: Duration) -> Result<(Cli
                 timeout.as_secs()
             )
         })?
-        .map_err(|e| anyhow!("node {node}: cannot connect to {info}: {}", pg_message(&e)))
+        .map_err(|e| {
+            let mut msg = pg_message(&e);
+            if info.password.is_none() && msg.contains("password missing") {
+                msg.push_str(": give it in the url, PGPASSWORD, the password file (~/.pgpass) or a service file");
+            }
+            anyhow!("node {node}: cannot connect to {info}: {msg}")
+        })
 }
 
 /// Applies pgtwin's session settings (see SESSION_SETUP).
@@ -340,7 +265,6 @@ mod tests {
     fn bad_urls_are_refused_without_echo() {
         for bad in [
             "mysql://a:secret@h/db",
-            "postgres://a:secret@h",
             "postgres://:secret@h/db",
             "postgres://a:secret@h:xx/db",
             "postgres://a:secret@h/db?sslmode=sometimes",

@@ -121,7 +121,7 @@ pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: boo
             bail!("node {node}: role {user} may not use postgres_fdw: run GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {}; as a superuser", Ident::new(user.as_str()));
         }
         if !peer_has_password {
-            bail!("node {node}: role {user} is not a superuser, so postgres_fdw must log in to node {peer} with a password: put it in [nodes.{peer}] url");
+            bail!("node {node}: role {user} is not a superuser, so postgres_fdw must log in to node {peer} with a password: put it in [nodes.{peer}] url, or in PGPASSWORD, the password file (~/.pgpass) or the service file pgtwin reads");
         }
     }
     if !info.foreign_objects.is_empty() {

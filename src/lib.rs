@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod db;
 pub mod install;
+pub mod libpq;
 pub mod localpg;
 pub mod metrics;
 pub mod plan;

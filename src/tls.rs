@@ -60,12 +60,12 @@ pub fn connector(info: &ConnInfo) -> Result<MakeRustlsConnect> {
     }
     for unsupported in ["sslcert", "sslkey"] {
         if info.params.contains_key(unsupported) {
-            bail!("{unsupported}: pgtwin's own connections do not present client certificates yet; remove it from the URL");
+            bail!("{unsupported}: pgtwin's own connections do not present client certificates yet; remove it from the url (or its service entry)");
         }
     }
     for unsupported in ["sslcrl", "sslcrldir"] {
         if info.params.contains_key(unsupported) {
-            bail!("{unsupported}: pgtwin's own connections do not check revocation lists yet; remove it from the URL");
+            bail!("{unsupported}: pgtwin's own connections do not check revocation lists yet; remove it from the url (or its service entry)");
         }
     }
     let provider = Arc::new(crypto::ring::default_provider());

@@ -256,7 +256,7 @@ impl Bench {
             self.servers[0].url("postgres", None, db),
             self.servers[1].url("postgres", None, db)
         );
-        Config::parse(&text, |_| None)
+        Config::parse(&text, |_: &str| None)
     }
 
     /// Runs the queue dry; returns the rows applied per second, against a plain INSERT ... SELECT of as
@@ -669,7 +669,7 @@ async fn data_section(bench: &Bench, reps: usize, rows: i64) -> Result<()> {
                 bench.servers[0].url("postgres", None, &db),
                 bench.servers[1].url("postgres", None, &db)
             ),
-            |_| None,
+            |_: &str| None,
         )?;
         let p = pgtwin::install::prepare(&cfg).await?;
         let t = &p.tables[0];

@@ -70,7 +70,7 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
     );
     let config_path = dir.path().join("pgtwin.toml");
     std::fs::write(&config_path, &config_text)?;
-    let cfg = Config::parse(&config_text, |_| None)?;
+    let cfg = Config::parse(&config_text, |_: &str| None)?;
 
     let shop = app_client(&servers[0], "shop").await?;
     let mut legacy = app_client(&servers[1], "legacy").await?;

@@ -289,9 +289,20 @@ impl Run {
 }
 
 pub fn pgtwin(config: &std::path::Path, args: &[&str]) -> Run {
+    pgtwin_env(config, args, &[])
+}
+
+/// Runs the pgtwin binary with none of the developer's libpq settings (every variable libpq reads is
+/// removed, HOME names a directory that does not exist, so no ~/.pgpass or ~/.pg_service.conf), then
+/// `env` set.
+pub fn pgtwin_env(config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let started = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtwin"));
     cmd.arg("-c").arg(config).args(args);
+    for var in pgtwin::libpq::environment_variables() {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", "/nonexistent").envs(env.iter().copied());
     let out: Output = run_with_timeout(cmd, Duration::from_secs(60));
     Run {
         code: out.status.code().unwrap_or(-1),
