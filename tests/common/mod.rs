@@ -297,12 +297,8 @@ pub fn pgtwin(config: &std::path::Path, args: &[&str]) -> Run {
 /// `env` set.
 pub fn pgtwin_env(config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let started = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtwin"));
-    cmd.arg("-c").arg(config).args(args);
-    for var in pgtwin::libpq::environment_variables() {
-        cmd.env_remove(var);
-    }
-    cmd.env("HOME", "/nonexistent").envs(env.iter().copied());
+    let mut cmd = pgtwin_command(config, args);
+    cmd.envs(env.iter().copied());
     let out: Output = run_with_timeout(cmd, Duration::from_secs(60));
     Run {
         code: out.status.code().unwrap_or(-1),
@@ -310,6 +306,18 @@ pub fn pgtwin_env(config: &std::path::Path, args: &[&str], env: &[(&str, &str)])
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         elapsed: started.elapsed(),
     }
+}
+
+/// The pgtwin binary with a config and arguments, in an environment without the developer's libpq
+/// variables or home (a `~/.pgpass` or `PGSERVICE` there must not decide a test).
+pub fn pgtwin_command(config: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtwin"));
+    cmd.arg("-c").arg(config).args(args);
+    for var in pgtwin::libpq::environment_variables() {
+        cmd.env_remove(var);
+    }
+    cmd.env("HOME", "/nonexistent");
+    cmd
 }
 
 /// A `pgtwin` process in the background, killed if the test ends first. What it logs goes to a file
@@ -328,10 +336,7 @@ impl Runner {
             "run-{}.log",
             RUNNERS.fetch_add(1, Ordering::Relaxed)
         ));
-        let child = Command::new(env!("CARGO_BIN_EXE_pgtwin"))
-            .arg("-c")
-            .arg(p.dir.path().join("pgtwin.toml"))
-            .args(args)
+        let child = pgtwin_command(&p.dir.path().join("pgtwin.toml"), args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
