@@ -123,17 +123,7 @@ impl TableInfo {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Installed {
-    pub version: String,
-    pub node: String,
-    pub peer: String,
-    pub plan_hash: String,
-    pub created_extension: bool,
-    pub tables: Vec<String>,
-    /// The OID of the database `up` installed in (None: an install older than the record of it).
-    pub database_oid: Option<i64>,
-}
+pub use crate::state::Installed;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct NodeInfo {
@@ -204,7 +194,7 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
     // A newer installation's record may not read as this binary expects: it is refused (see
     // state::refuse_newer) before anything else is read there.
     let installed = if trusted && state_version.is_some_and(|v| v <= crate::state::VERSION) {
-        read_installed(node, db).await?
+        crate::state::read_installed(node, db).await?
     } else {
         None
     };
@@ -245,27 +235,6 @@ const FOREIGN_OBJECTS_SQL: &str = "
       FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid, s
      WHERE c.relnamespace = s.oid AND NOT g.tgisinternal AND (g.tgname <> $2 OR c.relkind <> 'v')
     ORDER BY 1";
-
-async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
-    let sql = format!(
-        "SELECT version, node, peer, plan_hash, created_extension, tables,
-                (to_jsonb(i) ->> 'database_oid')::bigint FROM {} i",
-        names::installation_table()
-    );
-    let row = db
-        .query_opt(&sql, &[])
-        .await
-        .map_err(on_node(node, "reading pgtwin's installation record"))?;
-    Ok(row.map(|r| Installed {
-        version: r.get(0),
-        node: r.get(1),
-        peer: r.get(2),
-        plan_hash: r.get(3),
-        created_extension: r.get(4),
-        tables: r.get(5),
-        database_oid: r.get(6),
-    }))
-}
 
 /// Reads one configured table. A missing table, or one without a usable key, is an error naming the
 /// node and the table.

@@ -25,6 +25,7 @@ use crate::config::{Config, Node};
 use crate::db::{on_node, pg_message};
 use crate::sql::ident::{Ident, Literal};
 use crate::sql::names;
+use crate::state;
 
 /// After a drain that applied anything, how long `run` keeps looking every TAIL_POLL; then IDLE_POLL
 /// (see run_forever).
@@ -164,22 +165,13 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
     let (last, recorded) = tokio::join!(
         async {
             from.db
-                .query_one(
-                    &format!("SELECT max(seq) FROM {}", names::queue_table()),
-                    &[],
-                )
+                .query_one(&state::last_queued_sql(), &[])
                 .await
                 .map_err(on_node(&from.name, "reading the queue"))
         },
         async {
             to.db
-                .query(
-                    &format!(
-                        "SELECT seq FROM {} WHERE origin = $1",
-                        names::replayed_table()
-                    ),
-                    &[&from.name],
-                )
+                .query(&state::replayed_from_sql(), &[&from.name])
                 .await
                 .map_err(on_node(&to.name, "reading replay progress"))
         }
@@ -216,11 +208,7 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
         // Applied and recorded on the peer; now the origin forgets them. If this fails, the next
         // drain finds them recorded on the peer and deletes them then.
         from.db
-            .batch_execute(&format!(
-                "DELETE FROM {} WHERE seq = ANY({}); COMMIT",
-                names::queue_table(),
-                bigint_array(&seqs)
-            ))
+            .batch_execute(&format!("{}; COMMIT", state::forget_entries_sql(&seqs)))
             .await
             .map_err(on_node(&from.name, "removing replayed queue entries"))?;
         forgotten = std::mem::take(&mut applied_earlier);
@@ -253,29 +241,14 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
 /// Set to true on SIGINT/SIGTERM.
 type Stop = watch::Receiver<bool>;
 
-/// `'{1,2,3}'::bigint[]`, through the literal quoting like every value in SQL text.
-fn bigint_array(values: &[i64]) -> String {
-    let text = values
-        .iter()
-        .map(i64::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    format!("{}::bigint[]", Literal(&format!("{{{text}}}")))
-}
-
 /// Opens a transaction on `from`, deletes `applied_earlier` from its queue, and reads the next entries
 /// `FOR UPDATE`: a change arriving from the peer that beats one of them waits to rewrite it until they
 /// are replayed, and never rewrites the copy being replayed. One round trip.
 async fn read_batch(from: &Listener, last: i64, applied_earlier: &[i64]) -> Result<Vec<Entry>> {
-    let queue = names::queue_table();
     let sql = format!(
-        "BEGIN; DELETE FROM {queue} WHERE seq = ANY({}); \
-         SELECT seq, table_tag, rows, batch, changed_at, \
-                (extract(epoch FROM clock_timestamp() - changed_at) * 1000)::bigint \
-         FROM {queue} WHERE seq <= {} \
-         ORDER BY seq LIMIT {ENTRIES_PER_TRANSACTION} FOR UPDATE",
-        bigint_array(applied_earlier),
-        Literal(&last.to_string())
+        "BEGIN; {}; {}",
+        state::forget_entries_sql(applied_earlier),
+        state::read_entries_sql(last, ENTRIES_PER_TRANSACTION)
     );
     let messages = from
         .db
@@ -396,14 +369,7 @@ async fn apply_one_by_one(
                 let reason = format!("node {} refused it: {reason}", to.name);
                 tracing::warn!(from = %from.name, seq = entry.seq, "change set aside: {reason}");
                 from.db
-                    .batch_execute(&format!(
-                        "INSERT INTO {} (seq, table_tag, rows, batch, changed_at, reason)
-                         SELECT seq, table_tag, rows, batch, changed_at, {} FROM {} WHERE seq = {}",
-                        names::set_aside_table(),
-                        Literal(&reason),
-                        names::queue_table(),
-                        entry.seq
-                    ))
+                    .batch_execute(&state::set_aside_sql(entry.seq, &reason))
                     .await
                     .map_err(on_node(&from.name, "setting a refused change aside"))?;
             }
@@ -422,18 +388,9 @@ async fn apply_entries(
     forgotten: &[i64],
     join: bool,
 ) -> Result<Drained> {
-    let origin = Literal(&from.name);
     // The progress row is locked: should a second runner reach this pair, it waits here. Tables with
     // changes queued on the peer too are not joined: each chunk keeps its own time.
-    let start = format!(
-        "BEGIN; DELETE FROM {replayed} WHERE origin = {origin} AND seq = ANY({forgotten}); \
-         INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now(); \
-         SELECT DISTINCT table_tag FROM {queue}",
-        replayed = names::replayed_table(),
-        applied = names::applied_table(),
-        queue = names::queue_table(),
-        forgotten = bigint_array(forgotten),
-    );
+    let start = format!("BEGIN; {}", state::replay_start_sql(&from.name, forgotten));
     let contested: Vec<String> = to
         .db
         .simple_query(&start)
@@ -480,9 +437,8 @@ async fn apply_entries(
     let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
     to.db
         .batch_execute(&format!(
-            "INSERT INTO {} SELECT {origin}, unnest({}); COMMIT",
-            names::replayed_table(),
-            bigint_array(&seqs)
+            "{}; COMMIT",
+            state::record_replayed_sql(&from.name, &seqs)
         ))
         .await?;
     Ok(done)
@@ -694,28 +650,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 async fn heartbeat(a: &Listener, b: &Listener, drained: bool) -> Result<()> {
     let host = std::env::var("HOSTNAME").unwrap_or_default();
     for l in [a, b] {
-        let sql = if l.state_version >= 2 {
-            format!(
-                "INSERT INTO {t} AS r (singleton, seen_at, drained_at, host, pid, version)
-                 VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host}, {pid}, {version})
-                 ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
-                     pid = EXCLUDED.pid, version = EXCLUDED.version,
-                     drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)",
-                t = names::runner_table(),
-                host = Literal(&host),
-                pid = std::process::id(),
-                version = Literal(env!("CARGO_PKG_VERSION")),
-            )
-        } else {
-            format!(
-                "INSERT INTO {t} AS r (singleton, seen_at, drained_at, host)
-                 VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host})
-                 ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
-                     drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)",
-                t = names::runner_table(),
-                host = Literal(&host),
-            )
-        };
+        let sql = state::heartbeat_sql(l.state_version, drained, &host);
         l.db.batch_execute(&sql)
             .await
             .map_err(on_node(&l.name, "writing the heartbeat"))?;
@@ -838,12 +773,6 @@ mod tests {
                 (entry("u", 1, &up(&[9]), "6"), false),
             ]
         );
-    }
-
-    #[test]
-    fn seq_lists_become_array_literals() {
-        assert_eq!(bigint_array(&[]), "'{}'::bigint[]");
-        assert_eq!(bigint_array(&[1, -2, 30]), "'{1,-2,30}'::bigint[]");
     }
 
     #[test]

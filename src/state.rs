@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 
 use crate::catalog::NodeInfo;
 use crate::db::on_node;
-use crate::sql::ident::{dollar_quote, Literal};
+use crate::sql::ident::{dollar_quote, Literal, QualName};
 use crate::sql::names;
 
 /// Numbered migrations; the last number is this binary's state version. Never edit one that shipped:
@@ -106,9 +106,408 @@ pub fn refuse_newer(node: &str, info: &NodeInfo) -> Result<()> {
     Ok(())
 }
 
+/// Changes waiting on this node for its peer, and what replay has done.
+#[derive(Debug, serde::Serialize)]
+pub struct QueueStatus {
+    /// Queue entries (chunks) and the changes they hold.
+    pub entries: i64,
+    pub rows: i64,
+    /// Age of the oldest queued change, in seconds.
+    pub oldest_age_s: Option<f64>,
+    /// When changes from the peer were last replayed here.
+    pub last_replay_from_peer: Option<String>,
+    pub conflicts: i64,
+    /// Set when the queue outgrew its limit: only a repair joins the nodes again.
+    pub needs_repair_since: Option<String>,
+    pub needs_repair_reason: Option<String>,
+    /// Queue entries the peer refused for their data, set aside.
+    pub set_aside: i64,
+    /// Seconds since `pgtwin run` last wrote its heartbeat here (None: never).
+    pub runner_seen_s_ago: Option<f64>,
+    /// When the runner last found both queues empty.
+    pub runner_drained_at: Option<String>,
+    /// Which process wrote the heartbeat: "HOST pid N, pgtwin VERSION" (what the install records).
+    pub runner: Option<String>,
+    /// The same figures per table.
+    pub by_table: Vec<TableQueue>,
+}
+
+/// One table's share of a node's queue, set-aside changes and conflicts.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct TableQueue {
+    /// The table by its name in the config, unquoted (`public.items`).
+    pub table: String,
+    pub entries: i64,
+    pub rows: i64,
+    pub oldest_age_s: Option<f64>,
+    pub set_aside: i64,
+    pub conflicts: i64,
+}
+
+/// A node's queue, replay, conflict and heartbeat figures, in all and per table of `tables` (their
+/// config names).
+pub async fn queue_status(node: &str, db: &Client, tables: &[QualName]) -> Result<QueueStatus> {
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT (SELECT count(*) FROM {q}), (SELECT coalesce(sum(rows), 0)::bigint FROM {q}),
+                        (SELECT extract(epoch FROM now() - min(changed_at))::float8 FROM {q}),
+                        (SELECT max(applied_at)::text FROM {applied}),
+                        (SELECT count(*) FROM {conflicts}),
+                        (SELECT needs_repair_since::text FROM {link}), (SELECT reason FROM {link})",
+                q = names::queue_table(),
+                applied = names::applied_table(),
+                conflicts = names::conflicts_table(),
+                link = names::link_table(),
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading the queue"))?;
+    // Tables an install older than this binary lacks until its next `up`: read when present.
+    let runner = db
+        .query_opt(
+            &format!(
+                "SELECT extract(epoch FROM now() - seen_at)::float8, drained_at::text,
+                        concat_ws(' ', nullif(host, ''), 'pid ' || (to_jsonb(r) ->> 'pid'),
+                                  'pgtwin ' || (to_jsonb(r) ->> 'version'))
+                 FROM {} r",
+                names::runner_table()
+            ),
+            &[],
+        )
+        .await
+        .ok()
+        .flatten();
+    let set_aside = db
+        .query_one(
+            &format!("SELECT count(*) FROM {}", names::set_aside_table()),
+            &[],
+        )
+        .await
+        .ok();
+    Ok(QueueStatus {
+        entries: row.get(0),
+        rows: row.get(1),
+        oldest_age_s: row.get(2),
+        last_replay_from_peer: row.get(3),
+        conflicts: row.get(4),
+        needs_repair_since: row.get(5),
+        needs_repair_reason: row.get(6),
+        runner_seen_s_ago: runner.as_ref().and_then(|r| r.get(0)),
+        runner_drained_at: runner.as_ref().and_then(|r| r.get(1)),
+        runner: runner
+            .as_ref()
+            .and_then(|r| r.get::<_, Option<String>>(2))
+            .filter(|s| !s.is_empty()),
+        set_aside: set_aside.map_or(0, |r| r.get(0)),
+        by_table: queue_by_table(db, tables).await,
+    })
+}
+
+/// Queue, set-aside and conflict figures per table. Entries carry a table's tag, matched here to its
+/// config name; conflicts carry that name. Best effort: an older install may lack a table.
+async fn queue_by_table(db: &Client, tables: &[QualName]) -> Vec<TableQueue> {
+    // Every synced table has its figures, zeros included: a monitor sees a series, not a gap.
+    let mut out: Vec<TableQueue> = tables
+        .iter()
+        .map(|t| TableQueue {
+            table: t.plain(),
+            ..TableQueue::default()
+        })
+        .collect();
+    let tag_of = |tag: &str| tables.iter().find(|t| names::table_tag(t) == tag);
+    let grouped = |sql: String| async move { db.query(&sql, &[]).await.unwrap_or_default() };
+    let queued = grouped(format!(
+        "SELECT table_tag, count(*), coalesce(sum(rows), 0)::bigint,
+                extract(epoch FROM now() - min(changed_at))::float8
+         FROM {} GROUP BY 1",
+        names::queue_table()
+    ))
+    .await;
+    let set_aside = grouped(format!(
+        "SELECT table_tag, count(*) FROM {} GROUP BY 1",
+        names::set_aside_table()
+    ))
+    .await;
+    let conflicts = grouped(format!(
+        "SELECT table_name, count(*) FROM {} GROUP BY 1",
+        names::conflicts_table()
+    ))
+    .await;
+    let name_of = |tag: &str| tag_of(tag).map_or(tag.to_string(), |t| t.plain());
+    for r in &queued {
+        let t = table_entry(&mut out, name_of(r.get(0)));
+        t.entries = r.get(1);
+        t.rows = r.get(2);
+        t.oldest_age_s = r.get(3);
+    }
+    for r in &set_aside {
+        table_entry(&mut out, name_of(r.get(0))).set_aside = r.get(1);
+    }
+    for r in &conflicts {
+        let name: String = r.get(0);
+        table_entry(&mut out, name).conflicts = r.get(1);
+    }
+    out.sort_by(|a, b| a.table.cmp(&b.table));
+    out
+}
+
+fn table_entry(out: &mut Vec<TableQueue>, table: String) -> &mut TableQueue {
+    let i = match out.iter().position(|t| t.table == table) {
+        Some(i) => i,
+        None => {
+            out.push(TableQueue {
+                table,
+                ..TableQueue::default()
+            });
+            out.len() - 1
+        }
+    };
+    &mut out[i]
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Installed {
+    pub version: String,
+    pub node: String,
+    pub peer: String,
+    pub plan_hash: String,
+    pub created_extension: bool,
+    pub tables: Vec<String>,
+    /// The OID of the database `up` installed in (None: an install older than the record of it).
+    pub database_oid: Option<i64>,
+}
+
+/// The installation record `up` wrote on a node (None: not installed).
+pub async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
+    let sql = format!(
+        "SELECT version, node, peer, plan_hash, created_extension, tables,
+                (to_jsonb(i) ->> 'database_oid')::bigint FROM {} i",
+        names::installation_table()
+    );
+    let row = db
+        .query_opt(&sql, &[])
+        .await
+        .map_err(on_node(node, "reading pgtwin's installation record"))?;
+    Ok(row.map(|r| Installed {
+        version: r.get(0),
+        node: r.get(1),
+        peer: r.get(2),
+        plan_hash: r.get(3),
+        created_extension: r.get(4),
+        tables: r.get(5),
+        database_oid: r.get(6),
+    }))
+}
+
+/// A conflict recorded on a node: a key both nodes changed while apart, and which change won (each
+/// change as JSON text `{"op": ..., "row": {...}}`).
+pub struct RecordedConflict {
+    pub id: i64,
+    pub resolved_at: String,
+    pub table: String,
+    pub key: Option<String>,
+    pub winner: String,
+    pub local_change: Option<String>,
+    pub remote_change: Option<String>,
+}
+
+pub async fn conflicts(node: &str, db: &Client) -> Result<Vec<RecordedConflict>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT id, resolved_at::text, table_name, key, winner, local_change, remote_change
+                 FROM {} ORDER BY id",
+                names::conflicts_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading the conflicts"))?;
+    Ok(rows
+        .iter()
+        .map(|r| RecordedConflict {
+            id: r.get(0),
+            resolved_at: r.get(1),
+            table: r.get(2),
+            key: r.get(3),
+            winner: r.get(4),
+            local_change: r.get(5),
+            remote_change: r.get(6),
+        })
+        .collect())
+}
+
+/// Clears the conflicts `ids` (those a user has read).
+pub async fn forget_conflicts(node: &str, db: &Client, ids: &[i64]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    db.execute(
+        &format!(
+            "DELETE FROM {} WHERE id = ANY($1)",
+            names::conflicts_table()
+        ),
+        &[&ids],
+    )
+    .await
+    .map_err(on_node(node, "clearing the conflicts"))?;
+    Ok(())
+}
+
+/// A queue entry the peer refused for its data, with the peer's reason.
+pub struct SetAside {
+    pub seq: i64,
+    pub set_aside_at: String,
+    pub table_tag: String,
+    pub reason: String,
+    /// The chunk as queued (crate::change).
+    pub batch: String,
+}
+
+/// The entries set aside on a node (none where an older install lacks the table).
+pub async fn set_aside(db: &Client) -> Vec<SetAside> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT seq, set_aside_at::text, table_tag, reason, batch FROM {} ORDER BY seq",
+                names::set_aside_table()
+            ),
+            &[],
+        )
+        .await
+        .unwrap_or_default();
+    rows.iter()
+        .map(|r| SetAside {
+            seq: r.get(0),
+            set_aside_at: r.get(1),
+            table_tag: r.get(2),
+            reason: r.get(3),
+            batch: r.get(4),
+        })
+        .collect()
+}
+
+/// The replay protocol's statements on pgtwin's tables. `pgtwin run` sends them, several to a round
+/// trip, within transactions it opens and commits itself (see crate::runner).
+///
+/// The newest queue entry: a drain goes up to it and no further.
+pub fn last_queued_sql() -> String {
+    format!("SELECT max(seq) FROM {}", names::queue_table())
+}
+
+/// On the peer: the origin's ($1) entries applied there and maybe not yet deleted from its queue.
+pub fn replayed_from_sql() -> String {
+    format!(
+        "SELECT seq FROM {} WHERE origin = $1",
+        names::replayed_table()
+    )
+}
+
+/// Deletes entries from the queue.
+pub fn forget_entries_sql(seqs: &[i64]) -> String {
+    format!(
+        "DELETE FROM {} WHERE seq = ANY({})",
+        names::queue_table(),
+        bigint_array(seqs)
+    )
+}
+
+/// The next `limit` entries up to `last`, in order, locked: (seq, table_tag, rows, batch, changed_at,
+/// age in ms).
+pub fn read_entries_sql(last: i64, limit: i64) -> String {
+    format!(
+        "SELECT seq, table_tag, rows, batch, changed_at, \
+                (extract(epoch FROM clock_timestamp() - changed_at) * 1000)::bigint \
+         FROM {} WHERE seq <= {} ORDER BY seq LIMIT {} FOR UPDATE",
+        names::queue_table(),
+        Literal(&last.to_string()),
+        Literal(&limit.to_string())
+    )
+}
+
+/// On the peer, first in a replay transaction: forgets the records of entries the origin deleted,
+/// marks (and locks) the origin's progress row, and lists the tables with changes queued there.
+pub fn replay_start_sql(origin: &str, forgotten: &[i64]) -> String {
+    format!(
+        "DELETE FROM {replayed} WHERE origin = {origin} AND seq = ANY({forgotten}); \
+         INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now(); \
+         SELECT DISTINCT table_tag FROM {queue}",
+        replayed = names::replayed_table(),
+        applied = names::applied_table(),
+        queue = names::queue_table(),
+        origin = Literal(origin),
+        forgotten = bigint_array(forgotten),
+    )
+}
+
+/// On the peer, last in a replay transaction: records the entries applied.
+pub fn record_replayed_sql(origin: &str, seqs: &[i64]) -> String {
+    format!(
+        "INSERT INTO {} SELECT {}, unnest({})",
+        names::replayed_table(),
+        Literal(origin),
+        bigint_array(seqs)
+    )
+}
+
+/// Moves a queue entry the peer refused into the set-aside table, with the reason.
+pub fn set_aside_sql(seq: i64, reason: &str) -> String {
+    format!(
+        "INSERT INTO {} (seq, table_tag, rows, batch, changed_at, reason)
+         SELECT seq, table_tag, rows, batch, changed_at, {} FROM {} WHERE seq = {}",
+        names::set_aside_table(),
+        Literal(reason),
+        names::queue_table(),
+        Literal(&seq.to_string())
+    )
+}
+
+/// The runner's heartbeat; `drained`: its last round found both queues empty. It names this process
+/// (host, pid, version) where the state tables have room for it (version 2 on).
+pub fn heartbeat_sql(state_version: i32, drained: bool, host: &str) -> String {
+    let t = names::runner_table();
+    let host = Literal(host);
+    if state_version >= 2 {
+        format!(
+            "INSERT INTO {t} AS r (singleton, seen_at, drained_at, host, pid, version)
+             VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host}, {pid}, {version})
+             ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
+                 pid = EXCLUDED.pid, version = EXCLUDED.version,
+                 drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)",
+            pid = std::process::id(),
+            version = Literal(env!("CARGO_PKG_VERSION")),
+        )
+    } else {
+        format!(
+            "INSERT INTO {t} AS r (singleton, seen_at, drained_at, host)
+             VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host})
+             ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
+                 drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)"
+        )
+    }
+}
+
+/// `'{1,2,3}'::bigint[]`, through the literal quoting like every value in SQL text.
+pub fn bigint_array(values: &[i64]) -> String {
+    let text = values
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("{}::bigint[]", Literal(&format!("{{{text}}}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seq_lists_become_array_literals() {
+        assert_eq!(bigint_array(&[]), "'{}'::bigint[]");
+        assert_eq!(bigint_array(&[1, -2, 30]), "'{1,-2,30}'::bigint[]");
+    }
 
     #[test]
     fn migrations_are_numbered_in_order_from_one() {

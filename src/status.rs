@@ -9,6 +9,7 @@ use tokio_postgres::Client;
 use crate::catalog::{self, Installed};
 use crate::config::{Config, Node};
 use crate::sql::names;
+pub use crate::state::{QueueStatus, TableQueue};
 use crate::twin;
 
 #[derive(Debug, serde::Serialize)]
@@ -26,44 +27,6 @@ pub struct NodeStatus {
     /// Whether this node reaches its peer through the foreign server, as the triggers do.
     pub link: Option<Link>,
     pub queue: Option<QueueStatus>,
-}
-
-/// Changes waiting on this node for its peer, and what replay has done.
-#[derive(Debug, serde::Serialize)]
-pub struct QueueStatus {
-    /// Queue entries (chunks) and the changes they hold.
-    pub entries: i64,
-    pub rows: i64,
-    /// Age of the oldest queued change, in seconds.
-    pub oldest_age_s: Option<f64>,
-    /// When changes from the peer were last replayed here.
-    pub last_replay_from_peer: Option<String>,
-    pub conflicts: i64,
-    /// Set when the queue outgrew its limit: only a repair joins the nodes again.
-    pub needs_repair_since: Option<String>,
-    pub needs_repair_reason: Option<String>,
-    /// Queue entries the peer refused for their data, set aside.
-    pub set_aside: i64,
-    /// Seconds since `pgtwin run` last wrote its heartbeat here (None: never).
-    pub runner_seen_s_ago: Option<f64>,
-    /// When the runner last found both queues empty.
-    pub runner_drained_at: Option<String>,
-    /// Which process wrote the heartbeat: "HOST pid N, pgtwin VERSION" (what the install records).
-    pub runner: Option<String>,
-    /// The same figures per table.
-    pub by_table: Vec<TableQueue>,
-}
-
-/// One table's share of a node's queue, set-aside changes and conflicts.
-#[derive(Debug, Default, serde::Serialize)]
-pub struct TableQueue {
-    /// The table by its name in the config, unquoted (`public.items`).
-    pub table: String,
-    pub entries: i64,
-    pub rows: i64,
-    pub oldest_age_s: Option<f64>,
-    pub set_aside: i64,
-    pub conflicts: i64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -260,10 +223,8 @@ async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()
         });
     }
     if s.installed.is_some() {
-        let mut queue = queue_status(n.name(), &n.db).await?;
         let tables: Vec<_> = cfg.tables.iter().map(|t| t.name.clone()).collect();
-        queue.by_table = queue_by_table(&n.db, &tables).await;
-        s.queue = Some(queue);
+        s.queue = Some(crate::state::queue_status(n.name(), &n.db, &tables).await?);
     }
     if let Some(first) = s.installed.as_ref().and_then(|i| i.tables.first()) {
         if let Ok(name) = crate::sql::ident::QualName::parse(first) {
@@ -289,127 +250,6 @@ async fn still_behind(
         .iter()
         .find(|k| &k.sequence == sequence)
         .is_some_and(|k| largest_key.is_some_and(|m| k.next_value <= m))
-}
-
-async fn queue_status(node: &str, db: &Client) -> Result<QueueStatus> {
-    let row = db
-        .query_one(
-            &format!(
-                "SELECT (SELECT count(*) FROM {q}), (SELECT coalesce(sum(rows), 0)::bigint FROM {q}),
-                        (SELECT extract(epoch FROM now() - min(changed_at))::float8 FROM {q}),
-                        (SELECT max(applied_at)::text FROM {applied}),
-                        (SELECT count(*) FROM {conflicts}),
-                        (SELECT needs_repair_since::text FROM {link}), (SELECT reason FROM {link})",
-                q = names::queue_table(),
-                applied = names::applied_table(),
-                conflicts = names::conflicts_table(),
-                link = names::link_table(),
-            ),
-            &[],
-        )
-        .await
-        .map_err(crate::db::on_node(node, "reading the queue"))?;
-    // Tables an install older than this binary lacks until its next `up`: read when present.
-    let runner = db
-        .query_opt(
-            &format!(
-                "SELECT extract(epoch FROM now() - seen_at)::float8, drained_at::text,
-                        concat_ws(' ', nullif(host, ''), 'pid ' || (to_jsonb(r) ->> 'pid'),
-                                  'pgtwin ' || (to_jsonb(r) ->> 'version'))
-                 FROM {} r",
-                names::runner_table()
-            ),
-            &[],
-        )
-        .await
-        .ok()
-        .flatten();
-    let set_aside = db
-        .query_one(
-            &format!("SELECT count(*) FROM {}", names::set_aside_table()),
-            &[],
-        )
-        .await
-        .ok();
-    Ok(QueueStatus {
-        entries: row.get(0),
-        rows: row.get(1),
-        oldest_age_s: row.get(2),
-        last_replay_from_peer: row.get(3),
-        conflicts: row.get(4),
-        needs_repair_since: row.get(5),
-        needs_repair_reason: row.get(6),
-        runner_seen_s_ago: runner.as_ref().and_then(|r| r.get(0)),
-        runner_drained_at: runner.as_ref().and_then(|r| r.get(1)),
-        runner: runner
-            .as_ref()
-            .and_then(|r| r.get::<_, Option<String>>(2))
-            .filter(|s| !s.is_empty()),
-        set_aside: set_aside.map_or(0, |r| r.get(0)),
-        by_table: Vec::new(),
-    })
-}
-
-/// Queue, set-aside and conflict figures per table. Entries carry a table's tag, matched here to its
-/// config name; conflicts carry that name. Best effort: an older install may lack a table.
-async fn queue_by_table(db: &Client, tables: &[crate::sql::ident::QualName]) -> Vec<TableQueue> {
-    // Every synced table has its figures, zeros included: a monitor sees a series, not a gap.
-    let mut out: Vec<TableQueue> = tables
-        .iter()
-        .map(|t| TableQueue {
-            table: t.plain(),
-            ..TableQueue::default()
-        })
-        .collect();
-    let tag_of = |tag: &str| tables.iter().find(|t| names::table_tag(t) == tag);
-    let grouped = |sql: String| async move { db.query(&sql, &[]).await.unwrap_or_default() };
-    let queued = grouped(format!(
-        "SELECT table_tag, count(*), coalesce(sum(rows), 0)::bigint,
-                extract(epoch FROM now() - min(changed_at))::float8
-         FROM {} GROUP BY 1",
-        names::queue_table()
-    ))
-    .await;
-    let set_aside = grouped(format!(
-        "SELECT table_tag, count(*) FROM {} GROUP BY 1",
-        names::set_aside_table()
-    ))
-    .await;
-    let conflicts = grouped(format!(
-        "SELECT table_name, count(*) FROM {} GROUP BY 1",
-        names::conflicts_table()
-    ))
-    .await;
-    let name_of = |tag: &str| tag_of(tag).map_or(tag.to_string(), |t| t.plain());
-    for r in &queued {
-        let t = table_entry(&mut out, name_of(r.get(0)));
-        t.entries = r.get(1);
-        t.rows = r.get(2);
-        t.oldest_age_s = r.get(3);
-    }
-    for r in &set_aside {
-        table_entry(&mut out, name_of(r.get(0))).set_aside = r.get(1);
-    }
-    for r in &conflicts {
-        let name: String = r.get(0);
-        table_entry(&mut out, name).conflicts = r.get(1);
-    }
-    out.sort_by(|a, b| a.table.cmp(&b.table));
-    out
-}
-
-fn table_entry(out: &mut Vec<TableQueue>, table: String) -> &mut TableQueue {
-    let i = match out.iter().position(|t| t.table == table) {
-        Some(i) => i,
-        None => {
-            out.push(TableQueue {
-                table,
-                ..TableQueue::default()
-            });
-            out.len() - 1
-        }
-    };
-    &mut out[i]
 }
 
 /// Reads the peer's inbox view through the foreign server: the same path, role and

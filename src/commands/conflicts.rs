@@ -4,8 +4,7 @@ use anyhow::Result;
 
 use crate::cli::ConflictsArgs;
 use crate::config::Config;
-use crate::db::on_node;
-use crate::sql::names;
+use crate::state;
 use crate::twin;
 
 /// One recorded conflict: a key both nodes changed while apart, and which change won.
@@ -37,42 +36,23 @@ pub async fn run(cfg: &Config, args: &ConflictsArgs) -> Result<ExitCode> {
         if n.info.installed.is_none() {
             continue;
         }
-        let rows = n
-            .db
-            .query(
-                &format!(
-                    "SELECT id, resolved_at::text, table_name, key, winner, local_change, remote_change
-                     FROM {} ORDER BY id",
-                    names::conflicts_table()
-                ),
-                &[],
-            )
-            .await
-            .map_err(on_node(n.name(), "reading the conflicts"))?;
-        let listed: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        for r in rows {
+        let recorded = state::conflicts(n.name(), &n.db).await?;
+        let listed: Vec<i64> = recorded.iter().map(|c| c.id).collect();
+        for c in recorded {
             all.push(Conflict {
                 node: n.name().to_string(),
-                id: r.get(0),
-                resolved_at: r.get(1),
-                table: r.get(2),
-                key: as_json(r.get(3)),
-                winner: r.get(4),
-                this_node: as_json(r.get(5)),
-                peer: as_json(r.get(6)),
+                id: c.id,
+                resolved_at: c.resolved_at,
+                table: c.table,
+                key: as_json(c.key),
+                winner: c.winner,
+                this_node: as_json(c.local_change),
+                peer: as_json(c.remote_change),
             });
         }
         // Only what was read is cleared: a conflict recorded meanwhile stays for the next look.
-        if args.ack && !listed.is_empty() {
-            n.db.execute(
-                &format!(
-                    "DELETE FROM {} WHERE id = ANY($1)",
-                    names::conflicts_table()
-                ),
-                &[&listed],
-            )
-            .await
-            .map_err(on_node(n.name(), "clearing the conflicts"))?;
+        if args.ack {
+            state::forget_conflicts(n.name(), &n.db, &listed).await?;
         }
     }
     // Changes the peer refused, set aside by `pgtwin run` (cleared by `repair`, not by --ack: the
@@ -82,27 +62,15 @@ pub async fn run(cfg: &Config, args: &ConflictsArgs) -> Result<ExitCode> {
         if n.info.installed.is_none() {
             continue;
         }
-        let rows =
-            n.db.query(
-                &format!(
-                    "SELECT seq, set_aside_at::text, table_tag, reason, batch FROM {} ORDER BY seq",
-                    names::set_aside_table()
-                ),
-                &[],
-            )
-            .await
-            // An install older than this binary has no such table until its next `up`.
-            .unwrap_or_default();
-        for r in rows {
-            let batch: String = r.get(4);
+        for s in state::set_aside(&n.db).await {
             set_aside.push(serde_json::json!({
                 "node": n.name(),
-                "seq": r.get::<_, i64>(0),
-                "set_aside_at": r.get::<_, String>(1),
-                "table_tag": r.get::<_, String>(2),
-                "reason": r.get::<_, String>(3),
-                "op": batch.get(..1).unwrap_or(""),
-                "change": as_json(batch.get(1..).map(str::to_string)),
+                "seq": s.seq,
+                "set_aside_at": s.set_aside_at,
+                "table_tag": s.table_tag,
+                "reason": s.reason,
+                "op": s.batch.get(..1).unwrap_or(""),
+                "change": as_json(s.batch.get(1..).map(str::to_string)),
             }));
         }
     }
