@@ -1,30 +1,32 @@
-//! Runs steps on a node: one transaction, under an advisory lock so two pgtwin runs never interleave.
+//! Runs steps on a node: one transaction, under pgtwin's install lock so two pgtwin runs never
+//! interleave.
 
-use anyhow::{anyhow, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
 use futures_util::SinkExt;
 use tokio_postgres::Client;
 
 use crate::db::{on_node, pg_message};
+use crate::locks::{self, Purpose};
 use crate::plan::Step;
-use crate::sql::names;
 
-/// Opens the node's transaction and takes pgtwin's advisory lock. The session's lock_timeout bounds the
-/// wait, so a second `up` fails with a clear message instead of queueing behind the first.
+/// How long `up`, `down` or `repair` waits for another one to finish on a node before failing.
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens the node's transaction and takes pgtwin's install lock (crate::locks). A second `up` waits
+/// LOCK_WAIT, then fails with a clear message instead of queueing behind the first.
 pub async fn begin(node: &str, db: &Client) -> Result<()> {
     db.batch_execute("BEGIN")
         .await
         .map_err(on_node(node, "BEGIN"))?;
-    db.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&names::ADVISORY_LOCK_KEY],
-    )
-    .await
-    .map_err(|e| {
-        anyhow!(
-            "node {node}: another pgtwin up/down holds the lock ({}): wait for it to finish",
-            pg_message(&e)
-        )
-    })?;
+    let started = Instant::now();
+    while !locks::try_take(node, db, Purpose::Install).await? {
+        if started.elapsed() >= LOCK_WAIT {
+            bail!("node {node}: another pgtwin up, down or repair holds pgtwin's lock there: wait for it to finish");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod db;
 pub mod install;
 pub mod libpq;
 pub mod localpg;
+pub mod locks;
 pub mod metrics;
 pub mod plan;
 pub mod progress;

@@ -34,8 +34,6 @@ const TAIL_POLL: Duration = Duration::from_millis(2);
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Queue entries replayed per transaction on the peer.
 const ENTRIES_PER_TRANSACTION: i64 = 100;
-/// Session advisory lock that keeps a second runner off a node ("pgtr").
-const RUNNER_LOCK_KEY: i64 = 0x7067_7472;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Drained {
@@ -116,22 +114,13 @@ async fn connect_listening(
 }
 
 impl Listener {
-    /// Takes the runner lock of this node, unless another session holds it.
+    /// Takes the runner lock of this node, unless another runner holds it (crate::locks).
     async fn try_lock(&self) -> Result<bool> {
-        Ok(self
-            .db
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&RUNNER_LOCK_KEY])
-            .await
-            .map_err(on_node(&self.name, "taking the runner lock"))?
-            .get(0))
+        crate::locks::try_take(&self.name, &self.db, crate::locks::Purpose::Runner).await
     }
 
     async fn unlock(&self) -> Result<()> {
-        self.db
-            .execute("SELECT pg_advisory_unlock($1)", &[&RUNNER_LOCK_KEY])
-            .await
-            .map_err(on_node(&self.name, "releasing the runner lock"))?;
-        Ok(())
+        crate::locks::release(&self.name, &self.db, crate::locks::Purpose::Runner).await
     }
 }
 

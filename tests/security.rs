@@ -201,3 +201,80 @@ async fn a_restored_copy_ships_nothing_and_says_so() {
         status.stdout
     );
 }
+
+/// pgtwin's lock key for `purpose` on node i, as a role that learnt it from `pg_locks` would know it.
+async fn lock_key(p: &Pair, i: usize, purpose: &str) -> i64 {
+    p.admin[i]
+        .query_one(
+            "SELECT key FROM pgtwin.locks WHERE purpose = $1",
+            &[&purpose],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// An application role holds pgtwin's advisory lock keys (the fixed ones, and ones it learnt from
+/// `pg_locks`): `up`, `repair` and `run` still work, under new keys; only a first install, before
+/// pgtwin has keys of its own, is refused, naming the role and its session.
+#[tokio::test]
+async fn an_application_holding_pgtwins_lock_keys_blocks_nothing() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config("[[tables]]\nname = \"products\"\n[options]\nmode = \"async\"");
+    let app = p.app(0).await;
+    // The keys pgtwin used before its keys were its own ("pgtw", "pgtr").
+    app.batch_execute("SELECT pg_advisory_lock(1885828215), pg_advisory_lock(1885828210)")
+        .await
+        .unwrap();
+    p.pgtwin(&["up"]).fails_with(&[
+        "node a",
+        "role app",
+        "holds pgtwin's install lock",
+        "pg_terminate_backend",
+    ]);
+    assert!(!p.installed(0).await && !p.installed(1).await);
+    app.batch_execute("SELECT pg_advisory_unlock_all()")
+        .await
+        .unwrap();
+    p.pgtwin(&["up"]).ok();
+
+    // Learnt from pg_locks while pgtwin held them; held now by the application.
+    let (install, runner) = (
+        lock_key(&p, 0, "install").await,
+        lock_key(&p, 0, "runner").await,
+    );
+    app.execute(
+        "SELECT pg_advisory_lock($1), pg_advisory_lock($2)",
+        &[&install, &runner],
+    )
+    .await
+    .unwrap();
+    p.pgtwin(&["up"]).ok();
+    p.pgtwin(&["repair", "--prefer", "a"]).ok();
+    assert_ne!(lock_key(&p, 0, "install").await, install);
+    let run = common::Runner::start(&p, &["run"]);
+    run.wait_for_log(
+        "replaying queues between a and b",
+        std::time::Duration::from_secs(15),
+    );
+    assert!(run.log().contains("role app"), "{}", run.log());
+    assert_ne!(lock_key(&p, 0, "runner").await, runner);
+    p.app(0)
+        .await
+        .batch_execute("INSERT INTO products (name) VALUES ('through')")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    while p.rows(1, "products").await.is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(15));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The application cannot read the keys.
+    let denied = app
+        .query("SELECT key FROM pgtwin.locks", &[])
+        .await
+        .unwrap_err();
+    let message = denied.as_db_error().unwrap().message();
+    assert!(message.contains("permission denied"), "{message}");
+}

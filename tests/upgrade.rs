@@ -27,7 +27,7 @@ async fn count(p: &Pair, i: usize, table: &str) -> i64 {
 
 /// The state schema as the release before versions were recorded left it (state migration 1 alone):
 /// no version table, a heartbeat without pid and version.
-const STATE_V1: &str = "DROP TABLE pgtwin.state_version;
+const STATE_V1: &str = "DROP TABLE pgtwin.state_version; DROP TABLE pgtwin.locks;
      ALTER TABLE pgtwin.runner DROP COLUMN IF EXISTS pid, DROP COLUMN IF EXISTS version";
 
 #[tokio::test]

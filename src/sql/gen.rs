@@ -664,6 +664,7 @@ fn common_names() -> Vec<(&'static str, String)> {
         ("link", names::link_table().to_string()),
         ("runner", names::runner_table().to_string()),
         ("state_version", names::state_version_table().to_string()),
+        ("locks", names::locks_table().to_string()),
         ("set_aside", names::set_aside_table().to_string()),
         ("enqueue", names::enqueue_function().to_string()),
         ("channel", Literal(names::QUEUE_CHANNEL).to_string()),

@@ -40,8 +40,6 @@ pub const RETRY_UNJOINED_SQLSTATE: &str = "PT409";
 /// SQLSTATE the apply trigger raises when its table lost pgtwin's triggers (dropped, or created again by
 /// a schema load): the write that reached it fails instead of syncing one way.
 pub const NOT_CAPTURED_SQLSTATE: &str = "PT404";
-/// Advisory lock key held by `up`/`down` on a node ("pgtw" in ASCII).
-pub const ADVISORY_LOCK_KEY: i64 = 0x7067_7477;
 
 fn in_schema(name: String) -> QualName {
     debug_assert!(name.len() <= MAX_IDENT_BYTES, "{name}");
@@ -112,6 +110,10 @@ pub fn set_aside_table() -> QualName {
 }
 
 /// `pgtwin run`'s heartbeat.
+pub fn locks_table() -> QualName {
+    in_schema("locks".into())
+}
+
 pub fn state_version_table() -> QualName {
     in_schema("state_version".into())
 }
