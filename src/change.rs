@@ -4,7 +4,8 @@
 //! A chunk is text: one op byte, then (except for a truncate) a JSON object naming its columns:
 //!
 //! ```text
-//! U{"columns":["id","name","price"],"rows":[{"id":1,"name":"kettle","price":29}, ...]}   upsert rows
+//! I{"columns":["id","name","price"],"rows":[{"id":1,"name":"kettle","price":29}, ...]}   insert rows
+//! U{"columns":["id","name","price"],"rows":[{"id":1,"name":"kettle","price":30}, ...]}   upsert rows
 //! D{"columns":["id"],"rows":[{"id":7}, ...]}                                              delete keys
 //! T                                                                                      truncate
 //! ```
@@ -15,6 +16,10 @@
 
 use crate::sql::ident::{comma_list, Ident, Literal};
 
+/// Rows an INSERT added: the peer refuses one whose key it holds with other values (that key was
+/// handed out twice: a node restored from a backup), where an upsert would overwrite its row.
+pub const INSERT: u8 = b'I';
+/// Rows an UPDATE wrote (or, before that op existed, any new rows): the peer writes them whatever it has.
 pub const UPSERT: u8 = b'U';
 pub const DELETE: u8 = b'D';
 /// A whole chunk of its own: the table is truncated.
@@ -39,16 +44,16 @@ pub const COLUMNS_SQL: &str =
 /// apply function compares it with the value `up` recorded to know whether the table changed since.
 pub const SIGNATURE_SQL: &str = "string_agg(quote_ident(a.attname) || ' ' || a.atttypid::text || ' ' || a.atttypmod::text || ' ' || a.attgenerated::text, ',' ORDER BY a.attnum)";
 
-/// The op byte of an upsert or delete chunk in canonical form; None for a truncate or anything else
+/// The op byte of an insert, upsert or delete chunk in canonical form; None for a truncate or anything else
 /// (such a chunk is never joined with another).
 pub fn op(chunk: &str) -> Option<u8> {
     split(chunk).map(|(op, _, _)| op)
 }
 
-/// (op, column list, the rows' inner text) of a canonical upsert or delete chunk.
+/// (op, column list, the rows' inner text) of a canonical insert, upsert or delete chunk.
 fn split(chunk: &str) -> Option<(u8, &str, &str)> {
     let op = *chunk.as_bytes().first()?;
-    if op != UPSERT && op != DELETE {
+    if op != INSERT && op != UPSERT && op != DELETE {
         return None;
     }
     let body = chunk[1..].strip_prefix(COLUMNS_PREFIX)?;

@@ -404,6 +404,18 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
         let key = change::key_object(&t.key, "o");
         change::chunks_query(change::DELETE, &key_list, &key, &key, &source, &chunking)
     };
+    let new_rows = |op| {
+        change::chunks_query(
+            op,
+            "pgtwin_columns",
+            // The alias is reserved (no user column starts with pgtwin_): a column named like a bare
+            // alias would be taken for it.
+            "row_to_json(pgtwin_row)",
+            &change::key_object(&t.key, "pgtwin_row"),
+            &format!("{new} pgtwin_row"),
+            &chunking,
+        )
+    };
     fill(
         CAPTURE_TEMPLATE,
         &[
@@ -419,19 +431,8 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
                 )),
             ),
             ("deleted_keys", deletes(format!("{old} o"))),
-            (
-                "new_rows",
-                change::chunks_query(
-                    change::UPSERT,
-                    "pgtwin_columns",
-                    // The alias is reserved (no user column starts with pgtwin_): a column named
-                    // like a bare alias would be taken for it.
-                    "row_to_json(pgtwin_row)",
-                    &change::key_object(&t.key, "pgtwin_row"),
-                    &format!("{new} pgtwin_row"),
-                    &chunking,
-                ),
-            ),
+            ("inserted_rows", new_rows(change::INSERT)),
+            ("new_rows", new_rows(change::UPSERT)),
         ],
     )
 }
@@ -523,7 +524,7 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 names::resolve_function(&t.synced_name).to_string(),
             ),
             ("key_defs", comma_list(key_defs)),
-            ("key_match", key_match),
+            ("key_match", key_match.clone()),
             (
                 "key_names",
                 format!(
@@ -568,7 +569,27 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 comma_list(t.key.iter().map(|k| format!("b.{}", peer_key(k)))),
             ),
             ("keys", comma_list(&t.key)),
-            ("conflict_action", upsert_action(t)),
+            // An insert never overwrites (see apply.sql): it takes a conflicting key as a clash.
+            ("conflict_action", {
+                let action = upsert_action(t);
+                if action == "NOTHING" {
+                    action
+                } else {
+                    format!("{action} WHERE pgtwin_op <> 'I'")
+                }
+            }),
+            ("key_match_text", Literal(&key_match).to_string()),
+            (
+                "t_text",
+                comma_list(t.shipped_columns().map(|c| format!("t.{}::text", c.name))),
+            ),
+            (
+                "b_text",
+                comma_list(
+                    t.shipped_columns()
+                        .map(|c| format!("b.{}::text", c.peer_name)),
+                ),
+            ),
             (
                 "b_keys_text",
                 Literal(&comma_list(

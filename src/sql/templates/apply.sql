@@ -20,6 +20,11 @@ DECLARE
     pgtwin_defs text;
     pgtwin_names text;
     pgtwin_set text;
+    pgtwin_t_text text;
+    pgtwin_b_text text;
+    pgtwin_fast boolean;
+    pgtwin_count bigint;
+    pgtwin_clash text;
 BEGIN
     pgtwin_table := to_regclass({{table_text}});
     -- A table dropped, or created again without pgtwin's triggers (a schema load), would take the
@@ -61,6 +66,10 @@ BEGIN
             IF pgtwin_rows IS NULL THEN
                 RETURN NEW;
             END IF;
+            -- Weighed against this node's own changes of these keys: the rows that won overwrite.
+            IF pgtwin_op = 'I' THEN
+                pgtwin_op := 'U';
+            END IF;
         END IF;
     END IF;
     -- A chunk holds one kind of change, so only one statement runs, planned for the chunk's real size.
@@ -69,10 +78,12 @@ BEGIN
         RETURN NEW;
     END IF;
     -- The common case: the chunk has the peer's columns as `up` saw them, and this table is as `up`
-    -- saw it. Then a statement compiled at `up` (its plan cached) applies it.
-    IF pgtwin_header = {{expected_header}}
+    -- saw it. Then a statement compiled at `up` (its plan cached) applies it. Rows of an insert never
+    -- overwrite a row this node holds (the DO UPDATE's WHERE): see the clash check below.
+    pgtwin_fast := pgtwin_header = {{expected_header}}
        AND (SELECT {{signature}} FROM pg_attribute a
-            WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped) = {{expected_signature}} THEN
+            WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped) = {{expected_signature}};
+    IF pgtwin_fast THEN
         IF pgtwin_replay_at IS NOT NULL THEN
             -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more
             -- than once (one transaction after another): its last change wins.
@@ -86,17 +97,23 @@ BEGIN
                 SELECT {{b_cols}} FROM json_to_recordset(pgtwin_rows) AS b({{defs}})
                 ON CONFLICT ({{keys}}) DO {{conflict_action}};
         END IF;
-        RETURN NEW;
+        GET DIAGNOSTICS pgtwin_count = ROW_COUNT;
+        IF pgtwin_op <> 'I' OR pgtwin_count >= json_array_length(pgtwin_rows) THEN
+            RETURN NEW;
+        END IF;
     END IF;
-    -- A migration on either node since `up`: the synced columns are those both sides have now, this
-    -- node's writable columns whose (peer) name the chunk carries, read with this node's types.
+    -- A migration on either node since `up` (or a clash to look into): the synced columns are those
+    -- both sides have now, this node's writable columns whose (peer) name the chunk carries, read
+    -- with this node's types.
     SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
            string_agg(format('b.%I', m.name), ', ' ORDER BY a.attnum),
            string_agg(format('%I %s', m.name, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
            string_agg(format('%I', m.name), ', ' ORDER BY a.attnum),
            string_agg(format('%I = EXCLUDED.%I', a.attname, a.attname), ', ' ORDER BY a.attnum)
-               FILTER (WHERE NOT a.attname::text = ANY ({{key_names}}))
-    INTO pgtwin_cols, pgtwin_b_cols, pgtwin_defs, pgtwin_names, pgtwin_set
+               FILTER (WHERE NOT a.attname::text = ANY ({{key_names}})),
+           string_agg(format('t.%I::text', a.attname), ', ' ORDER BY a.attnum),
+           string_agg(format('b.%I::text', m.name), ', ' ORDER BY a.attnum)
+    INTO pgtwin_cols, pgtwin_b_cols, pgtwin_defs, pgtwin_names, pgtwin_set, pgtwin_t_text, pgtwin_b_text
     FROM pg_attribute a
     CROSS JOIN LATERAL (SELECT coalesce({{peer_names}}::jsonb ->> a.attname::text, a.attname::text) AS name) m
     WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
@@ -106,22 +123,42 @@ BEGIN
         RAISE EXCEPTION 'pgtwin: no column of a change from node % matches table % on node %', {{peer}}, {{table_text}}, {{local}}
             USING ERRCODE = 'undefined_column', HINT = 'the key columns must have the same names on both nodes (or a rename in pgtwin.toml)';
     END IF;
-    IF pgtwin_replay_at IS NOT NULL THEN
-        EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
-            SELECT DISTINCT ON (%s) %s
-            FROM ROWS FROM (json_to_recordset($1) AS (%s)) WITH ORDINALITY AS b(%s, pgtwin_n)
-            ORDER BY %s, b.pgtwin_n DESC
-            ON CONFLICT (%s) DO %s',
-            {{table_text_quoted}}, pgtwin_cols, {{b_keys_text}}, pgtwin_b_cols, pgtwin_defs, pgtwin_names,
-            {{b_keys_text}}, {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set, 'NOTHING'))
-        USING pgtwin_rows;
-    ELSE
-        EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
-            SELECT %s FROM json_to_recordset($1) AS b(%s)
-            ON CONFLICT (%s) DO %s',
-            {{table_text_quoted}}, pgtwin_cols, pgtwin_b_cols, pgtwin_defs,
-            {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set, 'NOTHING'))
-        USING pgtwin_rows;
+    IF NOT pgtwin_fast THEN
+        IF pgtwin_replay_at IS NOT NULL THEN
+            EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
+                SELECT DISTINCT ON (%s) %s
+                FROM ROWS FROM (json_to_recordset($1) AS (%s)) WITH ORDINALITY AS b(%s, pgtwin_n)
+                ORDER BY %s, b.pgtwin_n DESC
+                ON CONFLICT (%s) DO %s',
+                {{table_text_quoted}}, pgtwin_cols, {{b_keys_text}}, pgtwin_b_cols, pgtwin_defs, pgtwin_names,
+                {{b_keys_text}}, {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 <> ''I''', 'NOTHING'))
+            USING pgtwin_rows, pgtwin_op;
+        ELSE
+            EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
+                SELECT %s FROM json_to_recordset($1) AS b(%s)
+                ON CONFLICT (%s) DO %s',
+                {{table_text_quoted}}, pgtwin_cols, pgtwin_b_cols, pgtwin_defs,
+                {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 <> ''I''', 'NOTHING'))
+            USING pgtwin_rows, pgtwin_op;
+        END IF;
+        GET DIAGNOSTICS pgtwin_count = ROW_COUNT;
+    END IF;
+    -- Rows of an insert whose keys this node holds already (fewer rows inserted than sent): the same
+    -- values are an insert seen before; other values mean that key was handed out twice (a node
+    -- restored from a backup hands out its ids again), and this node's row must not be overwritten
+    -- in silence: the write fails here as a duplicate key would (a replay sets it aside, with the
+    -- reason, for `status` and `pgtwin conflicts`).
+    IF pgtwin_op = 'I' AND pgtwin_count < json_array_length(pgtwin_rows) THEN
+        EXECUTE format('SELECT row(%s)::text FROM %s t JOIN json_to_recordset($1) AS b(%s) ON %s
+                        WHERE (%s) IS DISTINCT FROM (%s) LIMIT 1',
+                       {{b_keys_text}}, {{table_text_quoted}}, pgtwin_defs, {{key_match_text}},
+                       pgtwin_t_text, pgtwin_b_text)
+        INTO pgtwin_clash USING pgtwin_rows;
+        IF pgtwin_clash IS NOT NULL THEN
+            RAISE EXCEPTION 'pgtwin: node % inserted key % of table %, which node % holds with other values', {{peer}}, pgtwin_clash, {{table_text}}, {{local}}
+                USING ERRCODE = 'unique_violation',
+                      HINT = 'the nodes differ: see pgtwin status (a node restored from a backup hands out its ids again), then pgtwin repair';
+        END IF;
     END IF;
     RETURN NEW;
 END

@@ -60,9 +60,16 @@ BEGIN
     -- the peer compares with the list `up` saw: crate::change::columns_json).
     pgtwin_columns := (SELECT {{columns_list}} FROM pg_attribute a
                        WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped);
-    FOR pgtwin_chunk, pgtwin_rows IN {{new_rows}}
-    LOOP
-        pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
-    END LOOP;
+    IF TG_OP = 'INSERT' THEN
+        FOR pgtwin_chunk, pgtwin_rows IN {{inserted_rows}}
+        LOOP
+            pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
+        END LOOP;
+    ELSE
+        FOR pgtwin_chunk, pgtwin_rows IN {{new_rows}}
+        LOOP
+            pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
+        END LOOP;
+    END IF;
     RETURN NULL;
 END

@@ -30,6 +30,14 @@ BEGIN
     SELECT coalesce(array_agg(k) FILTER (WHERE local_wins), '{}'), coalesce(array_agg(k) FILTER (WHERE NOT local_wins), '{}')
     INTO pgtwin_local_won, pgtwin_remote_won
     FROM decided;
+    IF cardinality(pgtwin_local_won) > 0 THEN
+        -- This node's changes of those keys won; the peer holds the losing rows, so an insert among
+        -- them must overwrite there, not be taken for a key handed out twice.
+        UPDATE {{queue}} q SET batch = 'U' || substr(q.batch, 2)
+        WHERE q.table_tag = {{tag}} AND left(q.batch, 1) = 'I'
+            AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
+                        WHERE {{local_key}} = ANY (pgtwin_local_won));
+    END IF;
     IF cardinality(pgtwin_remote_won) > 0 THEN
         -- Rewritten in the canonical chunk form, so `pgtwin run` may still join it with its neighbours.
         UPDATE {{queue}} q SET batch = left(q.batch, 1) || '{"columns":' || ((substr(q.batch, 2)::json)->'columns')::text
