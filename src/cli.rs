@@ -57,6 +57,16 @@ pub enum Command {
     Conflicts(ConflictsArgs),
     /// This binary's version, and the version installed on each node.
     Version(JsonFlag),
+    /// Print a shell completion script, e.g. `pgtwin completions bash > /etc/bash_completion.d/pgtwin`
+    /// (needs no config).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

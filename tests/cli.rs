@@ -434,3 +434,30 @@ async fn version_repair_choices_and_a_closed_pipe() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
 }
+
+/// `pgtwin completions SHELL` needs no config and completes every subcommand.
+#[test]
+fn completions_name_the_subcommands() {
+    let none = std::path::Path::new("/nonexistent/pgtwin.toml");
+    let bash = common::pgtwin(none, &["completions", "bash"]).ok().stdout;
+    for sub in [
+        "plan",
+        "up",
+        "down",
+        "status",
+        "check",
+        "repair",
+        "conflicts",
+        "completions",
+    ] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    assert!(bash.contains("complete -F"), "{bash}");
+    for shell in ["zsh", "fish"] {
+        assert!(common::pgtwin(none, &["completions", shell])
+            .ok()
+            .stdout
+            .contains("repair"));
+    }
+    assert_eq!(common::pgtwin(none, &["completions", "tcsh"]).code, 2);
+}

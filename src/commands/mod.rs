@@ -22,6 +22,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Demo(args) = &cli.command {
         return demo::run(args.keep).await;
     }
+    if let Command::Completions(a) = &cli.command {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        clap_complete::generate(a.shell, &mut cmd, "pgtwin", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     // The binary's version needs no config; the nodes' versions need one.
     if let Command::Version(a) = &cli.command {
         let cfg = Config::load(&cli.config).ok();
@@ -41,7 +47,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status::run(&cfg, a.json).await,
         Command::Check(a) => check::run(&cfg, a.json).await,
         Command::Repair(a) => repair::run(&cfg, &a).await,
-        Command::Demo(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::Completions(_) => unreachable!("handled above"),
     }
 }
 
