@@ -358,21 +358,28 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .collect();
     unique.sort();
     unique.dedup();
-    // The apply side writes the table as this role, and `up` creates triggers on it.
-    for privilege in [
-        "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER",
-    ] {
-        let ok: bool = db
-            .query_one(
-                "SELECT has_table_privilege($1::oid, $2)",
-                &[&oid, &privilege],
-            )
+    // The apply side writes the table as this role, and `up` creates triggers on it. All that is
+    // missing is named at once.
+    let lacking: Vec<String> = db
+        .query_one(
+            "SELECT array(SELECT p FROM unnest($2::text[]) p WHERE NOT has_table_privilege($1::oid, p))",
+            &[&oid, &vec!["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER"]],
+        )
+        .await
+        .map_err(on_node(node, "checking privileges"))?
+        .get(0);
+    if !lacking.is_empty() {
+        let user: String = db
+            .query_one("SELECT current_user::text", &[])
             .await
-            .map_err(on_node(node, "checking privileges"))?
+            .map_err(on_node(node, "reading the role"))?
             .get(0);
-        if !ok {
-            bail!("role lacks {privilege} on table {name} on node {node}: grant it, or run pgtwin as the table's owner");
-        }
+        bail!(
+            "role {user} lacks {} on table {name} on node {node}: run GRANT {} ON {name} TO {}; as its owner, or run pgtwin as the table's owner",
+            lacking.join(", "),
+            lacking.join(", "),
+            Ident::new(user.as_str())
+        );
     }
     let key_sequences = key_sequences(node, db, oid, &key).await?;
     Ok(TableInfo {

@@ -12,6 +12,7 @@ pub mod db;
 pub mod install;
 pub mod localpg;
 pub mod plan;
+pub mod problems;
 pub mod progress;
 pub mod runner;
 pub mod sql;
