@@ -91,7 +91,8 @@ pub struct UpArgs {
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Compare and report what the merge would do; change nothing.
+    /// Report what the merge would do and change nothing: per table, the keys only on each node and
+    /// each row it would overwrite, both versions side by side by column (the first 20 of each).
     #[arg(long)]
     pub dry_run: bool,
     /// For this run only: where both nodes hold a key with different rows, NODE's row wins (or the
