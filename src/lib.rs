@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod data;
 pub mod db;
+pub mod init;
 pub mod install;
 pub mod localpg;
 pub mod plan;

@@ -26,7 +26,15 @@ impl Connected {
 }
 
 pub async fn connect(cfg: &Config, node: &Node) -> Result<Connected> {
-    let timeout = Duration::from_secs(cfg.options.connect_timeout_s.into());
+    connect_node(
+        node,
+        Duration::from_secs(cfg.options.connect_timeout_s.into()),
+    )
+    .await
+}
+
+/// Connects to a node and reads what it is (no config needed: `init` has none yet).
+pub async fn connect_node(node: &Node, timeout: Duration) -> Result<Connected> {
     let db = crate::db::connect(&node.name, &node.conn, timeout).await?;
     let info = catalog::node_info(&node.name, &db).await?;
     Ok(Connected {

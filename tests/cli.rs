@@ -509,3 +509,106 @@ fn completions_name_the_subcommands() {
     }
     assert_eq!(common::pgtwin(none, &["completions", "tcsh"]).code, 2);
 }
+
+/// `init` writes a starter config from two URLs: the tables both nodes can sync, the others commented
+/// with the reason; no password in the file or the output; never over an existing file unless
+/// --force. `plan` and `up` accept what it wrote.
+#[tokio::test]
+async fn init_writes_a_config_that_plan_and_up_accept() {
+    let p = Pair::new().await;
+    p.both(&format!(
+        "{PRODUCTS}; CREATE TABLE keyless (id int, v text);
+         CREATE TABLE codes (code text NOT NULL UNIQUE, v int);
+         CREATE SCHEMA \"Sales Data\"; CREATE TABLE \"Sales Data\".\"Order Items\" (id int PRIMARY KEY)"
+    ))
+    .await;
+    p.owner[0]
+        .batch_execute(
+            "CREATE TABLE only_a (id int PRIMARY KEY); ALTER TABLE products ADD COLUMN note text",
+        )
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("CREATE TABLE only_b (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let path = p.dir.path().join("pgtwin.toml");
+    let (a, b) = (format!("a={}", p.url(0)), format!("b={}", p.url(1)));
+    let run = p.pgtwin(&["init", &a, &b]).ok();
+    assert!(
+        run.stdout.contains("3 table(s) to sync, 3 left out"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("PGTWIN_A_PASSWORD") && run.stderr.contains("PGTWIN_B_PASSWORD"),
+        "{}",
+        run.stderr
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    for secret in [TWIN_PW, common::APP_PW] {
+        assert!(
+            ![&text, &run.stdout, &run.stderr]
+                .iter()
+                .any(|t| t.contains(secret)),
+            "password written"
+        );
+    }
+    for needle in [
+        "[[tables]]\nname = \"products\"\n",
+        "its columns differ between the nodes in 1 way(s)",
+        "# mode = \"sync\"",
+        "# batch_size = 1000",
+        "[[tables]]\nname = \"codes\"\n# no primary key both nodes share: keyed by a unique index of NOT NULL columns on both\nkey = [\"code\"]\n",
+        "name = '\"Sales Data\".\"Order Items\"'",
+        "has no primary key on node a",
+        "# [[tables]]\n# name = \"keyless\"\n",
+        "\"public\".\"only_a\" exists on node a only: create it on node b",
+        "\"public\".\"only_b\" exists on node b only",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+    // Never over an existing file.
+    p.pgtwin(&["init", &a, &b])
+        .fails_with(&["pgtwin.toml exists", "--force", "--config"]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    // The file reads the passwords from the environment.
+    p.pgtwin(&["plan"])
+        .fails_with(&["[nodes.a]", "PGTWIN_A_PASSWORD is not set"]);
+    let env = [
+        ("PGTWIN_A_PASSWORD", TWIN_PW),
+        ("PGTWIN_B_PASSWORD", TWIN_PW),
+    ];
+    let plan = common::pgtwin_env(&path, &["plan"], &env).ok();
+    assert!(
+        plan.stdout.contains("\"codes\"") && plan.stdout.contains("Order Items"),
+        "{}",
+        plan.stdout
+    );
+    common::pgtwin_env(&path, &["up"], &env).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO codes VALUES ('x', 1)")
+        .await
+        .unwrap();
+    p.assert_same("codes").await;
+    common::pgtwin_env(&path, &["down"], &env).ok();
+    // --force overwrites; ${VAR} is written as given.
+    let env = [("A_URL", p.url(0)), ("B_URL", p.url(1))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = common::pgtwin_env(&path, &["init", "--force", "${A_URL}", "b=${B_URL}"], &env).ok();
+    assert!(!run.stderr.contains("PASSWORD"), "{}", run.stderr);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("[nodes.a]\nurl = \"${A_URL}\"\n") && text.contains("url = \"${B_URL}\""),
+        "{text}"
+    );
+    // Bad input: one line naming the node, nothing written.
+    std::fs::remove_file(&path).unwrap();
+    let bad = p.url(1).replace(TWIN_PW, "wrong-pw");
+    let run = p
+        .pgtwin(&["init", &a, &format!("b={bad}")])
+        .fails_with(&["node b", "password authentication failed"]);
+    assert!(!run.stderr.contains("wrong-pw") && !path.exists());
+    p.pgtwin(&["init", &a, &a])
+        .fails_with(&["both nodes are named a"]);
+}

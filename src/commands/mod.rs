@@ -12,6 +12,7 @@ mod check;
 mod conflicts;
 mod demo;
 mod down;
+mod init;
 mod plan;
 mod repair;
 mod run;
@@ -22,6 +23,9 @@ mod version;
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Demo(args) = &cli.command {
         return demo::run(args.keep).await;
+    }
+    if let Command::Init(a) = &cli.command {
+        return init::run(&cli.config, a).await;
     }
     if let Command::Completions(a) = &cli.command {
         use clap::CommandFactory;
@@ -48,7 +52,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status(a) => status::run(&cfg, a.json).await,
         Command::Check(a) => check::run(&cfg, a.json).await,
         Command::Repair(a) => repair::run(&cfg, &a).await,
-        Command::Demo(_) | Command::Completions(_) => unreachable!("handled above"),
+        Command::Demo(_) | Command::Completions(_) | Command::Init(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -325,9 +325,17 @@ impl Run {
 }
 
 pub fn pgtwin(config: &std::path::Path, args: &[&str]) -> Run {
+    pgtwin_env(config, args, &[])
+}
+
+/// `pgtwin` with these environment variables set.
+pub fn pgtwin_env(config: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Run {
     let started = Instant::now();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtwin"));
-    cmd.arg("-c").arg(config).args(args);
+    cmd.arg("-c")
+        .arg(config)
+        .args(args)
+        .envs(env.iter().copied());
     let out: Output = run_with_timeout(cmd, Duration::from_secs(60));
     Run {
         code: out.status.code().unwrap_or(-1),
