@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Result};
 use crate::catalog;
 use crate::config::{self, Node, Options, Table};
 use crate::db::ConnInfo;
+use crate::problems::Problems;
 use crate::sql::ident::{Ident, QualName};
 use crate::twin::{self, Connected};
 
@@ -107,8 +108,8 @@ pub enum Found {
         key: Option<Vec<Ident>>,
         drift: usize,
     },
-    /// Left out, and why (one line).
-    Left { name: QualName, why: String },
+    /// Left out, and why (one line per problem).
+    Left { name: QualName, why: Vec<String> },
 }
 
 /// Every table of either node, in name order, judged by the rules `up` applies.
@@ -128,7 +129,7 @@ pub async fn discover(nodes: &[Connected; 2]) -> Result<Vec<Found>> {
             };
             out.push(Found::Left {
                 name: name.clone(),
-                why: format!("{name} exists on node {here} only: create it on node {there} with the same key, or name its counterpart there with [tables.nodes.{there}] name = \"...\""),
+                why: vec![format!("{name} exists on node {here} only: create it on node {there} with the same key, or name its counterpart there with [tables.nodes.{there}] name = \"...\"")],
             });
             continue;
         }
@@ -157,7 +158,11 @@ async fn judge(nodes: &[Connected; 2], name: &QualName) -> Result<Found> {
                 drift: pair.drift.len(),
             })
         }
-        Err(e) => format!("{e:#}").replace('\n', " "),
+        Err(e) => {
+            let mut each = Problems::default();
+            each.push_error(e);
+            each.0
+        }
     };
     for key in catalog::key_candidates(nodes[0].name(), &nodes[0].db, name).await? {
         if let Ok(pair) = twin::inspect_table(nodes, &table(Some(key.clone()))).await {
@@ -227,7 +232,7 @@ pub fn render(nodes: &[NodeArg; 2], found: &[Found]) -> String {
     if first {
         out += "# (none: add [[tables]] entries with a name)\n";
     }
-    let left: Vec<(&QualName, &String)> = found
+    let left: Vec<(&QualName, &Vec<String>)> = found
         .iter()
         .filter_map(|f| match f {
             Found::Left { name, why } => Some((name, why)),
@@ -237,8 +242,12 @@ pub fn render(nodes: &[NodeArg; 2], found: &[Found]) -> String {
     if !left.is_empty() {
         out += "\n# Left out; uncomment an entry once what its comment says is settled.\n";
         for (name, why) in left {
+            out += "\n";
+            for line in why {
+                out += &format!("# {line}\n");
+            }
             out += &format!(
-                "\n# {why}\n# [[tables]]\n# name = {}\n",
+                "# [[tables]]\n# name = {}\n",
                 toml_string(&config_name(name))
             );
         }
@@ -382,7 +391,7 @@ mod tests {
             },
             Found::Left {
                 name: QualName::new("public", "audit"),
-                why: "table audit has no primary key".into(),
+                why: vec!["table audit has no primary key".into()],
             },
         ];
         let text = render(&[arg("shop"), arg("legacy")], &found);

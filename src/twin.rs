@@ -67,18 +67,9 @@ pub struct TablePair {
     pub drift: Vec<String>,
 }
 
-/// Reads every configured table on both nodes; a table that cannot be synced (missing, keys that
-/// differ) is an error. Returns, per table, the info of node 0 and of node 1.
-pub async fn inspect_tables(cfg: &Config, nodes: &[Connected; 2]) -> Result<Vec<[TableInfo; 2]>> {
-    let mut out = Vec::new();
-    for table in &cfg.tables {
-        out.push(inspect_table(nodes, table).await?.infos);
-    }
-    Ok(out)
-}
-
-/// Like `inspect_tables`, but a table that cannot be synced as it is (missing, keys that differ) does
-/// not stop the others: it is returned with what is wrong, for `check` and `status` to report.
+/// Reads every configured table on both nodes. A table that cannot be synced as it is (missing, keys
+/// that differ) does not stop the others: it is returned with what is wrong, for `prepare` (which
+/// refuses), `check` and `status` to report.
 pub async fn inspect_tolerant(
     cfg: &Config,
     nodes: &[Connected; 2],
@@ -88,7 +79,12 @@ pub async fn inspect_tolerant(
     for table in &cfg.tables {
         match inspect_table(nodes, table).await {
             Ok(pair) => tables.push(pair),
-            Err(e) => problems.push((table.name.clone(), format!("{e:#}"))),
+            // Each node's problem with the table on its own.
+            Err(e) => {
+                let mut each = Problems::default();
+                each.push_error(e);
+                problems.extend(each.0.into_iter().map(|p| (table.name.clone(), p)));
+            }
         }
     }
     (tables, problems)

@@ -96,8 +96,11 @@ async fn table_problems_name_node_table_and_column() {
         .unwrap();
     p.owner[1].batch_execute(PRODUCTS).await.unwrap();
     p.config("[[tables]]\nname = \"products\"\nkey = [\"name\"]");
-    p.pgtwin(&["up"])
-        .fails_with(&["column \"name\"", "allows NULL"]);
+    // Both nodes' problem with the table, one line each.
+    p.pgtwin(&["up"]).fails_with_each(&[
+        &["column \"name\"", "node a", "allows NULL"],
+        &["column \"name\"", "node b", "allows NULL"],
+    ]);
     assert_nothing_installed(&p).await;
 }
 
@@ -562,6 +565,7 @@ async fn init_writes_a_config_that_plan_and_up_accept() {
         "[[tables]]\nname = \"codes\"\n# no primary key both nodes share: keyed by a unique index of NOT NULL columns on both\nkey = [\"code\"]\n",
         "name = '\"Sales Data\".\"Order Items\"'",
         "has no primary key on node a",
+        "in pgtwin.toml\n# table \"public\".\"keyless\" has no primary key on node b",
         "# [[tables]]\n# name = \"keyless\"\n",
         "\"public\".\"only_a\" exists on node a only: create it on node b",
         "\"public\".\"only_b\" exists on node b only",

@@ -1,15 +1,14 @@
 //! Which rows go where when both nodes hold data: `up` merges two populated tables into their union,
 //! `repair` makes two drifted tables equal. Both decide per differing key, then copy set-wise.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Result};
 
 use crate::catalog::TableInfo;
 use crate::data::compare::Diff;
 use crate::data::copy::{copy_rows, delete_rows, OnConflict};
-use std::collections::HashMap;
-
-use crate::data::Side;
-use crate::data::{content_columns, key_text};
+use crate::data::{content_columns, key_text, Side};
 use crate::db::on_node;
 use crate::progress::Progress;
 use crate::sql::ident::{comma_list, Ident};
