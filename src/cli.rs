@@ -57,9 +57,10 @@ pub enum Command {
     Conflicts(ConflictsArgs),
     /// This binary's version, and the version installed on each node.
     Version(JsonFlag),
-    /// Write a starter config (pgtwin.toml, or --config PATH) from two connection URLs: the tables both
-    /// databases have that pgtwin can sync, the others as comments saying why, every option commented
-    /// out with its default. Needs no config; refuses to overwrite one unless --force.
+    /// Write a starter pgtwin.toml (or --config PATH) from two connection URLs; needs no config.
+    ///
+    /// Lists the tables both databases have that pgtwin can sync, the others as comments saying why,
+    /// and every option commented out with its default. Refuses to overwrite a file unless --force.
     Init(InitArgs),
     /// Print a shell completion script, e.g. `pgtwin completions bash > /etc/bash_completion.d/pgtwin`
     /// (needs no config).
@@ -68,11 +69,14 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// The two nodes, each NAME=postgres://USER:PASSWORD@HOST:PORT/DB (a bare URL: nodes a and b).
-    /// ${VAR} is read from the environment and written as given, e.g. 'shop=${SHOP_URL}'. A password
-    /// in a URL is never written to the file: it reads ${PGTWIN_<NAME>_PASSWORD} instead.
-    #[arg(num_args = 2, required = true, value_name = "[NAME=]URL")]
-    pub nodes: Vec<String>,
+    /// The first node: NAME=postgres://USER:PASSWORD@HOST:PORT/DB (a bare URL: node a). ${VAR} is
+    /// read from the environment and written as given, e.g. 'shop=${SHOP_URL}'. A password in a URL
+    /// is never written to the file: it reads ${PGTWIN_<NAME>_PASSWORD} instead.
+    #[arg(value_name = "[NAME=]URL")]
+    pub first: String,
+    /// The second node, the same way (a bare URL: node b).
+    #[arg(value_name = "[NAME=]URL")]
+    pub second: String,
     /// Overwrite the config file if it exists.
     #[arg(long)]
     pub force: bool,

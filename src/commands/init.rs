@@ -24,8 +24,8 @@ pub async fn run(path: &Path, args: &InitArgs) -> Result<ExitCode> {
     }
     let env = |var: &str| std::env::var(var).ok();
     let given = [
-        init::parse_node(&args.nodes[0], "a", env)?,
-        init::parse_node(&args.nodes[1], "b", env)?,
+        init::parse_node(&args.first, "a", env)?,
+        init::parse_node(&args.second, "b", env)?,
     ];
     if given[0].name == given[1].name {
         anyhow::bail!(
