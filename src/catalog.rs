@@ -236,6 +236,56 @@ const FOREIGN_OBJECTS_SQL: &str = "
      WHERE c.relnamespace = s.oid AND NOT g.tgisinternal AND (g.tgname <> $2 OR c.relkind <> 'v')
     ORDER BY 1";
 
+/// The tables of this database a user may want synced: ordinary and partitioned tables (not single
+/// partitions: their parent syncs them), outside the system schemas and pgtwin's, not part of an
+/// extension.
+pub async fn user_tables(node: &str, db: &Client) -> Result<Vec<QualName>> {
+    let rows = db
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', $1) AND n.nspname !~ '^pg_(toast|temp)'
+               AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                               AND d.objid = c.oid AND d.deptype = 'e')
+             ORDER BY 1, 2",
+            &[&names::SCHEMA],
+        )
+        .await
+        .map_err(on_node(node, "listing tables"))?;
+    Ok(rows
+        .iter()
+        .map(|r| QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
+/// Column sets that could key a table without a usable primary key: those of its unique indexes (as
+/// `choose_key` accepts them) whose columns are all NOT NULL, fewest columns first.
+pub async fn key_candidates(node: &str, db: &Client, table: &QualName) -> Result<Vec<Vec<Ident>>> {
+    let rows = db
+        .query(
+            "SELECT array(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+                          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum ORDER BY k.ord)
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relname = $2 AND i.indisunique AND i.indisvalid AND i.indimmediate
+               AND i.indpred IS NULL AND i.indexprs IS NULL
+               AND NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = i.indrelid
+                               AND a.attnum = ANY (i.indkey) AND NOT a.attnotnull)
+             ORDER BY i.indnatts, i.indexrelid",
+            &[&table.schema.as_str(), &table.name.as_str()],
+        )
+        .await
+        .map_err(on_node(node, "reading indexes"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            r.get::<_, Vec<String>>(0)
+                .into_iter()
+                .map(Ident::new)
+                .collect()
+        })
+        .collect())
+}
+
 /// Reads one configured table. A missing table, or one without a usable key, is an error naming the
 /// node and the table.
 pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableInfo> {
@@ -338,21 +388,28 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
         .collect();
     unique.sort();
     unique.dedup();
-    // The apply side writes the table as this role, and `up` creates triggers on it.
-    for privilege in [
-        "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER",
-    ] {
-        let ok: bool = db
-            .query_one(
-                "SELECT has_table_privilege($1::oid, $2)",
-                &[&oid, &privilege],
-            )
+    // The apply side writes the table as this role, and `up` creates triggers on it. All that is
+    // missing is named at once.
+    let lacking: Vec<String> = db
+        .query_one(
+            "SELECT array(SELECT p FROM unnest($2::text[]) p WHERE NOT has_table_privilege($1::oid, p))",
+            &[&oid, &vec!["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "TRIGGER"]],
+        )
+        .await
+        .map_err(on_node(node, "checking privileges"))?
+        .get(0);
+    if !lacking.is_empty() {
+        let user: String = db
+            .query_one("SELECT current_user::text", &[])
             .await
-            .map_err(on_node(node, "checking privileges"))?
+            .map_err(on_node(node, "reading the role"))?
             .get(0);
-        if !ok {
-            bail!("role lacks {privilege} on table {name} on node {node}: grant it, or run pgtwin as the table's owner");
-        }
+        bail!(
+            "role {user} lacks {} on table {name} on node {node}: run GRANT {} ON {name} TO {}; as its owner, or run pgtwin as the table's owner",
+            lacking.join(", "),
+            lacking.join(", "),
+            Ident::new(user.as_str())
+        );
     }
     let key_sequences = key_sequences(node, db, oid, &key).await?;
     Ok(TableInfo {

@@ -57,6 +57,36 @@ pub enum Command {
     Conflicts(ConflictsArgs),
     /// This binary's version, and the version installed on each node.
     Version(JsonFlag),
+    /// Write a starter pgtwin.toml (or --config PATH) from two connection URLs; needs no config.
+    ///
+    /// Lists the tables both databases have that pgtwin can sync, the others as comments saying why,
+    /// and every option commented out with its default. Refuses to overwrite a file unless --force.
+    Init(InitArgs),
+    /// Print a shell completion script, e.g. `pgtwin completions bash > /etc/bash_completion.d/pgtwin`
+    /// (needs no config).
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The first node: NAME=postgres://USER:PASSWORD@HOST:PORT/DB (a bare URL: node a). ${VAR} is
+    /// read from the environment and written as given, e.g. 'shop=${SHOP_URL}'. A password in a URL
+    /// is never written to the file: it reads ${PGTWIN_<NAME>_PASSWORD} instead.
+    #[arg(value_name = "[NAME=]URL")]
+    pub first: String,
+    /// The second node, the same way (a bare URL: node b).
+    #[arg(value_name = "[NAME=]URL")]
+    pub second: String,
+    /// Overwrite the config file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -81,7 +111,8 @@ pub struct UpArgs {
     /// Machine-readable output on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Compare and report what the merge would do; change nothing.
+    /// Report what the merge would do and change nothing: per table, the keys only on each node and
+    /// each row it would overwrite, both versions side by side by column (the first 20 of each).
     #[arg(long)]
     pub dry_run: bool,
     /// For this run only: where both nodes hold a key with different rows, NODE's row wins (or the

@@ -432,7 +432,7 @@ fn hide_urls(msg: &str) -> String {
     out
 }
 
-fn is_node_name(name: &str) -> bool {
+pub(crate) fn is_node_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
@@ -440,7 +440,7 @@ fn is_node_name(name: &str) -> bool {
 }
 
 /// Replaces every `${VAR}` with the variable's value; a missing variable is an error naming it.
-fn expand_env(text: &str, env: &impl crate::libpq::Env) -> Result<String, String> {
+pub(crate) fn expand_env(text: &str, env: &impl crate::libpq::Env) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {

@@ -6,11 +6,12 @@ use tokio_postgres::Client;
 
 use crate::apply;
 use crate::catalog::{self, NodeInfo, TableInfo};
-use crate::config::Config;
+use crate::config::{Config, Sequences};
 use crate::data::compare::{self, Diff};
 use crate::data::merge::{self, MergeReport};
 use crate::db::on_node;
 use crate::plan::{plan_hash, Step};
+use crate::problems::Problems;
 use crate::progress::Progress;
 use crate::sql::gen::{self, Install, SequenceChange};
 use crate::sql::ident::{Ident, Literal, QualName};
@@ -85,58 +86,92 @@ pub struct Prepared {
 }
 
 /// Connects, checks privileges and extension on both nodes, and reads every configured table. Fails
-/// before anything is changed anywhere.
+/// before anything is changed anywhere, with every problem of both nodes found in one run.
 pub async fn prepare(cfg: &Config) -> Result<Prepared> {
-    let nodes = twin::connect_both(cfg).await?;
-    for (i, n) in nodes.iter().enumerate() {
-        let peer = &nodes[1 - i];
-        preflight(
-            n.name(),
-            &n.info,
-            peer.name(),
-            peer.node.conn.password.is_some(),
-        )?;
+    let (a, b) = tokio::join!(
+        twin::connect(cfg, &cfg.nodes[0]),
+        twin::connect(cfg, &cfg.nodes[1])
+    );
+    let mut problems = Problems::default();
+    let mut connected = Vec::new();
+    for (i, n) in [a, b].into_iter().enumerate() {
+        match n {
+            Ok(n) => {
+                let peer = &cfg.nodes[1 - i];
+                problems.0.extend(preflight(
+                    n.name(),
+                    &n.info,
+                    &peer.name,
+                    peer.conn.password.is_some(),
+                ));
+                connected.push(n);
+            }
+            Err(e) => problems.push_error(e),
+        }
     }
-    let tables = twin::inspect_tables(cfg, &nodes).await?;
+    let Ok(nodes) = <[Connected; 2]>::try_from(connected) else {
+        return Err(problems.into());
+    };
+    // Tables are read even when a node failed its checks: their problems are reported with the others.
+    let (pairs, table_problems) = twin::inspect_tolerant(cfg, &nodes).await;
+    problems
+        .0
+        .extend(table_problems.into_iter().map(|(_, problem)| problem));
+    let tables: Vec<[TableInfo; 2]> = pairs.into_iter().map(|pair| pair.infos).collect();
+    if cfg.options.sequences == Sequences::Interleave {
+        for pair in &tables {
+            for (n, t) in nodes.iter().zip(pair) {
+                problems.0.extend(
+                    t.key_sequences
+                        .iter()
+                        .filter_map(|seq| twin::sequence_problem(seq, &t.name, n.name())),
+                );
+            }
+        }
+    }
+    problems.into_result()?;
     Ok(Prepared { nodes, tables })
 }
 
-/// What must hold on a node before `up` may change it (POSTGRES-NOTES 4 and 10).
-pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: bool) -> Result<()> {
+/// What must hold on a node before `up` may change it (POSTGRES-NOTES 4 and 10): every problem found,
+/// each naming the node and what to run.
+pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: bool) -> Vec<String> {
     let (user, db) = (&info.current_user, &info.database);
+    let role = Ident::new(user.as_str());
+    let mut out = Vec::new();
     if info.server_version_num < 140000 {
-        bail!(
+        out.push(format!(
             "node {node} runs PostgreSQL {}; pgtwin needs 14 or later",
             info.server_version_num
-        );
+        ));
     }
     if !info.fdw_available {
-        bail!("node {node}: postgres_fdw is not available on the server: install PostgreSQL's contrib package (Debian: postgresql-contrib)");
-    }
-    if !info.superuser {
+        out.push(format!("node {node}: postgres_fdw is not available on the server: install PostgreSQL's contrib package (Debian: postgresql-contrib)"));
+    } else if !info.superuser {
+        // Without the extension there is no wrapper to grant on yet: both statements in one go.
         if !info.fdw_installed {
-            bail!("node {node}: extension postgres_fdw is not installed in database {db} and role {user} is not a superuser: run CREATE EXTENSION postgres_fdw; there as a superuser once");
+            out.push(format!("node {node}: extension postgres_fdw is not installed in database {db} and role {user} is not a superuser: run CREATE EXTENSION postgres_fdw; GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {role}; there as a superuser once"));
+        } else if !info.fdw_usage {
+            out.push(format!("node {node}: role {user} may not use postgres_fdw: run GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {role}; as a superuser"));
         }
-        if !info.fdw_usage {
-            bail!("node {node}: role {user} may not use postgres_fdw: run GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO {}; as a superuser", Ident::new(user.as_str()));
-        }
-        if !peer_has_password {
-            bail!("node {node}: role {user} is not a superuser, so postgres_fdw must log in to node {peer} with a password: put it in [nodes.{peer}] url, or in PGPASSWORD, the password file (~/.pgpass) or the service file pgtwin reads");
-        }
+    }
+    if !info.superuser && !peer_has_password {
+        out.push(format!("node {node}: role {user} is not a superuser, so postgres_fdw must log in to node {peer} with a password: put it in [nodes.{peer}] url, or in PGPASSWORD, the password file (~/.pgpass) or the service file pgtwin reads"));
     }
     if !info.foreign_objects.is_empty() {
-        bail!(
+        out.push(format!(
             "node {node}: schema pgtwin holds what role {user} did not create ({}): pgtwin will not run another role's code; drop or rename that schema as its owner, then run pgtwin up",
             info.foreign_objects.join(", ")
-        );
-    }
-    if info.foreign_schema {
-        bail!("node {node}: schema pgtwin exists but was not created by pgtwin: rename or drop it");
+        ));
+    } else if info.foreign_schema {
+        out.push(format!(
+            "node {node}: schema pgtwin exists but was not created by pgtwin: rename or drop it"
+        ));
     }
     if info.installed.is_none() && !info.can_create_schema && !info.superuser {
-        bail!("node {node}: role {user} cannot create schema pgtwin in database {db}: run GRANT CREATE ON DATABASE {} TO {}; as a superuser", Ident::new(db.as_str()), Ident::new(user.as_str()));
+        out.push(format!("node {node}: role {user} cannot create schema pgtwin in database {db}: run GRANT CREATE ON DATABASE {} TO {role}; as a superuser", Ident::new(db.as_str())));
     }
-    Ok(())
+    out
 }
 
 /// Compares every table on both nodes; `recheck` re-reads the differing keys (for live tables).

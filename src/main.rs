@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 
 use clap::Parser;
 use pgtwin::cli::{Cli, LogFormat};
+use pgtwin::problems::Problems;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,6 +28,13 @@ async fn main() -> ExitCode {
     match pgtwin::commands::run(cli).await {
         Ok(code) => code,
         Err(e) => {
+            // Several problems found in one run: one line each.
+            if let Some(list) = e.downcast_ref::<Problems>() {
+                for problem in &list.0 {
+                    eprintln!("error: {problem}");
+                }
+                return ExitCode::from(2);
+            }
             // One line, as the contract says: the chain of contexts joined by ": ".
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(2)

@@ -6,8 +6,9 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use tokio_postgres::Client;
 
-use crate::catalog::{self, Column, NodeInfo, TableInfo};
+use crate::catalog::{self, Column, KeySequence, NodeInfo, TableInfo};
 use crate::config::{Config, Node, Sequences};
+use crate::problems::Problems;
 use crate::sql::gen::{interleaved_start, SequenceChange};
 use crate::sql::ident::{Ident, QualName};
 use crate::sql::names;
@@ -25,7 +26,15 @@ impl Connected {
 }
 
 pub async fn connect(cfg: &Config, node: &Node) -> Result<Connected> {
-    let timeout = Duration::from_secs(cfg.options.connect_timeout_s.into());
+    connect_node(
+        node,
+        Duration::from_secs(cfg.options.connect_timeout_s.into()),
+    )
+    .await
+}
+
+/// Connects to a node and reads what it is (no config needed: `init` has none yet).
+pub async fn connect_node(node: &Node, timeout: Duration) -> Result<Connected> {
     let db = crate::db::connect(&node.name, &node.conn, timeout).await?;
     let info = catalog::node_info(&node.name, &db).await?;
     crate::state::refuse_newer(&node.name, &info)?;
@@ -36,10 +45,19 @@ pub async fn connect(cfg: &Config, node: &Node) -> Result<Connected> {
     })
 }
 
-/// Connects to both nodes concurrently; either failing is an error naming that node.
+/// Connects to both nodes concurrently; a failure is an error naming the node (both, when both fail).
 pub async fn connect_both(cfg: &Config) -> Result<[Connected; 2]> {
     let (a, b) = tokio::join!(connect(cfg, &cfg.nodes[0]), connect(cfg, &cfg.nodes[1]));
-    Ok([a?, b?])
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok([a, b]),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(a), Err(b)) => {
+            let mut both = Problems::default();
+            both.push_error(a);
+            both.push_error(b);
+            Err(both.into())
+        }
+    }
 }
 
 /// One synced table as both nodes have it: each node's view restricted to the columns that are synced
@@ -50,18 +68,9 @@ pub struct TablePair {
     pub drift: Vec<String>,
 }
 
-/// Reads every configured table on both nodes; a table that cannot be synced (missing, keys that
-/// differ) is an error. Returns, per table, the info of node 0 and of node 1.
-pub async fn inspect_tables(cfg: &Config, nodes: &[Connected; 2]) -> Result<Vec<[TableInfo; 2]>> {
-    let mut out = Vec::new();
-    for table in &cfg.tables {
-        out.push(inspect_table(nodes, table).await?.infos);
-    }
-    Ok(out)
-}
-
-/// Like `inspect_tables`, but a table that cannot be synced as it is (missing, keys that differ) does
-/// not stop the others: it is returned with what is wrong, for `check` and `status` to report.
+/// Reads every configured table on both nodes. A table that cannot be synced as it is (missing, keys
+/// that differ) does not stop the others: it is returned with what is wrong, for `prepare` (which
+/// refuses), `check` and `status` to report.
 pub async fn inspect_tolerant(
     cfg: &Config,
     nodes: &[Connected; 2],
@@ -71,7 +80,12 @@ pub async fn inspect_tolerant(
     for table in &cfg.tables {
         match inspect_table(nodes, table).await {
             Ok(pair) => tables.push(pair),
-            Err(e) => problems.push((table.name.clone(), format!("{e:#}"))),
+            // Each node's problem with the table on its own.
+            Err(e) => {
+                let mut each = Problems::default();
+                each.push_error(e);
+                problems.extend(each.0.into_iter().map(|p| (table.name.clone(), p)));
+            }
         }
     }
     (tables, problems)
@@ -82,8 +96,21 @@ pub async fn inspect_table(
     nodes: &[Connected; 2],
     table: &crate::config::Table,
 ) -> Result<TablePair> {
-    let mut a = catalog::table_info(nodes[0].name(), &nodes[0].db, table).await?;
-    let mut b = catalog::table_info(nodes[1].name(), &nodes[1].db, table).await?;
+    let (a, b) = (
+        catalog::table_info(nodes[0].name(), &nodes[0].db, table).await,
+        catalog::table_info(nodes[1].name(), &nodes[1].db, table).await,
+    );
+    // Both nodes' problems with the table, not just the first node's.
+    let (mut a, mut b) = match (a, b) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+        (Err(a), Err(b)) => {
+            let mut both = Problems::default();
+            both.push_error(a);
+            both.push_error(b);
+            return Err(both.into());
+        }
+    };
     // Every column the config renames, here and there, whether or not it exists yet.
     let renamed: std::collections::BTreeSet<&Ident> = table
         .on_node
@@ -289,15 +316,8 @@ pub async fn sequence_changes(
             for (i, seq) in seqs.iter().enumerate() {
                 let Some(seq) = seq else { continue };
                 let position = i as i64 + 1;
-                if !seq.may_alter {
-                    bail!("sequence {} of table {} is not owned by the connecting role on node {}: run pgtwin as its owner, or set sequences = \"none\"", seq.sequence, pair[i].name, nodes[i].name());
-                }
-                // A sequence that wraps around, or counts down, would leave its node's ids.
-                if seq.cycle {
-                    bail!("sequence {} of table {} on node {} is CYCLE: after its end it would hand out the other node's ids: run ALTER SEQUENCE {} NO CYCLE, or set sequences = \"none\"", seq.sequence, pair[i].name, nodes[i].name(), seq.sequence);
-                }
-                if seq.increment < 0 {
-                    bail!("sequence {} of table {} on node {} counts down (INCREMENT BY {}): interleaving supports ascending key sequences only: set sequences = \"none\"", seq.sequence, pair[i].name, nodes[i].name(), seq.increment);
+                if let Some(problem) = sequence_problem(seq, &pair[i].name, nodes[i].name()) {
+                    bail!("{problem}");
                 }
                 let in_residue = |v: i64| v.rem_euclid(count) == position.rem_euclid(count);
                 // Interleaved already: in its residue, and above every id of that residue on either
@@ -318,6 +338,21 @@ pub async fn sequence_changes(
         }
     }
     Ok(out)
+}
+
+/// Why a key sequence cannot be interleaved, if it cannot.
+pub fn sequence_problem(seq: &KeySequence, table: &QualName, node: &str) -> Option<String> {
+    if !seq.may_alter {
+        return Some(format!("sequence {} of table {table} is not owned by the connecting role on node {node}: run pgtwin as its owner, or set sequences = \"none\"", seq.sequence));
+    }
+    // A sequence that wraps around, or counts down, would leave its node's ids.
+    if seq.cycle {
+        return Some(format!("sequence {} of table {table} on node {node} is CYCLE: after its end it would hand out the other node's ids: run ALTER SEQUENCE {} NO CYCLE, or set sequences = \"none\"", seq.sequence, seq.sequence));
+    }
+    if seq.increment < 0 {
+        return Some(format!("sequence {} of table {table} on node {node} counts down (INCREMENT BY {}): interleaving supports ascending key sequences only: set sequences = \"none\"", seq.sequence, seq.increment));
+    }
+    None
 }
 
 /// Tables that carry pgtwin triggers on a node but are not in the config.

@@ -96,8 +96,11 @@ async fn table_problems_name_node_table_and_column() {
         .unwrap();
     p.owner[1].batch_execute(PRODUCTS).await.unwrap();
     p.config("[[tables]]\nname = \"products\"\nkey = [\"name\"]");
-    p.pgtwin(&["up"])
-        .fails_with(&["column \"name\"", "allows NULL"]);
+    // Both nodes' problem with the table, one line each.
+    p.pgtwin(&["up"]).fails_with_each(&[
+        &["column \"name\"", "node a", "allows NULL"],
+        &["column \"name\"", "node b", "allows NULL"],
+    ]);
     assert_nothing_installed(&p).await;
 }
 
@@ -203,24 +206,72 @@ async fn connection_problems_exit_2_quickly_without_secrets() {
     p.pgtwin(&["plan"]).fails_with(&["shuffle"]);
 }
 
+/// Every problem of both nodes in one run, one line each, naming the node and what to run; nothing
+/// changed. Following the advice makes `up` pass.
 #[tokio::test]
-async fn missing_extension_and_privileges_are_checked_first() {
+async fn every_preflight_problem_of_both_nodes_is_reported_at_once() {
     let p = Pair::with_extension(false).await;
     p.both(PRODUCTS).await;
-    p.config(TABLES);
-    p.pgtwin(&["up"])
-        .fails_with(&["node a", "CREATE EXTENSION postgres_fdw", "superuser"]);
+    p.owner[0]
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY); REVOKE TRIGGER, TRUNCATE ON products FROM twin")
+        .await
+        .unwrap();
+    // Node a: the extension without USAGE, no CREATE on the database, two table privileges missing.
+    // Node b: no extension, no table orders.
     p.admin[0]
-        .batch_execute("CREATE EXTENSION postgres_fdw")
+        .batch_execute(&format!(
+            "CREATE EXTENSION postgres_fdw; REVOKE CREATE ON DATABASE {} FROM twin",
+            p.db
+        ))
+        .await
+        .unwrap();
+    p.config(&format!("{TABLES}\n[[tables]]\nname = \"orders\""));
+    let expected: &[&[&str]] = &[
+        &[
+            "node a",
+            "GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO \"twin\"",
+        ],
+        &[
+            "node a",
+            "cannot create schema pgtwin",
+            "GRANT CREATE ON DATABASE",
+        ],
+        &[
+            "node a",
+            "lacks TRUNCATE, TRIGGER on table \"public\".\"products\"",
+            "GRANT TRUNCATE, TRIGGER",
+        ],
+        &[
+            "node b",
+            "CREATE EXTENSION postgres_fdw; GRANT USAGE",
+            "superuser",
+        ],
+        &["orders", "does not exist on node b"],
+    ];
+    for command in ["plan", "up"] {
+        p.pgtwin(&[command]).fails_with_each(expected);
+    }
+    assert_nothing_installed(&p).await;
+    p.admin[0]
+        .batch_execute(&format!(
+            "GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO twin; GRANT CREATE ON DATABASE {} TO twin",
+            p.db
+        ))
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute("GRANT TRUNCATE, TRIGGER ON products TO twin")
         .await
         .unwrap();
     p.admin[1]
-        .batch_execute("CREATE EXTENSION postgres_fdw")
+        .batch_execute("CREATE EXTENSION postgres_fdw; GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw TO twin")
         .await
         .unwrap();
-    p.pgtwin(&["up"])
-        .fails_with(&["node a", "GRANT USAGE ON FOREIGN DATA WRAPPER postgres_fdw"]);
-    assert_nothing_installed(&p).await;
+    p.owner[1]
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    p.pgtwin(&["up"]).ok();
 }
 
 #[tokio::test]
@@ -433,4 +484,135 @@ async fn version_repair_choices_and_a_closed_pipe() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(141), "{stderr}");
+}
+
+/// `pgtwin completions SHELL` needs no config and completes every subcommand.
+#[test]
+fn completions_name_the_subcommands() {
+    let none = std::path::Path::new("/nonexistent/pgtwin.toml");
+    let bash = common::pgtwin(none, &["completions", "bash"]).ok().stdout;
+    for sub in [
+        "plan",
+        "up",
+        "down",
+        "status",
+        "check",
+        "repair",
+        "conflicts",
+        "completions",
+    ] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    assert!(bash.contains("complete -F"), "{bash}");
+    for shell in ["zsh", "fish"] {
+        assert!(common::pgtwin(none, &["completions", shell])
+            .ok()
+            .stdout
+            .contains("repair"));
+    }
+    assert_eq!(common::pgtwin(none, &["completions", "tcsh"]).code, 2);
+}
+
+/// `init` writes a starter config from two URLs: the tables both nodes can sync, the others commented
+/// with the reason; no password in the file or the output; never over an existing file unless
+/// --force. `plan` and `up` accept what it wrote.
+#[tokio::test]
+async fn init_writes_a_config_that_plan_and_up_accept() {
+    let p = Pair::new().await;
+    p.both(&format!(
+        "{PRODUCTS}; CREATE TABLE keyless (id int, v text);
+         CREATE TABLE codes (code text NOT NULL UNIQUE, v int);
+         CREATE SCHEMA \"Sales Data\"; CREATE TABLE \"Sales Data\".\"Order Items\" (id int PRIMARY KEY)"
+    ))
+    .await;
+    p.owner[0]
+        .batch_execute(
+            "CREATE TABLE only_a (id int PRIMARY KEY); ALTER TABLE products ADD COLUMN note text",
+        )
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("CREATE TABLE only_b (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let path = p.dir.path().join("pgtwin.toml");
+    let (a, b) = (format!("a={}", p.url(0)), format!("b={}", p.url(1)));
+    let run = p.pgtwin(&["init", &a, &b]).ok();
+    assert!(
+        run.stdout.contains("3 table(s) to sync, 3 left out"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("PGTWIN_A_PASSWORD") && run.stderr.contains("PGTWIN_B_PASSWORD"),
+        "{}",
+        run.stderr
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    for secret in [TWIN_PW, common::APP_PW] {
+        assert!(
+            ![&text, &run.stdout, &run.stderr]
+                .iter()
+                .any(|t| t.contains(secret)),
+            "password written"
+        );
+    }
+    for needle in [
+        "[[tables]]\nname = \"products\"\n",
+        "its columns differ between the nodes in 1 way(s)",
+        "# mode = \"sync\"",
+        "# batch_size = 1000",
+        "[[tables]]\nname = \"codes\"\n# no primary key both nodes share: keyed by a unique index of NOT NULL columns on both\nkey = [\"code\"]\n",
+        "name = '\"Sales Data\".\"Order Items\"'",
+        "has no primary key on node a",
+        "in pgtwin.toml\n# table \"public\".\"keyless\" has no primary key on node b",
+        "# [[tables]]\n# name = \"keyless\"\n",
+        "\"public\".\"only_a\" exists on node a only: create it on node b",
+        "\"public\".\"only_b\" exists on node b only",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+    // Never over an existing file.
+    p.pgtwin(&["init", &a, &b])
+        .fails_with(&["pgtwin.toml exists", "--force", "--config"]);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    // The file reads the passwords from the environment.
+    p.pgtwin(&["plan"])
+        .fails_with(&["[nodes.a]", "PGTWIN_A_PASSWORD is not set"]);
+    let env = [
+        ("PGTWIN_A_PASSWORD", TWIN_PW),
+        ("PGTWIN_B_PASSWORD", TWIN_PW),
+    ];
+    let plan = common::pgtwin_env(&path, &["plan"], &env).ok();
+    assert!(
+        plan.stdout.contains("\"codes\"") && plan.stdout.contains("Order Items"),
+        "{}",
+        plan.stdout
+    );
+    common::pgtwin_env(&path, &["up"], &env).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO codes VALUES ('x', 1)")
+        .await
+        .unwrap();
+    p.assert_same("codes").await;
+    common::pgtwin_env(&path, &["down"], &env).ok();
+    // --force overwrites; ${VAR} is written as given.
+    let env = [("A_URL", p.url(0)), ("B_URL", p.url(1))];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = common::pgtwin_env(&path, &["init", "--force", "${A_URL}", "b=${B_URL}"], &env).ok();
+    assert!(!run.stderr.contains("PASSWORD"), "{}", run.stderr);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("[nodes.a]\nurl = \"${A_URL}\"\n") && text.contains("url = \"${B_URL}\""),
+        "{text}"
+    );
+    // Bad input: one line naming the node, nothing written.
+    std::fs::remove_file(&path).unwrap();
+    let bad = p.url(1).replace(TWIN_PW, "wrong-pw");
+    let run = p
+        .pgtwin(&["init", &a, &format!("b={bad}")])
+        .fails_with(&["node b", "password authentication failed"]);
+    assert!(!run.stderr.contains("wrong-pw") && !path.exists());
+    p.pgtwin(&["init", &a, &a])
+        .fails_with(&["both nodes are named a"]);
 }

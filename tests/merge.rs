@@ -83,14 +83,10 @@ async fn conflicting_rows_follow_the_policy_and_are_reported() {
         let m = &dry["merges"][0];
         assert_eq!(m["conflicts"], 2, "{dry}");
         assert_eq!(m["conflict_rows"][0]["key"], "(1)");
-        assert!(m["conflict_rows"][0]["rows"][0]
-            .as_str()
-            .unwrap()
-            .contains("a-old"));
-        assert!(m["conflict_rows"][0]["rows"][1]
-            .as_str()
-            .unwrap()
-            .contains("b-new"));
+        assert_eq!(
+            m["conflict_rows"][0]["columns"][1],
+            serde_json::json!({ "column": "name", "values": ["a-old", "b-new"] })
+        );
         assert!(!p.installed(0).await && p.rows(0, "products").await.len() == 3);
         let text = p.pgtwin(&["up"]).ok().stdout;
         assert!(text.contains("key (1):") && text.contains("wins"), "{text}");
@@ -99,6 +95,89 @@ async fn conflicting_rows_follow_the_policy_and_are_reported() {
         assert!(rows[0].contains(expect_1), "prefer {prefer}: {rows:?}");
         assert!(rows[1].contains(expect_2), "prefer {prefer}: {rows:?}");
     }
+}
+
+/// `up --dry-run` lists, per table, the keys each way and every row it would overwrite with both
+/// versions side by side under the config's column names, bounded, in text and JSON; tables built
+/// differently on the two nodes (column order, a renamed column, one-sided columns) compare by name.
+#[tokio::test]
+async fn a_dry_run_shows_the_rows_it_would_overwrite() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute(
+            "CREATE TABLE products (id int PRIMARY KEY, name text, price int, only_a text)",
+        )
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "CREATE TABLE products (note text, price int, title text, id int PRIMARY KEY)",
+        )
+        .await
+        .unwrap();
+    // Keys 1-25 on both with different prices, 26-48 on a only, 100 on b only.
+    p.owner[0]
+        .batch_execute(
+            "INSERT INTO products SELECT g, 'p' || g, 1, 'x' FROM generate_series(1, 48) g",
+        )
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("INSERT INTO products SELECT 'n', 2, 'p' || g, g FROM generate_series(1, 25) g; INSERT INTO products VALUES (NULL, 5, 'only b', 100)")
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"products\"\n[tables.nodes.b]\nrename = { name = \"title\" }");
+    // No policy: the rows are shown, then the refusal, as up itself would refuse.
+    let refused = p.pgtwin(&["up", "--dry-run"]).fails_with(&[
+        "products",
+        "25 key(s) hold different rows",
+        "--prefer",
+    ]);
+    assert!(
+        refused
+            .stdout
+            .contains("key (1): no policy says which row wins"),
+        "{}",
+        refused.stdout
+    );
+    let text = p.pgtwin(&["up", "--dry-run", "--prefer", "b"]).ok().stdout;
+    for needle in [
+        "products\": would copy 26 row(s) to a, 23 to b; 25 key(s) with different rows",
+        "only on a (to be copied to b): (26) (27)",
+        "(45) ... and 3 more",
+        "only on b (to be copied to a): (100)\n",
+        "key (1): b wins, a's row would be overwritten\n      price  a: 1  |  b: 2\n",
+        "\n    ... and 5 more key(s) with different rows\n",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing:\n{text}");
+    }
+    assert!(
+        !text.contains("name  a:"),
+        "equal columns are not listed:\n{text}"
+    );
+    let dry = json(
+        p.pgtwin(&["up", "--dry-run", "--json", "--prefer", "b"])
+            .ok(),
+    );
+    let m = &dry["merges"][0];
+    assert_eq!(m["only_on"], serde_json::json!([23, 1]));
+    assert_eq!(m["only_on_keys"][0].as_array().unwrap().len(), 20);
+    assert_eq!(m["only_on_keys"][1], serde_json::json!(["(100)"]));
+    assert_eq!(m["conflicts"], 25);
+    let rows = m["conflict_rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 20);
+    assert_eq!(
+        rows[0],
+        serde_json::json!({ "key": "(1)", "winner": "b", "columns": [
+            { "column": "id", "values": ["1", "1"] },
+            { "column": "name", "values": ["p1", "p1"] },
+            { "column": "price", "values": ["1", "2"] },
+        ] })
+    );
+    // Nothing changed.
+    assert!(!p.installed(0).await && !p.installed(1).await);
+    assert_eq!(p.rows(0, "products").await.len(), 48);
+    assert_eq!(p.rows(1, "products").await.len(), 26);
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
             } else if cfg.merge_policy(table).is_some() {
                 "up merges them by [options] prefer"
             } else {
-                "up will refuse: set [options] prefer"
+                "up will refuse: run pgtwin up --prefer NODE, or set prefer in pgtwin.toml"
             };
             format!(
                 "DIFFERENT: {} only on {}, {} only on {}, {} different; {policy} (pgtwin up --dry-run shows the rows)",

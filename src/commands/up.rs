@@ -4,11 +4,21 @@ use anyhow::Result;
 
 use crate::config::Config;
 use crate::install;
+use crate::problems::Problems;
 
 pub async fn run(cfg: &Config, json: bool, dry_run: bool) -> Result<ExitCode> {
     let report = install::up(cfg, dry_run, !json).await?;
+    // A dry run shows the rows of a table `up` would refuse, then says why it would.
+    let refused = Problems(
+        report
+            .merges
+            .iter()
+            .filter_map(|m| m.refused.clone())
+            .collect(),
+    );
     if json {
         super::print_json(&report);
+        refused.into_result()?;
         return Ok(ExitCode::SUCCESS);
     }
     let names = [report.nodes[0].node.as_str(), report.nodes[1].node.as_str()];
@@ -36,6 +46,7 @@ pub async fn run(cfg: &Config, json: bool, dry_run: bool) -> Result<ExitCode> {
             println!("node {}: installed ({} steps)", n.node, n.steps.len());
         }
     }
+    refused.into_result()?;
     if !dry_run {
         println!(
             "syncing {} table(s) between {} and {}",

@@ -1,16 +1,17 @@
 //! Which rows go where when both nodes hold data: `up` merges two populated tables into their union,
 //! `repair` makes two drifted tables equal. Both decide per differing key, then copy set-wise.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Result};
 
 use crate::catalog::TableInfo;
 use crate::data::compare::Diff;
 use crate::data::copy::{copy_rows, delete_rows, OnConflict};
-use crate::data::key_text;
-use crate::data::Side;
+use crate::data::{content_columns, key_text, Side};
 use crate::db::on_node;
 use crate::progress::Progress;
-use crate::sql::ident::Ident;
+use crate::sql::ident::{comma_list, Ident};
 
 /// Which version wins where both nodes hold a key with different rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,23 +38,43 @@ pub struct MergeReport {
     pub copied_to: [u64; 2],
     /// Rows deleted on each node (mirror only).
     pub deleted_on: [u64; 2],
+    /// Keys only on each node: copied to the other (or, with mirror, deleted where the loser has them).
+    pub only_on: [u64; 2],
+    /// The first `SHOWN` of them, per node.
+    pub only_on_keys: [Vec<String>; 2],
     /// Keys both nodes held with different rows.
     pub conflicts: u64,
-    /// All of them, by key (`ROW(key)::text`).
-    pub conflict_keys: Vec<String>,
-    /// The first of them, both versions side by side: the same key can mean different things on the two
-    /// nodes (product 5 a hat on one, a shoe on the other), which only a person can tell.
+    /// The first `SHOWN` of them, both versions side by side: the same key can mean different things on
+    /// the two nodes (product 5 a hat on one, a shoe on the other), which only a person can tell.
     pub conflict_rows: Vec<ConflictRow>,
+    /// Why `up` refuses this table (a dry run reports it instead of stopping at it).
+    pub refused: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ConflictRow {
     pub key: String,
-    pub rows: [Option<String>; 2],
-    pub winner: String,
+    /// The node whose row wins; None where no policy says (`up` refuses the table).
+    pub winner: Option<String>,
+    /// Every synced column (as the config names it) with its value on each node, as text.
+    pub columns: Vec<ColumnValues>,
 }
 
-const REPORTED_CONFLICTS: usize = 50;
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ColumnValues {
+    pub column: String,
+    /// The value on each node (None: NULL, or no row).
+    pub values: [Option<String>; 2],
+}
+
+impl ColumnValues {
+    pub fn differs(&self) -> bool {
+        self.values[0] != self.values[1]
+    }
+}
+
+/// Keys and rows reported per table (and kind): enough to judge, bounded for a table of millions.
+pub const SHOWN: usize = 20;
 
 /// Decides and (unless `dry_run`) applies the merge of one table. `policy` None allows no conflicts:
 /// rows on one node only are copied, and differing rows are an error asking for a policy.
@@ -70,6 +91,11 @@ pub async fn merge(
     let mut report = MergeReport {
         table: t.to_string(),
         conflicts: diff.different.len() as u64,
+        only_on: diff.only_on.each_ref().map(|k| k.len() as u64),
+        only_on_keys: diff
+            .only_on
+            .each_ref()
+            .map(|k| k.iter().take(SHOWN).cloned().collect()),
         ..MergeReport::default()
     };
     // Keys to write on node i (from the other node), and keys to delete on node i.
@@ -87,34 +113,34 @@ pub async fn merge(
     }
     if !diff.different.is_empty() {
         let winners = match policy.map(|p| &p.winner) {
-            None => bail!(
-                "table {}: {} key(s) hold different rows on {} and {} (e.g. {}): run pgtwin up --prefer NODE (this once), or set prefer = \"NODE\" or \"newest\" for the table in pgtwin.toml",
-                t,
-                diff.different.len(),
-                names[0],
-                names[1],
-                diff.different.iter().take(3).cloned().collect::<Vec<_>>().join(" ")
-            ),
+            None => {
+                report.refused = Some(format!(
+                    "table {}: {} key(s) hold different rows on {} and {} (e.g. {}): run pgtwin up --prefer NODE (this once), or set prefer = \"NODE\" or \"newest\" for the table in pgtwin.toml",
+                    t,
+                    diff.different.len(),
+                    names[0],
+                    names[1],
+                    diff.different.iter().take(3).cloned().collect::<Vec<_>>().join(" ")
+                ));
+                match dry_run {
+                    true => Vec::new(),
+                    false => bail!("{}", report.refused.as_deref().unwrap_or_default()),
+                }
+            }
             Some(Winner::Node(w)) => vec![*w; diff.different.len()],
             Some(Winner::Newest(column)) => newest(nodes, pair, column, &diff.different).await?,
         };
-        let shown = conflict_rows(
-            nodes,
-            pair,
-            &diff.different[..diff.different.len().min(REPORTED_CONFLICTS)],
-        )
-        .await?;
-        report.conflict_keys = diff.different.clone();
-        for (i, key) in diff.different.iter().enumerate() {
-            let w = winners[i];
+        let shown = &diff.different[..diff.different.len().min(SHOWN)];
+        let mut values = column_values(nodes, pair, shown).await?;
+        for (i, key) in shown.iter().enumerate() {
+            report.conflict_rows.push(ConflictRow {
+                key: key.clone(),
+                winner: winners.get(i).map(|&w| names[w].to_string()),
+                columns: values.remove(key).unwrap_or_default(),
+            });
+        }
+        for (key, &w) in diff.different.iter().zip(&winners) {
             copy_to[1 - w].push(key.clone());
-            if i < REPORTED_CONFLICTS {
-                report.conflict_rows.push(ConflictRow {
-                    key: key.clone(),
-                    rows: shown.get(key).cloned().unwrap_or([None, None]),
-                    winner: names[w].to_string(),
-                });
-            }
         }
     }
     for i in 0..2 {
@@ -208,19 +234,33 @@ async fn newest(
         .collect())
 }
 
-/// Both versions of each key, as row text.
-async fn conflict_rows(
+/// Each key's synced columns with both nodes' values, as text (the columns are in the same order in
+/// both nodes' views of the table; a node without the row gives NULLs).
+async fn column_values(
     nodes: [Side<'_>; 2],
     pair: &[TableInfo; 2],
     keys: &[String],
-) -> Result<std::collections::HashMap<String, [Option<String>; 2]>> {
-    let mut out: std::collections::HashMap<String, [Option<String>; 2]> =
-        std::collections::HashMap::new();
+) -> Result<HashMap<String, Vec<ColumnValues>>> {
+    let mut out: HashMap<String, Vec<ColumnValues>> = keys
+        .iter()
+        .map(|k| {
+            let columns = pair[0]
+                .columns
+                .iter()
+                .map(|c| ColumnValues {
+                    column: c.synced_as.as_str().to_string(),
+                    values: [None, None],
+                })
+                .collect();
+            (k.clone(), columns)
+        })
+        .collect();
     for (i, ((node, db), t)) in nodes.iter().zip(pair).enumerate() {
         let rows = db
             .query(
                 &format!(
-                    "SELECT {k}, r::text FROM {} r WHERE {k} = ANY($1)",
+                    "SELECT {k}, ARRAY[{}]::text[] FROM {} r WHERE {k} = ANY($1)",
+                    comma_list(content_columns(t).iter().map(|c| format!("r.{c}::text"))),
                     t.name,
                     k = key_text(t, Some("r"))
                 ),
@@ -229,7 +269,12 @@ async fn conflict_rows(
             .await
             .map_err(on_node(node, &format!("reading {}", t.name)))?;
         for r in rows {
-            out.entry(r.get(0)).or_insert([None, None])[i] = Some(r.get(1));
+            let values: Vec<Option<String>> = r.get(1);
+            if let Some(columns) = out.get_mut(&r.get::<_, String>(0)) {
+                for (c, v) in columns.iter_mut().zip(values) {
+                    c.values[i] = v;
+                }
+            }
         }
     }
     Ok(out)

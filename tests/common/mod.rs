@@ -305,6 +305,42 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Exit 2 with one `error:` line per problem: as many lines as `problems`, each line holding every
+    /// needle of one of them; no password anywhere.
+    #[track_caller]
+    pub fn fails_with_each(self, problems: &[&[&str]]) -> Run {
+        assert_eq!(
+            self.code, 2,
+            "expected exit 2:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        let lines: Vec<&str> = self.stderr.trim_end().lines().collect();
+        assert_eq!(
+            lines.len(),
+            problems.len(),
+            "one line per problem:\n{}",
+            self.stderr
+        );
+        for needles in problems {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.starts_with("error: ") && needles.iter().all(|n| l.contains(n))),
+                "no line holds {needles:?}:\n{}",
+                self.stderr
+            );
+        }
+        for secret in [TWIN_PW, APP_PW] {
+            assert!(
+                !self.stderr.contains(secret) && !self.stdout.contains(secret),
+                "password in output"
+            );
+        }
+        self
+    }
+}
+
 pub fn pgtwin(config: &std::path::Path, args: &[&str]) -> Run {
     pgtwin_env(config, args, &[])
 }
