@@ -63,6 +63,22 @@ pub struct PairStatus {
     pub schema_drift: Vec<Drift>,
     /// Per node, in config order: installed from the plan `up` would make now.
     pub up_to_date: Option<[bool; 2]>,
+    /// Key sequences that would hand out ids the other node already holds.
+    pub ids_reused: Vec<IdsReused>,
+}
+
+/// A node's key sequence behind the largest id of its own residue that the other node holds: it
+/// hands out those ids again. The mark of a node restored from a backup (its sequence and rows went
+/// back; the peer kept what it had shipped), or of a `setval` on it. Its inserts of those ids fail
+/// until a repair (see apply.sql), rather than overwrite the peer's rows.
+#[derive(Debug, serde::Serialize)]
+pub struct IdsReused {
+    pub node: String,
+    pub peer: String,
+    pub table: String,
+    pub sequence: String,
+    pub next_value: i64,
+    pub peer_largest: i64,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -98,6 +114,48 @@ pub async fn report(cfg: &Config) -> Report {
     }
 }
 
+/// Each node's key sequences of one table that are behind the largest id of their residue on the
+/// other node (see IdsReused).
+async fn ids_reused(
+    nodes: &[twin::Connected; 2],
+    infos: &[crate::catalog::TableInfo; 2],
+) -> Vec<IdsReused> {
+    let mut out = Vec::new();
+    for i in 0..2 {
+        let (own, other) = (&infos[i], &infos[1 - i]);
+        for k in own.key_sequences.iter().filter(|k| k.may_alter) {
+            let Some(column) = own
+                .column(&k.column)
+                .and_then(|c| other.synced_column(&c.synced_as))
+            else {
+                continue;
+            };
+            let largest = catalog::max_in_residue(
+                nodes[1 - i].name(),
+                &nodes[1 - i].db,
+                &other.name,
+                &column.name,
+                2,
+                i as i64 + 1,
+            )
+            .await
+            .ok()
+            .flatten();
+            if let Some(m) = largest.filter(|m| k.next_value <= *m) {
+                out.push(IdsReused {
+                    node: nodes[i].name().to_string(),
+                    peer: nodes[1 - i].name().to_string(),
+                    table: own.synced_name.to_string(),
+                    sequence: k.sequence.to_string(),
+                    next_value: k.next_value,
+                    peer_largest: m,
+                });
+            }
+        }
+    }
+    out
+}
+
 /// Needs both nodes; None when either is unreachable.
 pub async fn pair_status(cfg: &Config) -> Option<PairStatus> {
     let nodes = twin::connect_both(cfg).await.ok()?;
@@ -119,7 +177,13 @@ pub async fn pair_status(cfg: &Config) -> Option<PairStatus> {
             }))
             .collect(),
         up_to_date: None,
+        ids_reused: Vec::new(),
     };
+    if cfg.options.sequences == crate::config::Sequences::Interleave {
+        for pair in &tables {
+            out.ids_reused.extend(ids_reused(&nodes, &pair.infos).await);
+        }
+    }
     let blocked = out.schema_drift.iter().any(|d| !d.synced);
     if !blocked && nodes.iter().all(|n| n.info.installed.is_some()) {
         let tables = tables.into_iter().map(|pair| pair.infos).collect();
@@ -402,6 +466,15 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             add(
                 Severity::Degraded,
                 format!("schema drift in {}: {}", d.table, d.problem),
+            );
+        }
+        for r in &pair.ids_reused {
+            add(
+                Severity::Degraded,
+                format!(
+                    "node {}: sequence {} of {} hands out ids node {} already holds (next {}, node {} holds {}): was node {} restored from a backup? its inserts of those ids fail until you run pgtwin repair --prefer {}, then pgtwin up",
+                    r.node, r.sequence, r.table, r.peer, r.next_value, r.peer, r.peer_largest, r.node, r.peer
+                ),
             );
         }
         for (n, fresh) in nodes.iter().zip(pair.up_to_date.unwrap_or([true; 2])) {

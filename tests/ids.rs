@@ -85,3 +85,84 @@ async fn after_down_default_ids_continue_above_both_nodes() {
     // Increment given back: consecutive ids again.
     assert_eq!(a_after[1] - a_after[0], 1);
 }
+
+/// Node a as a restore from a backup leaves it (the backup taken after its first insert): the rows it
+/// made since are gone and its sequence is back, while b still holds them. Run as pgtwin's own
+/// session, so nothing of it travels.
+async fn restore_a_from_backup_after_first_id(p: &Pair) {
+    p.owner[0]
+        .batch_execute(
+            "BEGIN; SET LOCAL pgtwin.origin = 'restore'; DELETE FROM items WHERE id > 1;
+             SELECT setval('items_id_seq', 1); COMMIT",
+        )
+        .await
+        .unwrap();
+}
+
+/// A node restored from a backup hands out ids again that the peer holds (other rows): `status` names
+/// it, its inserts of those ids fail instead of overwriting the peer's rows (sync mode) or are set
+/// aside with the reason (async), and `repair`, then `up`, settle it.
+#[tokio::test]
+async fn a_node_restored_from_a_backup_cannot_overwrite_the_peers_newer_rows() {
+    for mode in ["sync", "async"] {
+        let p = Pair::new().await;
+        p.both("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
+            .await;
+        p.config(&format!(
+            "[[tables]]\nname = \"items\"\n[options]\nmode = \"{mode}\""
+        ));
+        p.pgtwin(&["up"]).ok();
+        assert_eq!(insert_default(&p, 0, 3).await, vec![1, 3, 5]);
+        p.pgtwin(&["run", "--once"]).ok();
+        restore_a_from_backup_after_first_id(&p).await;
+
+        let status = p.pgtwin(&["status"]);
+        assert_eq!(status.code, 1, "{mode}: {}", status.stdout);
+        assert!(
+            status
+                .stdout
+                .contains("hands out ids node b already holds (next 3, node b holds 5): was node a restored from a backup?"),
+            "{mode}: {}",
+            status.stdout
+        );
+        let insert = p.owner[0]
+            .query_one(
+                "INSERT INTO items (v) VALUES ('after the restore') RETURNING id",
+                &[],
+            )
+            .await;
+        if mode == "sync" {
+            let e = insert.unwrap_err();
+            let message = e
+                .as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default();
+            assert!(
+                message.contains("node a inserted key (3)")
+                    && message.contains("holds with other values"),
+                "{e:?}"
+            );
+        } else {
+            assert_eq!(insert.unwrap().get::<_, i64>(0), 3);
+            p.pgtwin(&["run", "--once"]).ok();
+            let listed: serde_json::Value =
+                serde_json::from_str(&p.pgtwin(&["conflicts", "--json"]).ok().stdout).unwrap();
+            let reason = listed["set_aside"][0]["reason"].as_str().unwrap_or("");
+            assert!(reason.contains("holds with other values"), "{listed}");
+        }
+        assert_eq!(
+            p.rows(1, "items").await,
+            vec!["(1,x)", "(3,x)", "(5,x)"],
+            "{mode}: b's rows are untouched"
+        );
+
+        p.pgtwin(&["repair", "--prefer", "b"]).ok();
+        p.pgtwin(&["up"]).ok();
+        let status = p.pgtwin(&["status"]);
+        assert_eq!(status.code, 0, "{mode}: {}", status.stdout);
+        let next = insert_default(&p, 0, 1).await;
+        assert!(next[0] > 5, "{mode}: {next:?}");
+        p.pgtwin(&["run", "--once"]).ok();
+        assert_eq!(p.assert_same("items").await.len(), 4, "{mode}");
+    }
+}

@@ -95,10 +95,17 @@ async fn pguser_and_pgpassword_fill_a_url_without_them() {
         &format!("postgres://127.0.0.1:{}/{}", port(1), p.db),
     );
     let home = p.dir.path().to_str().unwrap();
-    // Without PGPASSWORD there is no password.
-    let run = common::pgtwin_env(&config, &["up"], &[("HOME", home), ("PGUSER", "twin")])
-        .fails_with(&["node a"]);
-    assert!(run.stderr.contains("password"), "{}", run.stderr);
+    // Without PGPASSWORD there is no password: one line per node says so.
+    let run = common::pgtwin_env(&config, &["up"], &[("HOME", home), ("PGUSER", "twin")]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stderr);
+    for (line, node) in lines.iter().zip(["node a", "node b"]) {
+        assert!(
+            line.contains(node) && line.contains("password missing") && line.contains("PGPASSWORD"),
+            "{line}"
+        );
+    }
     up_and_sync(
         &p,
         &config,
