@@ -21,7 +21,7 @@ pub async fn begin(node: &str, db: &Client) -> Result<()> {
         .await
         .map_err(on_node(node, "BEGIN"))?;
     let started = Instant::now();
-    while !locks::try_take(node, db, Purpose::Install).await? {
+    while locks::try_take(node, db, Purpose::Install).await?.is_none() {
         if started.elapsed() >= LOCK_WAIT {
             bail!("node {node}: another pgtwin up, down or repair holds pgtwin's lock there: wait for it to finish");
         }

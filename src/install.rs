@@ -304,6 +304,39 @@ async fn fast_paths_current(n: &Connected, tables: &[TableInfo]) -> Result<bool>
     Ok(true)
 }
 
+/// Applies the deletions queued on node `i` to the other node's tables (see up_locked), in the up's
+/// transaction there.
+async fn apply_stranded_deletions(p: &Prepared, i: usize) -> Result<()> {
+    let (origin, peer) = (&p.nodes[i], &p.nodes[1 - i]);
+    for (tag, chunk) in crate::state::queued_deletions(origin.name(), &origin.db).await? {
+        // A table no longer in the config: nothing of it is synced any more.
+        let Some(pair) = p
+            .tables
+            .iter()
+            .find(|pair| names::table_tag(&pair[i].synced_name) == tag)
+        else {
+            continue;
+        };
+        let table = &pair[1 - i];
+        let (defs, key_match) = crate::sql::gen::peer_key_reading(table);
+        peer.db
+            .execute(
+                &format!(
+                    "DELETE FROM {} t USING json_to_recordset((substr($1, 2)::json) -> 'rows') AS b({defs})
+                     WHERE {key_match}",
+                    table.name
+                ),
+                &[&chunk],
+            )
+            .await
+            .map_err(on_node(
+                peer.name(),
+                &format!("applying deletions queued on node {}", origin.name()),
+            ))?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, serde::Serialize)]
 pub struct UpReport {
     pub dry_run: bool,
@@ -335,13 +368,19 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
         }
     }
     // Queued changes must reach the peer first: the merge would take them for differences (and a
-    // queued deletion would come back as a row the other node still has). The one exception is a half-done `up`: the installed node queued because its peer had no inbox yet,
-    // so nothing can replay it. Its changes are in its table, and the merge below carries them over;
-    // the queue is then emptied with the merge, so they are not replayed on top of it.
+    // queued deletion would come back as a row the other node still has). The one exception is a
+    // half-done install (an `up` that committed on one node only, a `down --force` that reached one
+    // node only): the installed node queued for a peer without an inbox, so nothing can replay it.
+    // Its inserts and updates are in its table, and the merge below carries them over; its deletions
+    // are applied on the peer here, first, in order, so the merge cannot bring those rows back. Only
+    // then is that queue emptied.
     let mut stranded = [false; 2];
     for (i, n) in p.nodes.iter().enumerate() {
         if p.nodes[1 - i].info.installed.is_none() {
             stranded[i] = queued_rows(n.name(), &n.db).await? > 0;
+            if stranded[i] {
+                apply_stranded_deletions(p, i).await?;
+            }
         } else {
             refuse_queued(n, None).await?;
         }
@@ -385,9 +424,7 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
             apply::run(n.name(), &n.db, &plan.steps).await?;
         }
         if stranded[i] {
-            n.db.execute(&format!("DELETE FROM {}", names::queue_table()), &[])
-                .await
-                .map_err(on_node(n.name(), "emptying the merged queue"))?;
+            crate::state::clear_queue(n.name(), &n.db).await?;
         }
         // The peer's queue is empty now, so no replay record here refers to a live entry (queue
         // numbers restart with a reinstalled peer).

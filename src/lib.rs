@@ -19,6 +19,7 @@ pub mod plan;
 pub mod problems;
 pub mod progress;
 pub mod runner;
+pub mod soak;
 pub mod sql;
 pub mod state;
 pub mod status;

@@ -64,8 +64,13 @@ async fn holder(node: &str, db: &Client, key: i64) -> Result<Option<(String, i32
         .map(|r| (r.get(0), r.get(1))))
 }
 
-/// The key of `purpose` on this node, made if missing; a new one with `replace`.
-async fn key(node: &str, db: &Client, purpose: Purpose, replace: bool) -> Result<i64> {
+/// 64 random bits from gen_random_uuid (a strong source): a new lock key (state migration 3 makes
+/// the first ones with it).
+pub const RANDOM_KEY_SQL: &str =
+    "('x' || substr(translate(gen_random_uuid()::text, '-', ''), 1, 16))::bit(64)::bigint";
+
+/// The key of `purpose` on this node now (the fixed one before pgtwin has a key table).
+pub async fn current_key(node: &str, db: &Client, purpose: Purpose) -> Result<i64> {
     let table = names::locks_table();
     let exists: bool = db
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.to_string()])
@@ -75,50 +80,55 @@ async fn key(node: &str, db: &Client, purpose: Purpose, replace: bool) -> Result
     if !exists {
         return Ok(purpose.fixed_key());
     }
-    // 64 random bits from gen_random_uuid (a strong source).
-    let random =
-        "('x' || substr(translate(gen_random_uuid()::text, '-', ''), 1, 16))::bit(64)::bigint";
-    let sql = if replace {
-        format!(
-            "INSERT INTO {table} VALUES ($1, {random})
-             ON CONFLICT (purpose) DO UPDATE SET key = EXCLUDED.key RETURNING key"
+    let row = db
+        .query_opt(
+            &format!("SELECT key FROM {table} WHERE purpose = $1"),
+            &[&purpose.name()],
         )
-    } else {
-        format!(
-            "WITH made AS (INSERT INTO {table} VALUES ($1, {random}) ON CONFLICT (purpose) DO NOTHING
-                           RETURNING key)
-             SELECT key FROM made UNION ALL SELECT key FROM {table} WHERE purpose = $1"
-        )
-    };
-    Ok(db
-        .query_one(&sql, &[&purpose.name()])
         .await
-        .map_err(on_node(node, "reading pgtwin's lock key"))?
-        .get(0))
+        .map_err(on_node(node, "reading pgtwin's lock key"))?;
+    Ok(row.map_or(purpose.fixed_key(), |r| r.get(0)))
 }
 
-/// Takes pgtwin's lock for `purpose` without waiting: false when another session of pgtwin's role
-/// holds it (another `up`, or another runner). One held by another role is never waited for: its
-/// key is replaced (logged), and the lock taken under the new one.
-pub async fn try_take(node: &str, db: &Client, purpose: Purpose) -> Result<bool> {
+/// Replaces `old`, the key of `purpose`, by a new random one; returns the key in force after (another
+/// session's replacement, should it have come first: never two new keys).
+async fn replace_key(node: &str, db: &Client, purpose: Purpose, old: i64) -> Result<i64> {
+    db.execute(
+        &format!(
+            "UPDATE {} SET key = {RANDOM_KEY_SQL} WHERE purpose = $1 AND key = $2",
+            names::locks_table()
+        ),
+        &[&purpose.name(), &old],
+    )
+    .await
+    .map_err(on_node(node, "replacing pgtwin's lock key"))?;
+    current_key(node, db, purpose).await
+}
+
+/// Takes pgtwin's lock for `purpose` without waiting, and returns the key it holds it under; None
+/// when another session of pgtwin's role holds it (another `up`, or another runner). One held by
+/// another role is never waited for: its key is replaced (logged), and the lock taken under the new
+/// one.
+pub async fn try_take(node: &str, db: &Client, purpose: Purpose) -> Result<Option<i64>> {
+    let mut key = current_key(node, db, purpose).await?;
     let mut replaced = false;
     loop {
-        let key = key(node, db, purpose, replaced).await?;
         let taken: bool = db
             .query_one(&purpose.sql("pg_try_advisory"), &[&key])
             .await
             .map_err(on_node(node, "taking pgtwin's lock"))?
             .get(0);
         if taken {
-            return Ok(true);
+            return Ok(Some(key));
         }
+        // pg_stat_activity names a session by its login role.
         let me: String = db
-            .query_one("SELECT current_user::text", &[])
+            .query_one("SELECT session_user::text", &[])
             .await
             .map_err(on_node(node, "reading the role"))?
             .get(0);
         match holder(node, db, key).await? {
-            Some((role, _)) if role == me => return Ok(false),
+            Some((role, _)) if role == me => return Ok(None),
             // Released meanwhile: try again.
             None => continue,
             Some((role, pid)) => {
@@ -132,15 +142,15 @@ pub async fn try_take(node: &str, db: &Client, purpose: Purpose) -> Result<bool>
                     "node {node}: role {role} (pid {pid}) held pgtwin's {} lock key; a new key is in use",
                     purpose.name()
                 );
+                key = replace_key(node, db, purpose, key).await?;
                 replaced = true;
             }
         }
     }
 }
 
-/// Releases a session lock (the runner's; a transaction's goes with it).
-pub async fn release(node: &str, db: &Client, purpose: Purpose) -> Result<()> {
-    let key = key(node, db, purpose, false).await?;
+/// Releases a session lock taken under `key` (the runner's; a transaction's goes with it).
+pub async fn release(node: &str, db: &Client, key: i64) -> Result<()> {
     db.execute("SELECT pg_advisory_unlock($1)", &[&key])
         .await
         .map_err(on_node(node, "releasing pgtwin's lock"))?;

@@ -23,6 +23,7 @@ use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 use crate::change;
 use crate::config::{Config, Node};
 use crate::db::{on_node, pg_message};
+use crate::locks::Purpose;
 use crate::sql::ident::{Ident, Literal};
 use crate::sql::names;
 use crate::state;
@@ -114,28 +115,32 @@ async fn connect_listening(
 }
 
 impl Listener {
-    /// Takes the runner lock of this node, unless another runner holds it (crate::locks).
-    async fn try_lock(&self) -> Result<bool> {
-        crate::locks::try_take(&self.name, &self.db, crate::locks::Purpose::Runner).await
+    /// Takes the runner lock of this node, unless another runner holds it (crate::locks); returns
+    /// the key held.
+    async fn try_lock(&self) -> Result<Option<i64>> {
+        crate::locks::try_take(&self.name, &self.db, Purpose::Runner).await
     }
 
-    async fn unlock(&self) -> Result<()> {
-        crate::locks::release(&self.name, &self.db, crate::locks::Purpose::Runner).await
+    /// Whether this node's runner key is still `held` (a key replaced since, or made by `up`'s
+    /// migration where the fixed one was held, is another runner's to take).
+    async fn still_locked(&self, held: i64) -> Result<bool> {
+        Ok(crate::locks::current_key(&self.name, &self.db, Purpose::Runner).await? == held)
     }
 }
 
 /// Takes the runner locks of both nodes, always the first node's first: of two runners, one gets
 /// both and the other none (never one each, which would stop both). Their sessions hold them; a
-/// runner that dies, even by kill -9, loses them as soon as its server sees the connection close.
-async fn lock_pair(a: &Listener, b: &Listener) -> Result<bool> {
-    if !a.try_lock().await? {
-        return Ok(false);
-    }
-    if !b.try_lock().await? {
-        a.unlock().await?;
-        return Ok(false);
-    }
-    Ok(true)
+/// runner that dies, even by kill -9, loses them as soon as its server sees the connection close
+/// (the session's keepalives bound that when its host is gone: db::setup_session).
+async fn lock_pair(a: &Listener, b: &Listener) -> Result<Option<[i64; 2]>> {
+    let Some(key_a) = a.try_lock().await? else {
+        return Ok(None);
+    };
+    let Some(key_b) = b.try_lock().await? else {
+        crate::locks::release(&a.name, &a.db, key_a).await?;
+        return Ok(None);
+    };
+    Ok(Some([key_a, key_b]))
 }
 
 /// How often a runner standing by tries to take over.
@@ -377,21 +382,13 @@ async fn apply_entries(
     forgotten: &[i64],
     join: bool,
 ) -> Result<Drained> {
-    // The progress row is locked: should a second runner reach this pair, it waits here. Tables with
-    // changes queued on the peer too are not joined: each chunk keeps its own time.
+    // The progress row is locked: should a second runner reach this pair, it waits here. A joined
+    // chunk that meets a key queued on the peer is refused there (its entries lost their separate
+    // times) and the batch goes again entry by entry (apply_batch).
     let start = format!("BEGIN; {}", state::replay_start_sql(&from.name, forgotten));
-    let contested: Vec<String> = to
-        .db
-        .simple_query(&start)
-        .await?
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .collect();
+    to.db.batch_execute(&start).await?;
     let chunks = if join {
-        join_entries(entries.to_vec(), &contested)
+        join_entries(entries.to_vec())
     } else {
         entries.iter().map(|e| (e.clone(), false)).collect()
     };
@@ -449,14 +446,13 @@ struct Entry {
 const JOINED_ROWS: u64 = 10_000;
 
 /// Joins runs of entries of the same table, op and columns (crate::change::join) into chunks of up to
-/// JOINED_ROWS rows: fewer, larger set-wise applies on the peer. Order is kept; contested tables and
-/// truncates are left alone. A joined chunk carries the time of its last entry, and says it was joined.
-fn join_entries(entries: Vec<Entry>, contested: &[String]) -> Vec<(Entry, bool)> {
+/// JOINED_ROWS rows: fewer, larger set-wise applies on the peer. Order is kept; truncates are left
+/// alone. A joined chunk carries the time of its last entry, and says it was joined.
+fn join_entries(entries: Vec<Entry>) -> Vec<(Entry, bool)> {
     let mut out: Vec<(Entry, bool)> = Vec::new();
     for e in entries {
         if let Some((last, joined)) = out.last_mut() {
             if last.tag == e.tag
-                && !contested.contains(&e.tag)
                 && last.rows + e.rows <= JOINED_ROWS
                 && last.batch.len() + e.batch.len() <= change::CHUNK_BYTES as usize
                 && change::append(&mut last.batch, &e.batch)
@@ -481,7 +477,7 @@ pub async fn run_once(cfg: &Config) -> Result<[Drained; 2]> {
         connect_listening(cfg, &cfg.nodes[1], wake)
     );
     let (a, b) = (a?, b?);
-    if !lock_pair(&a, &b).await? {
+    if lock_pair(&a, &b).await?.is_none() {
         bail!(
             "another pgtwin run is replaying between {} and {}: it drains the queues; stop it first to drain them here",
             a.name,
@@ -554,30 +550,28 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
             connect_listening(cfg, &cfg.nodes[1], wake_tx)
         );
         let problem = match connected {
-            (Ok(a), Ok(b)) => {
-                match stand_by(&a, &b, &mut stop).await {
-                    Ok(true) => {}
-                    Ok(false) => return Ok(()),
-                    Err(e) => {
-                        crate::metrics::error();
-                        report.problem(&format!("{e:#}"), backoff);
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = stop.changed() => return Ok(()),
-                        }
-                        backoff = (backoff * 2).min(BACKOFF_CAP);
-                        continue;
+            (Ok(a), Ok(b)) => match stand_by(&a, &b, &mut wake, &mut stop).await {
+                Ok(None) => return Ok(()),
+                // Both connections (and any lock taken) go before the backoff.
+                Err(e) => format!("{e:#}"),
+                Ok(Some(held)) => {
+                    // A change of state, logged like the others (as JSON with --log-format json).
+                    tracing::warn!("replaying queues between {} and {}", a.name, b.name);
+                    let mut replay = Replay {
+                        a: &a,
+                        b: &b,
+                        held,
+                        wake: &mut wake,
+                        stop: &mut stop,
+                        report: &mut report,
+                        backoff: &mut backoff,
+                    };
+                    match replay.until_error().await {
+                        None => return Ok(()),
+                        Some(e) => e,
                     }
                 }
-                // A change of state, logged like the others (as JSON with --log-format json).
-                tracing::warn!("replaying queues between {} and {}", a.name, b.name);
-                match replay_until_error(&a, &b, &mut wake, &mut stop, &mut report, &mut backoff)
-                    .await
-                {
-                    None => return Ok(()),
-                    Some(e) => e,
-                }
-            }
+            },
             (a, b) => {
                 let e = a.err().or(b.err()).expect("one failed");
                 format!("{e:#}")
@@ -604,17 +598,22 @@ pub async fn run_forever(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Waits, connected, until this runner holds both nodes' runner locks (true) or is told to stop
-/// (false). Another runner replaying is a state, logged once: this one takes over when it stops.
-async fn stand_by(a: &Listener, b: &Listener, stop: &mut Stop) -> Result<bool> {
+/// Waits, connected, until this runner holds both nodes' runner locks (their keys) or is told to
+/// stop (None). Another runner replaying is a state, logged once: this one takes over when it stops.
+async fn stand_by(
+    a: &Listener,
+    b: &Listener,
+    wake: &mut mpsc::UnboundedReceiver<()>,
+    stop: &mut Stop,
+) -> Result<Option<[i64; 2]>> {
     let mut said = false;
     loop {
-        if lock_pair(a, b).await? {
+        if let Some(held) = lock_pair(a, b).await? {
             crate::metrics::active(true);
             if said {
                 tracing::warn!("the other pgtwin run is gone: taking over");
             }
-            return Ok(true);
+            return Ok(Some(held));
         }
         if !said {
             tracing::warn!(
@@ -624,9 +623,11 @@ async fn stand_by(a: &Listener, b: &Listener, stop: &mut Stop) -> Result<bool> {
             );
             said = true;
         }
+        // The queues' notifications are the active runner's business.
+        while wake.try_recv().is_ok() {}
         tokio::select! {
             _ = tokio::time::sleep(STANDBY_POLL) => {}
-            _ = stop.changed() => return Ok(false),
+            _ = stop.changed() => return Ok(None),
         }
     }
 }
@@ -637,7 +638,8 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Writes the heartbeat on both nodes; `drained`: the last round found both queues empty. It names this
 /// process (host, pid, version) where the state tables have room for it (state version 2).
 async fn heartbeat(a: &Listener, b: &Listener, drained: bool) -> Result<()> {
-    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    // HOSTNAME is a shell's variable, which a service does not get.
+    let host = whoami::hostname().unwrap_or_default();
     for l in [a, b] {
         let sql = state::heartbeat_sql(l.state_version, drained, &host);
         l.db.batch_execute(&sql)
@@ -647,59 +649,76 @@ async fn heartbeat(a: &Listener, b: &Listener, drained: bool) -> Result<()> {
     Ok(())
 }
 
-/// Drains both directions and waits for more, until an error (returned as text) or a stop (None).
-async fn replay_until_error(
-    a: &Listener,
-    b: &Listener,
-    wake: &mut mpsc::UnboundedReceiver<()>,
-    stop: &mut Stop,
-    report: &mut Reporter,
-    backoff: &mut Duration,
-) -> Option<String> {
-    let mut last_applied = Instant::now();
-    let mut last_heartbeat: Option<Instant> = None;
-    loop {
-        let result = async {
-            let ab = drain(a, b, stop).await?;
-            let ba = drain(b, a, stop).await?;
-            Ok::<_, anyhow::Error>(ab.entries + ba.entries)
-        }
-        .await;
-        let applied = match result {
-            Ok(n) => n,
-            Err(e) => return Some(format!("{e:#}")),
-        };
-        // A full round without an error: the next problem starts its backoff afresh.
-        report.recovered();
-        *backoff = BACKOFF_FIRST;
-        if last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
-            // Not a reason to stop replaying (an install older than this binary has no heartbeat
-            // table until its next `up`).
-            if let Err(e) = heartbeat(a, b, applied == 0).await {
-                tracing::debug!("heartbeat: {e:#}");
+/// A runner replaying, with the lock keys it holds on both nodes.
+struct Replay<'a> {
+    a: &'a Listener,
+    b: &'a Listener,
+    held: [i64; 2],
+    wake: &'a mut mpsc::UnboundedReceiver<()>,
+    stop: &'a mut Stop,
+    report: &'a mut Reporter,
+    backoff: &'a mut Duration,
+}
+
+impl Replay<'_> {
+    /// Drains both directions and waits for more, until an error (returned as text) or a stop (None).
+    async fn until_error(&mut self) -> Option<String> {
+        let (a, b) = (self.a, self.b);
+        let mut last_applied = Instant::now();
+        let mut last_heartbeat: Option<Instant> = None;
+        loop {
+            let result = async {
+                let ab = drain(a, b, self.stop).await?;
+                let ba = drain(b, a, self.stop).await?;
+                Ok::<_, anyhow::Error>(ab.entries + ba.entries)
             }
-            last_heartbeat = Some(Instant::now());
-        }
-        // Writers notify only when they find the queue empty (NOTIFY serializes the commits of
-        // all notifying transactions). One that found entries a drain was busy with sends none,
-        // and may commit just after the runner last looked: so after a drain that applied
-        // anything, look again at once, then every few milliseconds for a short while, and only
-        // then wait for a notification (or a second: a peer coming back sends none, nor does a
-        // writer that committed long after it queued).
-        if applied > 0 {
-            last_applied = Instant::now();
-            while wake.try_recv().is_ok() {}
-            continue;
-        }
-        let wait = if last_applied.elapsed() < TAIL {
-            TAIL_POLL
-        } else {
-            IDLE_POLL
-        };
-        tokio::select! {
-            _ = wake.recv() => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return None,
+            .await;
+            let applied = match result {
+                Ok(n) => n,
+                Err(e) => return Some(format!("{e:#}")),
+            };
+            // A full round without an error: the next problem starts its backoff afresh.
+            self.report.recovered();
+            *self.backoff = BACKOFF_FIRST;
+            if last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT) {
+                // Still this runner's turn? Two runners must never replay at once.
+                match (a.still_locked(self.held[0]).await, b.still_locked(self.held[1]).await) {
+                (Ok(true), Ok(true)) => {}
+                (Err(e), _) | (_, Err(e)) => return Some(format!("{e:#}")),
+                _ => {
+                    return Some(
+                        "pgtwin's runner lock has a new key (an upgrade, or another role held it): standing by again".into(),
+                    )
+                }
+            }
+                // Not a reason to stop replaying (an install older than this binary has no heartbeat
+                // table until its next `up`).
+                if let Err(e) = heartbeat(a, b, applied == 0).await {
+                    tracing::debug!("heartbeat: {e:#}");
+                }
+                last_heartbeat = Some(Instant::now());
+            }
+            // Writers notify only when they find the queue empty (NOTIFY serializes the commits of
+            // all notifying transactions). One that found entries a drain was busy with sends none,
+            // and may commit just after the runner last looked: so after a drain that applied
+            // anything, look again at once, then every few milliseconds for a short while, and only
+            // then wait for a notification (or a second: a peer coming back sends none, nor does a
+            // writer that committed long after it queued).
+            if applied > 0 {
+                last_applied = Instant::now();
+                while self.wake.try_recv().is_ok() {}
+                continue;
+            }
+            let wait = if last_applied.elapsed() < TAIL {
+                TAIL_POLL
+            } else {
+                IDLE_POLL
+            };
+            tokio::select! {
+                _ = self.wake.recv() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.changed() => return None,
+            }
         }
     }
 }
@@ -741,17 +760,14 @@ mod tests {
 
     #[test]
     fn runs_of_one_table_and_op_join_in_order() {
-        let joined = join_entries(
-            vec![
-                entry("t", 1, &up(&[1]), "1"),
-                entry("t", 2, &up(&[2, 3]), "2"),
-                entry("t", 1, &del(&[1]), "3"),
-                entry("t", 1, "T", "4"),
-                entry("t", 1, &up(&[4]), "5"),
-                entry("u", 1, &up(&[9]), "6"),
-            ],
-            &[],
-        );
+        let joined = join_entries(vec![
+            entry("t", 1, &up(&[1]), "1"),
+            entry("t", 2, &up(&[2, 3]), "2"),
+            entry("t", 1, &del(&[1]), "3"),
+            entry("t", 1, "T", "4"),
+            entry("t", 1, &up(&[4]), "5"),
+            entry("u", 1, &up(&[9]), "6"),
+        ]);
         assert_eq!(
             joined,
             vec![
@@ -765,20 +781,18 @@ mod tests {
     }
 
     #[test]
-    fn contested_tables_and_full_chunks_stay_apart() {
-        let two = vec![entry("t", 1, &up(&[1]), "1"), entry("t", 1, &up(&[2]), "2")];
-        assert_eq!(join_entries(two.clone(), &["t".to_string()]).len(), 2);
+    fn full_chunks_stay_apart() {
         let big = vec![
             entry("t", JOINED_ROWS, &up(&[1]), "1"),
             entry("t", 1, &up(&[2]), "2"),
         ];
-        assert_eq!(join_entries(big, &[]).len(), 2);
+        assert_eq!(join_entries(big).len(), 2);
     }
 
     #[test]
     fn entries_written_before_and_after_a_migration_stay_apart() {
         let widened = r#"U{"columns":["id","note"],"rows":[{"id":2,"note":null}]}"#;
         let entries = vec![entry("t", 1, &up(&[1]), "1"), entry("t", 1, widened, "2")];
-        assert_eq!(join_entries(entries, &[]).len(), 2);
+        assert_eq!(join_entries(entries).len(), 2);
     }
 }

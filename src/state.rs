@@ -302,6 +302,30 @@ pub async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>
     }))
 }
 
+/// A node's queued deletions, oldest first: (table tag, chunk).
+pub async fn queued_deletions(node: &str, db: &Client) -> Result<Vec<(String, String)>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT table_tag, batch FROM {} WHERE left(batch, 1) = {} ORDER BY seq",
+                names::queue_table(),
+                Literal(&(crate::change::DELETE as char).to_string())
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading the queue"))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Empties a node's queue: only once what it held was applied (see install::up).
+pub async fn clear_queue(node: &str, db: &Client) -> Result<()> {
+    db.execute(&format!("DELETE FROM {}", names::queue_table()), &[])
+        .await
+        .map_err(on_node(node, "emptying the queue"))?;
+    Ok(())
+}
+
 /// A conflict recorded on a node: a key both nodes changed while apart, and which change won (each
 /// change as JSON text `{"op": ..., "row": {...}}`).
 pub struct RecordedConflict {
@@ -429,15 +453,13 @@ pub fn read_entries_sql(last: i64, limit: i64) -> String {
 }
 
 /// On the peer, first in a replay transaction: forgets the records of entries the origin deleted,
-/// marks (and locks) the origin's progress row, and lists the tables with changes queued there.
+/// and marks (and locks) the origin's progress row.
 pub fn replay_start_sql(origin: &str, forgotten: &[i64]) -> String {
     format!(
         "DELETE FROM {replayed} WHERE origin = {origin} AND seq = ANY({forgotten}); \
-         INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now(); \
-         SELECT DISTINCT table_tag FROM {queue}",
+         INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now()",
         replayed = names::replayed_table(),
         applied = names::applied_table(),
-        queue = names::queue_table(),
         origin = Literal(origin),
         forgotten = bigint_array(forgotten),
     )

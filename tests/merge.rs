@@ -79,7 +79,16 @@ async fn conflicting_rows_follow_the_policy_and_are_reported() {
             .unwrap();
         p.config(&format!("[[tables]]\nname = \"products\"\nnewest_by = \"updated_at\"\n[options]\nprefer = \"{prefer}\""));
         // The dry run reports, side by side, and changes nothing.
-        let dry = json(p.pgtwin(&["up", "--dry-run", "--json"]).ok());
+        let dry = json(
+            p.pgtwin(&["up", "--dry-run", "--prefer", "b", "--json"])
+                .ok(),
+        );
+        // The deletion is applied first: the row is on neither node, not a row only a holds.
+        assert_eq!(
+            dry["merges"][0]["only_on"],
+            serde_json::json!([0, 0]),
+            "{dry}"
+        );
         let m = &dry["merges"][0];
         assert_eq!(m["conflicts"], 2, "{dry}");
         assert_eq!(m["conflict_rows"][0]["key"], "(1)");
@@ -520,4 +529,61 @@ async fn check_under_continuous_writes_reports_no_false_differences() {
     let writes = writer.await.unwrap();
     assert!(writes > 10, "the writer barely ran ({writes} writes)");
     p.assert_same("t").await;
+}
+
+/// A half-done removal: `down --force` while node b was unreachable cleaned a alone, so b went on
+/// writing and queueing for an inbox that no longer exists. Its acknowledged deletion (and update)
+/// must survive the next `up`: the deletion is applied on a before the merge, instead of the merge
+/// bringing the row back from a, and only then is b's queue emptied.
+#[tokio::test]
+async fn an_acknowledged_delete_queued_while_half_installed_survives_the_next_up() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute(
+            "INSERT INTO products VALUES (1, 'kept', 1, '2024-01-01'), (2, 'deleted on b', 2, '2024-01-01'),
+                                         (3, 'renamed on b', 3, '2024-01-01')",
+        )
+        .await
+        .unwrap();
+    let good = std::fs::read_to_string(p.dir.path().join("pgtwin.toml")).unwrap();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    let b_port = common::servers().nodes[1].port;
+    p.config_text(&good.replace(&format!(":{b_port}/"), &format!(":{closed}/")));
+    p.pgtwin(&["down", "--force"]).fails_with(&["node b"]);
+    assert!(!p.installed(0).await && p.installed(1).await);
+
+    // b still captures: its peer has no inbox, so the changes queue.
+    p.owner[1]
+        .batch_execute(
+            "DELETE FROM products WHERE id = 2; UPDATE products SET name = 'renamed' WHERE id = 3",
+        )
+        .await
+        .unwrap();
+    assert!(p.queued(1).await > 0);
+
+    p.config_text(&good);
+    let dry = json(
+        p.pgtwin(&["up", "--dry-run", "--prefer", "b", "--json"])
+            .ok(),
+    );
+    // The deletion is applied first: the row is on neither node, not a row only a holds.
+    assert_eq!(
+        dry["merges"][0]["only_on"],
+        serde_json::json!([0, 0]),
+        "{dry}"
+    );
+    assert!(p.queued(1).await > 0, "a dry run changes nothing: {dry}");
+    p.pgtwin(&["up", "--prefer", "b"]).ok();
+    assert_eq!(
+        p.assert_same("products").await,
+        vec![
+            "(1,kept,1,\"2024-01-01 00:00:00+00\")",
+            "(3,renamed,3,\"2024-01-01 00:00:00+00\")"
+        ]
+    );
+    assert_eq!(p.queued(1).await, 0);
+    p.pgtwin(&["check"]).ok();
 }

@@ -481,8 +481,10 @@ pub fn upsert_action(t: &TableInfo) -> String {
     )
 }
 
-fn apply_body(t: &TableInfo, i: &Install) -> String {
-    // A chunk from the peer names the key columns as the peer does.
+/// How this node reads the keys of a chunk from the peer (which names the key columns as the peer
+/// does): the column definitions for `json_to_recordset(...) AS b(defs)`, with this node's types, and
+/// the condition matching a row `t` of the table to a row `b` of the chunk.
+pub fn peer_key_reading(t: &TableInfo) -> (String, String) {
     let peer_key = |k: &Ident| t.column(k).map_or(k.clone(), |c| c.peer_name.clone());
     let key_defs = t.key.iter().map(|k| {
         let ty = t
@@ -497,6 +499,13 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
         .map(|k| format!("t.{k} = b.{}", peer_key(k)))
         .collect::<Vec<_>>()
         .join(" AND ");
+    (comma_list(key_defs), key_match)
+}
+
+fn apply_body(t: &TableInfo, i: &Install) -> String {
+    // A chunk from the peer names the key columns as the peer does.
+    let peer_key = |k: &Ident| t.column(k).map_or(k.clone(), |c| c.peer_name.clone());
+    let (key_defs, key_match) = peer_key_reading(t);
     fill(
         APPLY_TEMPLATE,
         &[
@@ -523,7 +532,7 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 "resolve",
                 names::resolve_function(&t.synced_name).to_string(),
             ),
-            ("key_defs", comma_list(key_defs)),
+            ("key_defs", key_defs),
             ("key_match", key_match.clone()),
             (
                 "key_names",
@@ -659,6 +668,14 @@ fn resolve_body(t: &TableInfo, i: &Install) -> String {
             ("incoming_key", change::key_text(&peer_key_names(t), "b")),
             ("local_key", change::key_text(&t.key, "p")),
             (
+                "needle_name",
+                format!("to_json({}::text)::text", Literal(t.key[0].as_str())),
+            ),
+            (
+                "needle_column",
+                Literal(peer_key_names(t)[0].as_str()).to_string(),
+            ),
+            (
                 "tag",
                 Literal(&names::table_tag(&t.synced_name)).to_string(),
             ),
@@ -686,6 +703,7 @@ fn common_names() -> Vec<(&'static str, String)> {
         ("runner", names::runner_table().to_string()),
         ("state_version", names::state_version_table().to_string()),
         ("locks", names::locks_table().to_string()),
+        ("random_key", crate::locks::RANDOM_KEY_SQL.to_string()),
         ("set_aside", names::set_aside_table().to_string()),
         ("enqueue", names::enqueue_function().to_string()),
         ("channel", Literal(names::QUEUE_CHANNEL).to_string()),

@@ -56,12 +56,8 @@ BEGIN
     IF pgtwin_replay_at IS NOT NULL OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
         PERFORM FROM {{table}} t, json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}} FOR UPDATE OF t;
         IF EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
-            -- A chunk `pgtwin run` joined from several queue entries has lost their separate times.
-            IF current_setting({{joined_setting}}, true) = 'on' THEN
-                RAISE EXCEPTION 'pgtwin: a joined chunk meets changes queued here'
-                    USING ERRCODE = {{retry_unjoined}};
-            END IF;
-            -- Keep the later change of each key (a replayed chunk carries its commit time).
+            -- Keep the later change of each key (a replayed chunk carries its commit time; a joined
+            -- one, which lost its entries' separate times, is refused where a key meets one here).
             pgtwin_rows := {{resolve}}(pgtwin_op, pgtwin_rows, coalesce(pgtwin_replay_at, transaction_timestamp()));
             IF pgtwin_rows IS NULL THEN
                 RETURN NEW;

@@ -6,17 +6,52 @@
 DECLARE
     pgtwin_local_won text[];
     pgtwin_remote_won text[];
+    pgtwin_candidates bigint[];
 BEGIN
-    -- Wait for a replay of these entries in progress (`pgtwin run` holds them FOR UPDATE): once it
-    -- commits they are gone, and an entry already applied on the peer must not win here.
-    PERFORM FROM {{queue}} WHERE table_tag = {{tag}} FOR SHARE;
+    -- Only the queued chunks that hold an arriving key are weighed, and locked FOR SHARE: a replay
+    -- of one of them in progress (`pgtwin run` holds them FOR UPDATE) is waited for; once it commits
+    -- they are gone, and an entry already applied on the peer must not win here.
+    IF json_array_length(pgtwin_rows) <= 64 THEN
+        -- Few keys: a text search finds the chunks that may hold them without parsing any (parsing
+        -- every queued chunk for every chunk that arrives made replay between two long queues
+        -- quadratic). The needle is the first key column and its value as a chunk's text holds them:
+        -- written by row_to_json (no spaces) in rows, by json_build_object (spaces) in deleted keys.
+        WITH needles AS (
+            SELECT {{needle_name}} || ':' || (b -> {{needle_column}})::text AS tight,
+                   {{needle_name}} || ' : ' || (b -> {{needle_column}})::text AS spaced
+            FROM json_array_elements(pgtwin_rows) b
+        )
+        SELECT coalesce(array_agg(seq), '{}') INTO pgtwin_candidates FROM (
+            SELECT q.seq FROM {{queue}} q
+            WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
+              AND EXISTS (SELECT FROM needles WHERE strpos(q.batch, tight) > 0 OR strpos(q.batch, spaced) > 0)
+            FOR SHARE OF q
+        ) locked;
+    ELSE
+        -- Many keys (a joined chunk): one pass over the queued chunks, joined by key.
+        SELECT coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_candidates FROM (
+            SELECT q.seq FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
+            WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
+              AND {{local_key}} IN (SELECT {{incoming_key}} FROM json_array_elements(pgtwin_rows) b)
+            FOR SHARE OF q
+        ) locked;
+    END IF;
+    IF cardinality(pgtwin_candidates) = 0 THEN
+        RETURN pgtwin_rows;
+    END IF;
+    -- A chunk `pgtwin run` joined from several queue entries has lost their separate times.
+    IF current_setting({{joined_setting}}, true) = 'on' THEN
+        RAISE EXCEPTION 'pgtwin: a joined chunk meets changes queued here'
+            USING ERRCODE = {{retry_unjoined}};
+    END IF;
     WITH incoming AS (
         SELECT {{incoming_key}} AS k, b AS c FROM json_array_elements(pgtwin_rows) b
+    ), candidates AS (
+        SELECT q.seq, q.batch, q.changed_at FROM {{queue}} q WHERE q.seq = ANY (pgtwin_candidates)
     ), pending AS (
         SELECT {{local_key}} AS k, max(q.changed_at) AS at,
                (array_agg(json_build_object('op', left(q.batch, 1), 'row', p)::text ORDER BY q.seq DESC))[1] AS latest
-        FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
-        WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
+        FROM candidates q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
         GROUP BY 1
     ), decided AS (
         SELECT i.k, i.c, p.latest, (p.at > pgtwin_at OR (p.at = pgtwin_at AND {{local_wins_ties}})) AS local_wins
@@ -34,7 +69,7 @@ BEGIN
         -- This node's changes of those keys won; the peer holds the losing rows, so an insert among
         -- them must overwrite there, not be taken for a key handed out twice.
         UPDATE {{queue}} q SET batch = 'U' || substr(q.batch, 2)
-        WHERE q.table_tag = {{tag}} AND left(q.batch, 1) = 'I'
+        WHERE q.seq = ANY (pgtwin_candidates) AND left(q.batch, 1) = 'I'
             AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
                         WHERE {{local_key}} = ANY (pgtwin_local_won));
     END IF;
@@ -47,10 +82,10 @@ BEGIN
             SELECT json_agg(p) AS rows, count(*)::int AS n
             FROM json_array_elements((substr(q2.batch, 2)::json)->'rows') p
             WHERE NOT {{local_key}} = ANY (pgtwin_remote_won)) kept
-        WHERE q2.seq = q.seq AND q.table_tag = {{tag}} AND q.batch <> 'T'
+        WHERE q2.seq = q.seq AND q.seq = ANY (pgtwin_candidates)
             AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
                         WHERE {{local_key}} = ANY (pgtwin_remote_won));
-        DELETE FROM {{queue}} WHERE table_tag = {{tag}} AND batch <> 'T' AND rows = 0;
+        DELETE FROM {{queue}} WHERE seq = ANY (pgtwin_candidates) AND rows = 0;
     END IF;
     RETURN (SELECT json_agg(b) FROM json_array_elements(pgtwin_rows) b WHERE NOT {{incoming_key}} = ANY (pgtwin_local_won));
 END

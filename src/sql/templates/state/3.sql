@@ -6,6 +6,6 @@ CREATE TABLE IF NOT EXISTS {{locks}} (
     key bigint NOT NULL
 );
 INSERT INTO {{locks}}
-SELECT purpose, ('x' || substr(translate(gen_random_uuid()::text, '-', ''), 1, 16))::bit(64)::bigint
+SELECT purpose, {{random_key}}
 FROM unnest(ARRAY['install', 'runner']) AS purpose
 ON CONFLICT (purpose) DO NOTHING;

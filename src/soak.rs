@@ -1,0 +1,567 @@
+//! The chaos soak: writers at full speed on both nodes while the servers are killed, frozen and
+//! restarted and `pgtwin run` is killed, then a comparison of both nodes, in plain SQL, with what each
+//! writer saw acknowledged. `pgtwin-soak` runs it for minutes; a short version runs in the tests.
+//!
+//! The rules it checks:
+//! - **Divergence**: after the faults stop and the queues drain, every row is the same on both nodes.
+//! - **Lost writes**: a row whose INSERT was acknowledged exists on both nodes with the inserted
+//!   values, unless its DELETE was acknowledged (only the inserting writer updates or deletes it);
+//!   a row whose DELETE was acknowledged exists on neither; a hot row (updated by writers on both
+//!   nodes) holds one of the values an UPDATE of it was acknowledged with (which one is the last
+//!   writer's: by lock order while both nodes are up, by transaction time where one of them queued).
+//! - **Unexpected errors**: any error but those faults cause (connections lost, servers shutting
+//!   down, lock and statement timeouts, deadlocks across the servers, serialization failures).
+//! - **Hangs**: a statement that took longer than HANG.
+//!
+//! Writes acknowledged means: the statement (each in its own transaction) returned success.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio_postgres::{Client, NoTls};
+
+use crate::localpg::LocalServer;
+
+/// A statement slower than this is a hang.
+pub const HANG: Duration = Duration::from_secs(15);
+/// Hot rows: keys both nodes' writers update (negative, outside every sequence's range).
+const HOT_ROWS: i64 = 20;
+const DB: &str = "soak";
+/// The queues must be empty this long after the faults stop.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
+pub struct Options {
+    pub mode: String,
+    pub duration: Duration,
+    pub writers_per_node: usize,
+    /// A pause after each statement of a writer (None: full speed).
+    pub pace: Option<Duration>,
+    /// Time between two faults.
+    pub fault_every: Duration,
+    /// Where the servers live.
+    pub dir: PathBuf,
+    /// `pgtwin run` for a config file: the command to start (killed and restarted by the soak).
+    pub runner: Box<dyn Fn(&Path) -> Command + Send + Sync>,
+}
+
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub mode: String,
+    pub seconds: f64,
+    /// Acknowledged transactions per node, and per second per node.
+    pub acknowledged: [u64; 2],
+    pub tps: [f64; 2],
+    pub faults: Vec<String>,
+    pub divergent_rows: usize,
+    pub lost_writes: Vec<String>,
+    pub unexpected_errors: BTreeMap<String, u64>,
+    pub expected_errors: u64,
+    pub hangs: u64,
+    pub longest_statement_ms: u64,
+    /// Changes the peer refused, set aside (each would be a difference `repair` settles).
+    pub set_aside: i64,
+    /// How long the queues took to drain once the faults stopped.
+    pub drain_s: f64,
+}
+
+impl Report {
+    pub fn clean(&self) -> bool {
+        self.divergent_rows == 0
+            && self.lost_writes.is_empty()
+            && self.unexpected_errors.is_empty()
+            && self.hangs == 0
+            && self.set_aside == 0
+    }
+}
+
+/// A node's table at the end: id → (v, note).
+type Rows = BTreeMap<i64, (Option<i64>, Option<String>)>;
+
+/// What one writer saw acknowledged.
+#[derive(Default)]
+struct Acks {
+    inserted: BTreeMap<i64, i64>,
+    deleted: BTreeSet<i64>,
+    hot: BTreeMap<i64, Vec<i64>>,
+    transactions: u64,
+    expected_errors: u64,
+    unexpected: BTreeMap<String, u64>,
+    hangs: u64,
+    longest: Duration,
+}
+
+/// A small deterministic generator (xorshift64*): each writer its own sequence.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Errors the faults cause, which an application retries.
+fn expected(e: &tokio_postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else {
+        // The connection itself: lost, refused, closed.
+        return true;
+    };
+    let code = db.code().code();
+    code.starts_with("08")
+        || code.starts_with("57P")
+        || matches!(code, "55P03" | "40P01" | "40001" | "57014" | "53300")
+        // postgres_fdw reports a peer lost mid-statement with its own text.
+        || db.message().contains("could not connect to server")
+        || db.message().contains("connection to server")
+        || db.message().contains("server closed the connection")
+        || db.message().contains("lost connection")
+}
+
+async fn connect(server: &LocalServer) -> Result<Client> {
+    let (c, conn) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_postgres::connect(&server.url("postgres", None, DB), NoTls),
+    )
+    .await
+    .context("connect timeout")??;
+    tokio::spawn(conn);
+    c.batch_execute("SET statement_timeout = '20s'").await?;
+    Ok(c)
+}
+
+/// One writer on one node until `stop`: single and multi-row inserts, updates of the hot rows (in
+/// either order), deletes of its own rows, each statement its own transaction.
+async fn writer(
+    server: Arc<LocalServer>,
+    id: u64,
+    pace: Option<Duration>,
+    stop: Arc<AtomicBool>,
+) -> Acks {
+    let mut acks = Acks::default();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (id + 1).wrapping_mul(0x1000_0000_01B3));
+    let mut db: Option<Client> = None;
+    let mut value = (id as i64) * 1_000_000_000;
+    let mut own: Vec<i64> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let client = match &db {
+            Some(c) if !c.is_closed() => c,
+            _ => match connect(&server).await {
+                Ok(c) => {
+                    db = Some(c);
+                    db.as_ref().expect("just set")
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        value += 1;
+        let started = Instant::now();
+        let pick = rng.below(100);
+        let result: Result<(), tokio_postgres::Error> = async {
+            if pick < 40 {
+                let row = client
+                    .query_one(
+                        "INSERT INTO items (v, note) VALUES ($1, 'one') RETURNING id",
+                        &[&value],
+                    )
+                    .await?;
+                let id: i64 = row.get(0);
+                acks.inserted.insert(id, value);
+                own.push(id);
+            } else if pick < 50 {
+                let rows = client
+                    .query(
+                        "INSERT INTO items (v, note) SELECT $1, 'many' FROM generate_series(1, 5) RETURNING id",
+                        &[&value],
+                    )
+                    .await?;
+                for r in rows {
+                    let id: i64 = r.get(0);
+                    acks.inserted.insert(id, value);
+                    own.push(id);
+                }
+            } else if pick < 80 {
+                let key = -1 - rng.below(HOT_ROWS as u64) as i64;
+                if client
+                    .execute("UPDATE items SET v = $1 WHERE id = $2", &[&value, &key])
+                    .await?
+                    == 1
+                {
+                    acks.hot.entry(key).or_default().push(value);
+                }
+            } else if pick < 90 {
+                // Five hot rows at once, in one order or the other.
+                let order = if rng.below(2) == 0 { "ASC" } else { "DESC" };
+                let keys: Vec<i64> = client
+                    .query(
+                        &format!(
+                            "WITH locked AS (SELECT id FROM items WHERE id BETWEEN -5 AND -1 ORDER BY id {order} FOR UPDATE)
+                             UPDATE items SET v = $1 FROM locked WHERE items.id = locked.id RETURNING items.id"
+                        ),
+                        &[&value],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for k in keys {
+                    acks.hot.entry(k).or_default().push(value);
+                }
+            } else if let Some(i) = (!own.is_empty()).then(|| rng.below(own.len() as u64) as usize) {
+                let key = own.swap_remove(i);
+                if client
+                    .execute("DELETE FROM items WHERE id = $1", &[&key])
+                    .await?
+                    == 1
+                {
+                    acks.deleted.insert(key);
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let took = started.elapsed();
+        if let Some(pause) = pace {
+            tokio::time::sleep(pause).await;
+        }
+        acks.longest = acks.longest.max(took);
+        if took > HANG {
+            acks.hangs += 1;
+        }
+        let closed = client.is_closed();
+        match result {
+            Ok(()) => acks.transactions += 1,
+            Err(e) if expected(&e) => {
+                acks.expected_errors += 1;
+                if closed {
+                    db = None;
+                }
+            }
+            Err(e) => {
+                let text = match e.as_db_error() {
+                    Some(d) => format!("{}: {}", d.code().code(), d.message()),
+                    None => e.to_string(),
+                };
+                *acks.unexpected.entry(text).or_default() += 1;
+            }
+        }
+    }
+    acks
+}
+
+/// A node's processes, postmaster first (for SIGSTOP/SIGCONT of the whole server).
+fn server_pids(server: &LocalServer) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(server.data_dir.join("postmaster.pid")) else {
+        return Vec::new();
+    };
+    let Some(pid) = text.lines().next().map(str::trim).map(str::to_string) else {
+        return Vec::new();
+    };
+    let children = Command::new("pgrep")
+        .args(["-P", &pid])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    std::iter::once(pid)
+        .chain(children.split_whitespace().map(str::to_string))
+        .collect()
+}
+
+fn signal(pids: &[String], sig: &str) {
+    if !pids.is_empty() {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .args(pids)
+            .status();
+    }
+}
+
+struct Runner {
+    child: Option<Child>,
+}
+
+impl Runner {
+    /// Its log goes to runner.log beside the config.
+    fn start(opts: &Options, config: &Path) -> Result<Runner> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_file_name("runner.log"))?;
+        let child = (opts.runner)(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting pgtwin run")?;
+        Ok(Runner { child: Some(child) })
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Table shapes that differ between the nodes as real ones do: another column order, a dropped
+/// column's gap, a column on one side only.
+const TABLE_A: &str = "CREATE TABLE items (id bigserial PRIMARY KEY, v bigint, note text)";
+const TABLE_B: &str = "CREATE TABLE items (note text, gone int, id bigserial PRIMARY KEY, only_b text DEFAULT 'b', v bigint);
+     ALTER TABLE items DROP COLUMN gone";
+
+/// Runs one soak and reports it; the servers are stopped at the end.
+pub async fn run(opts: Options) -> Result<Report> {
+    let settings = ["fsync = off", "max_connections = 200"];
+    let servers = [
+        Arc::new(LocalServer::start(&opts.dir.join("a"), &settings)?),
+        Arc::new(LocalServer::start(&opts.dir.join("b"), &settings)?),
+    ];
+    for s in &servers {
+        s.stop_when_process_ends(std::process::id())?;
+    }
+    let result = soak(&opts, &servers).await;
+    for s in &servers {
+        signal(&server_pids(s), "CONT");
+        let _ = s.stop(false);
+    }
+    result
+}
+
+async fn soak(opts: &Options, servers: &[Arc<LocalServer>; 2]) -> Result<Report> {
+    for (s, table) in servers.iter().zip([TABLE_A, TABLE_B]) {
+        s.connect("postgres")
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {DB}"))
+            .await?;
+        let db = s.connect(DB).await?;
+        db.batch_execute(table).await?;
+    }
+    servers[0]
+        .connect(DB)
+        .await?
+        .batch_execute(&format!(
+            "INSERT INTO items (id, v, note) SELECT -g, 0, 'hot' FROM generate_series(1, {HOT_ROWS}) g"
+        ))
+        .await?;
+    let config = opts.dir.join("pgtwin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"items\"\n[options]\nmode = \"{}\"\nconnect_timeout_s = 2\n",
+            servers[0].url("postgres", None, DB),
+            servers[1].url("postgres", None, DB),
+            opts.mode
+        ),
+    )?;
+    let cfg = crate::config::Config::load(&config)?;
+    crate::install::up(&cfg, false, false).await?;
+    let mut runner = Runner::start(opts, &config)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for (n, s) in servers.iter().enumerate() {
+        for w in 0..opts.writers_per_node {
+            let id = (n * opts.writers_per_node + w) as u64 + 1;
+            writers.push((
+                n,
+                tokio::spawn(writer(s.clone(), id, opts.pace, stop.clone())),
+            ));
+        }
+    }
+    let faults = Arc::new(Mutex::new(Vec::new()));
+    let mut rng = Rng(0xC0FF_EE00_D15E_A5E5);
+    while started.elapsed() < opts.duration {
+        tokio::time::sleep(opts.fault_every).await;
+        if started.elapsed() >= opts.duration {
+            break;
+        }
+        let node = rng.below(2) as usize;
+        let name = ["a", "b"][node];
+        let server = servers[node].clone();
+        let fault = match rng.below(3) {
+            0 => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = server.stop(true);
+                    std::thread::sleep(Duration::from_secs(2));
+                    server.start_again()
+                })
+                .await;
+                format!(
+                    "{:.0}s: node {name} killed (-m immediate) and restarted",
+                    started.elapsed().as_secs_f64()
+                )
+            }
+            1 => {
+                let pids = server_pids(&server);
+                signal(&pids, "STOP");
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                signal(&pids, "CONT");
+                format!(
+                    "{:.0}s: node {name} frozen 3 s (SIGSTOP)",
+                    started.elapsed().as_secs_f64()
+                )
+            }
+            _ => {
+                runner.kill();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                runner = Runner::start(opts, &config)?;
+                format!(
+                    "{:.0}s: pgtwin run killed -9 and restarted",
+                    started.elapsed().as_secs_f64()
+                )
+            }
+        };
+        faults.lock().expect("faults").push(fault);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut report = Report {
+        mode: opts.mode.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        faults: faults.lock().expect("faults").clone(),
+        ..Report::default()
+    };
+    let mut all: Vec<(usize, Acks)> = Vec::new();
+    for (n, w) in writers {
+        all.push((n, w.await?));
+    }
+    for (n, a) in &all {
+        report.acknowledged[*n] += a.transactions;
+        report.expected_errors += a.expected_errors;
+        report.hangs += a.hangs;
+        report.longest_statement_ms = report
+            .longest_statement_ms
+            .max(a.longest.as_millis() as u64);
+        for (e, count) in &a.unexpected {
+            *report.unexpected_errors.entry(e.clone()).or_default() += count;
+        }
+    }
+    for n in 0..2 {
+        report.tps[n] = report.acknowledged[n] as f64 / report.seconds;
+    }
+
+    // Calm: both servers up, a runner alive, until both queues are empty.
+    let drain_started = Instant::now();
+    if runner
+        .child
+        .as_mut()
+        .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    {
+        runner = Runner::start(opts, &config)?;
+    }
+    let clients = [connect(&servers[0]).await?, connect(&servers[1]).await?];
+    loop {
+        let mut queued = 0i64;
+        for c in &clients {
+            queued += c
+                .query_one("SELECT count(*) FROM pgtwin.queue", &[])
+                .await?
+                .get::<_, i64>(0);
+        }
+        if queued == 0 {
+            break;
+        }
+        if drain_started.elapsed() > DRAIN_LIMIT {
+            let log =
+                std::fs::read_to_string(config.with_file_name("runner.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let mut sessions = String::new();
+            for (c, name) in clients.iter().zip(["a", "b"]) {
+                for r in c
+                    .query(
+                        "SELECT concat_ws(' | ', pid, application_name, state, wait_event_type, wait_event,
+                                          now() - xact_start, left(query, 100))
+                         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                        &[],
+                    )
+                    .await?
+                {
+                    sessions.push_str(&format!("node {name}: {}\n", r.get::<_, String>(0)));
+                }
+            }
+            bail!(
+                "the queues did not drain within {DRAIN_LIMIT:?} of the faults stopping ({queued} entries left); pgtwin run's last lines:\n{}\nsessions:\n{sessions}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    report.drain_s = drain_started.elapsed().as_secs_f64();
+    runner.kill();
+
+    // Compare, in plain SQL.
+    let mut tables: Vec<Rows> = Vec::new();
+    for c in &clients {
+        let rows = c.query("SELECT id, v, note FROM items", &[]).await?;
+        tables.push(
+            rows.iter()
+                .map(|r| (r.get(0), (r.get(1), r.get(2))))
+                .collect(),
+        );
+        report.set_aside += c
+            .query_one("SELECT count(*) FROM pgtwin.set_aside", &[])
+            .await?
+            .get::<_, i64>(0);
+    }
+    let keys: BTreeSet<i64> = tables.iter().flat_map(|t| t.keys().copied()).collect();
+    report.divergent_rows = keys
+        .iter()
+        .filter(|k| tables[0].get(k) != tables[1].get(k))
+        .count();
+    for (n, a) in &all {
+        let node = ["a", "b"][*n];
+        for (id, v) in &a.inserted {
+            let deleted = a.deleted.contains(id);
+            for (t, name) in tables.iter().zip(["a", "b"]) {
+                match (t.get(id), deleted) {
+                    (Some(_), true) => report
+                        .lost_writes
+                        .push(format!("row {id} deleted on node {node} (acknowledged) is on node {name}")),
+                    (None, false) => report
+                        .lost_writes
+                        .push(format!("row {id} inserted on node {node} (acknowledged) is missing on node {name}")),
+                    (Some((got, _)), false) if *got != Some(*v) => report.lost_writes.push(format!(
+                        "row {id} inserted on node {node} with v = {v} has v = {got:?} on node {name}"
+                    )),
+                    _ => {}
+                }
+            }
+        }
+    }
+    // A hot row no update reached keeps its seed value.
+    let mut hot: BTreeMap<i64, BTreeSet<i64>> =
+        (1..=HOT_ROWS).map(|k| (-k, BTreeSet::new())).collect();
+    for (_, a) in &all {
+        for (k, values) in &a.hot {
+            hot.entry(*k).or_default().extend(values);
+        }
+    }
+    for (k, values) in &hot {
+        for (t, name) in tables.iter().zip(["a", "b"]) {
+            let got = t.get(k).and_then(|(v, _)| *v);
+            let seed = values.is_empty() && got == Some(0);
+            if !seed && !got.is_some_and(|g| values.contains(&g)) {
+                report.lost_writes.push(format!(
+                    "hot row {k} on node {name} holds {got:?}, a value no acknowledged update wrote"
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
