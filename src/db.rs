@@ -163,7 +163,14 @@ pub async fn open(node: &str, info: &ConnInfo, timeout: Duration) -> Result<(Cli
 
 /// Applies pgtwin's session settings (see SESSION_SETUP).
 pub async fn setup_session(node: &str, client: &Client, timeout: Duration) -> Result<()> {
-    tokio::time::timeout(timeout, client.batch_execute(SESSION_SETUP))
+    // The server's side of the same limits: a session whose client host vanished (a runner's host
+    // crashed or cut off) ends, and frees its locks, within seconds rather than the kernel's hours.
+    let keepalive = format!(
+        "{SESSION_SETUP}; SET tcp_keepalives_idle = {}; SET tcp_keepalives_interval = {}; \
+         SET tcp_keepalives_count = {}; SET tcp_user_timeout = {}",
+        KEEPALIVE.idle_s, KEEPALIVE.interval_s, KEEPALIVE.count, KEEPALIVE.tcp_user_timeout_ms
+    );
+    tokio::time::timeout(timeout, client.batch_execute(&keepalive))
         .await
         .map_err(|_| anyhow!("node {node}: no answer within {}s", timeout.as_secs()))?
         .map_err(on_node(node, "session setup"))

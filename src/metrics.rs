@@ -1,9 +1,11 @@
 //! `pgtwin run --metrics ADDR`: Prometheus text on `/metrics`, the status verdict on `/healthz`.
 //!
-//! Two sources. What the nodes hold (queues, set-aside changes, conflicts, links, the verdict) is read
-//! at each scrape, exactly as `pgtwin status` reads it, so a scrape never shows a stale figure. What
-//! only this process knows (changes it replayed, their lag, its errors, whether it is the runner
-//! replaying or the one standing by) is recorded as it happens, in [`RECORDER`].
+//! Two sources. What the nodes hold (queues and their lag, set-aside changes, conflicts, links, the
+//! verdict) is read as `pgtwin status` reads it, every REFRESH in the background: a scrape answers at
+//! once from the last reading (its age is a metric), even while a node takes its connect timeout to
+//! fail, and scrapes cost the nodes nothing. What only this process knows (changes it replayed, its
+//! errors, whether it is the runner replaying or the one standing by) is recorded as it happens, in
+//! [`RECORDER`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -22,9 +24,6 @@ struct Recorder {
     replayed: BTreeMap<(String, String, String), u64>,
     /// Replays of the last RATE_WINDOW, per direction, for the rate.
     recent: VecDeque<(Instant, (String, String), u64)>,
-    /// Per (from, to): age of the oldest change in the last replayed batch when it was read; 0 once
-    /// a drain finds the queue empty.
-    lag_s: BTreeMap<(String, String), f64>,
     errors: u64,
     last_error_at: Option<SystemTime>,
     /// Holds both nodes' runner locks (false: standing by, or not connected).
@@ -41,8 +40,8 @@ fn record(f: impl FnOnce(&mut Recorder)) {
     f(guard.get_or_insert_with(Recorder::default));
 }
 
-/// A replayed batch, committed on `to`: changes per table, and the age of its oldest change.
-pub fn replayed(from: &str, to: &str, tables: &[(String, u64)], oldest_age_s: f64) {
+/// A replayed batch, committed on `to`: changes per table tag.
+pub fn replayed(from: &str, to: &str, tables: &[(String, u64)]) {
     record(|r| {
         let now = Instant::now();
         for (table, rows) in tables {
@@ -51,15 +50,7 @@ pub fn replayed(from: &str, to: &str, tables: &[(String, u64)], oldest_age_s: f6
                 .or_default() += rows;
             r.recent.push_back((now, (from.into(), to.into()), *rows));
         }
-        r.lag_s.insert((from.into(), to.into()), oldest_age_s);
         trim(r);
-    });
-}
-
-/// A drain found nothing left to replay from `from` to `to`.
-pub fn caught_up(from: &str, to: &str) {
-    record(|r| {
-        r.lag_s.insert((from.into(), to.into()), 0.0);
     });
 }
 
@@ -151,8 +142,8 @@ fn verdict_code(severity: Option<Severity>) -> f64 {
     }
 }
 
-/// Everything `/metrics` serves.
-pub fn render(cfg: &Config, report: &status::Report) -> String {
+/// Everything `/metrics` serves; `age`: how old the report is.
+fn render(cfg: &Config, report: &status::Report, age: Duration) -> String {
     let mut m = Exposition::default();
     m.sample(
         "pgtwin_runner_up",
@@ -160,6 +151,13 @@ pub fn render(cfg: &Config, report: &status::Report) -> String {
         "1 while this pgtwin run process serves metrics.",
         &[],
         1.0,
+    );
+    m.sample(
+        "pgtwin_report_age_seconds",
+        "gauge",
+        "Age of the figures read from the nodes (refreshed in the background).",
+        &[],
+        age.as_secs_f64(),
     );
     m.sample(
         "pgtwin_status",
@@ -177,13 +175,15 @@ pub fn render(cfg: &Config, report: &status::Report) -> String {
             &[("node", node)],
             flag(n.reachable),
         );
-        m.sample(
-            "pgtwin_installed",
-            "gauge",
-            "1 when pgtwin is installed on the node.",
-            &[("node", node)],
-            flag(n.installed.is_some()),
-        );
+        if n.reachable {
+            m.sample(
+                "pgtwin_installed",
+                "gauge",
+                "1 when pgtwin is installed on the node (absent while it cannot be asked).",
+                &[("node", node)],
+                flag(n.installed.is_some()),
+            );
+        }
         if let Some(link) = &n.link {
             m.sample(
                 "pgtwin_link_up",
@@ -259,45 +259,59 @@ pub fn render(cfg: &Config, report: &status::Report) -> String {
         &[],
         flag(r.active),
     );
-    for ((from, to, tag), rows) in &r.replayed {
-        // Queue entries carry a table's tag; the label is its name in the config, as above.
-        let table = cfg
-            .tables
-            .iter()
-            .find(|t| crate::sql::names::table_tag(&t.name) == *tag)
-            .map_or(tag.clone(), |t| t.name.plain());
-        m.sample(
-            "pgtwin_replayed_changes_total",
-            "counter",
-            "Row changes this process replayed from one node's queue on the other.",
-            &[("from", from), ("to", to), ("table", &table)],
-            *rows as f64,
-        );
-    }
-    let since = Instant::now().checked_sub(RATE_WINDOW);
-    // Every direction drained so far has a rate, 0 when idle.
-    let mut rate: BTreeMap<&(String, String), f64> = r.lag_s.keys().map(|d| (d, 0.0)).collect();
-    for (at, direction, rows) in &r.recent {
-        if since.is_none_or(|s| *at >= s) {
-            *rate.entry(direction).or_default() += *rows as f64 / RATE_WINDOW.as_secs_f64();
+    // Every table and direction has its counter from the start (0): rate() needs the first value.
+    let names = [&cfg.nodes[0].name, &cfg.nodes[1].name];
+    let directions = [(names[0], names[1]), (names[1], names[0])];
+    for (from, to) in directions {
+        for t in &cfg.tables {
+            let tag = crate::sql::names::table_tag(&t.name);
+            let rows = r
+                .replayed
+                .get(&(from.clone(), to.clone(), tag))
+                .copied()
+                .unwrap_or(0);
+            m.sample(
+                "pgtwin_replayed_changes_total",
+                "counter",
+                "Row changes this process replayed from one node's queue on the other.",
+                &[("from", from), ("to", to), ("table", &t.name.plain())],
+                rows as f64,
+            );
         }
     }
-    for ((from, to), v) in &rate {
+    let since = Instant::now().checked_sub(RATE_WINDOW);
+    for (from, to) in directions {
+        let rows: u64 = r
+            .recent
+            .iter()
+            .filter(|(at, (f, t), _)| f == from && t == to && since.is_none_or(|s| *at >= s))
+            .map(|(_, _, rows)| rows)
+            .sum();
         m.sample(
             "pgtwin_replay_rate_changes_per_second",
             "gauge",
-            "Row changes replayed per second, averaged over the last minute.",
+            "Row changes this process replayed per second, averaged over the last minute.",
             &[("from", from), ("to", to)],
-            *v,
+            rows as f64 / RATE_WINDOW.as_secs_f64(),
         );
     }
-    for ((from, to), lag) in &r.lag_s {
+    // How far each node's peer is behind it: the oldest change still waiting in its queue.
+    for n in &report.nodes {
+        let Some(q) = &n.queue else { continue };
+        let Some(to) = names.iter().find(|name| **name != &n.node) else {
+            continue;
+        };
+        let lag = q
+            .by_table
+            .iter()
+            .filter_map(|t| t.oldest_age_s)
+            .fold(0.0, f64::max);
         m.sample(
             "pgtwin_replay_lag_seconds",
             "gauge",
-            "Age of the oldest change in the last batch replayed (0 once the queue is drained).",
-            &[("from", from), ("to", to)],
-            *lag,
+            "Age of the oldest change queued on a node for its peer (0 when none waits).",
+            &[("from", &n.node), ("to", to)],
+            lag,
         );
     }
     m.sample(
@@ -330,8 +344,15 @@ fn trim(r: &mut Recorder) {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until the process ends. Binding fails here, at once,
-/// so a wrong address is an error of `run`, not a silent absence of metrics.
+/// How often the figures are read from the nodes.
+const REFRESH: Duration = Duration::from_secs(3);
+
+/// The last status report read, and when.
+type Cache = Arc<tokio::sync::RwLock<Option<(Instant, status::Report)>>>;
+
+/// Serves `/metrics` and `/healthz` on `addr` until the process ends, from a report refreshed every
+/// REFRESH (one reading at a time, whatever the scrapers do). Binding fails here, at once, so a wrong
+/// address is an error of `run`, not a silent absence of metrics.
 pub async fn serve(cfg: Arc<Config>, addr: &str) -> Result<()> {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
@@ -339,29 +360,54 @@ pub async fn serve(cfg: Arc<Config>, addr: &str) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("--metrics {addr}: cannot listen there"))?;
-    let metrics_cfg = cfg.clone();
+    let cache: Cache = Arc::default();
+    let (refresh_cfg, refreshed) = (cfg.clone(), cache.clone());
+    tokio::spawn(async move {
+        loop {
+            let report = status::report(&refresh_cfg).await;
+            *refreshed.write().await = Some((Instant::now(), report));
+            tokio::time::sleep(REFRESH).await;
+        }
+    });
+    let not_yet = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: the nodes have not been read yet\n".to_string(),
+        )
+            .into_response()
+    };
+    let metrics_cache = cache.clone();
     let app = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let cfg = metrics_cfg.clone();
+                let (cfg, cache) = (cfg.clone(), metrics_cache.clone());
                 async move {
-                    let report = status::report(&cfg).await;
+                    let guard = cache.read().await;
+                    let Some((at, report)) = guard.as_ref() else {
+                        return not_yet();
+                    };
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        render(&cfg, &report),
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        render(&cfg, report, at.elapsed()),
                     )
+                        .into_response()
                 }
             }),
         )
         .route(
             "/healthz",
             get(move || {
-                let cfg = cfg.clone();
+                let cache = cache.clone();
                 async move {
-                    let report = status::report(&cfg).await;
-                    // Down is an outage (503); degraded still serves (200), with the reason in the
-                    // body, so a liveness probe does not restart a runner that is not at fault.
+                    let guard = cache.read().await;
+                    let Some((_, report)) = guard.as_ref() else {
+                        return not_yet();
+                    };
+                    // Down is an outage (503); degraded still serves (200), the reason in the body.
                     let code = match report.severity() {
                         Some(Severity::Down) => StatusCode::SERVICE_UNAVAILABLE,
                         _ => StatusCode::OK,

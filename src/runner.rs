@@ -188,7 +188,6 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
         };
         if entries.is_empty() {
             let _ = from.db.batch_execute("COMMIT").await;
-            crate::metrics::caught_up(&from.name, &to.name);
             break;
         }
         let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
@@ -208,13 +207,7 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
         forgotten = std::mem::take(&mut applied_earlier);
         forgotten.extend(&seqs);
         tracing::info!(from = %from.name, to = %to.name, entries = done.entries, rows = done.rows, "replayed");
-        let oldest_age_ms = entries.iter().map(|e| e.age_ms).max().unwrap_or(0);
-        crate::metrics::replayed(
-            &from.name,
-            &to.name,
-            &done.by_tag,
-            oldest_age_ms as f64 / 1000.0,
-        );
+        crate::metrics::replayed(&from.name, &to.name, &done.by_tag);
         total.add(done);
         // A long catch-up is a runner at work, not a runner gone: keep the heartbeat going.
         if batch_started.elapsed() >= HEARTBEAT {
@@ -259,7 +252,6 @@ async fn read_batch(from: &Listener, last: i64, applied_earlier: &[i64]) -> Resu
                 rows: field(2).parse::<u64>().unwrap_or(0),
                 batch: field(3),
                 changed_at: field(4),
-                age_ms: field(5).parse().unwrap_or(0),
             });
         }
     }
@@ -438,8 +430,6 @@ struct Entry {
     rows: u64,
     batch: String,
     changed_at: String,
-    /// How old its change was when read from the queue.
-    age_ms: i64,
 }
 
 /// Largest chunk the runner builds by joining queue entries.
@@ -745,7 +735,6 @@ mod tests {
             rows,
             batch: batch.into(),
             changed_at: at.into(),
-            age_ms: 0,
         }
     }
 

@@ -1,8 +1,8 @@
 //! pgtwin's own tables on a node (queue, replay records, conflicts, heartbeat, ...): their schema, its
 //! version and migrations, and the queries that read them for people and monitors.
 //!
-//! The schema is versioned. `up` runs every migration an installation lacks, in order, in its own
-//! transaction, so an install made by an older pgtwin is upgraded in place with its queued changes and
+//! The schema is versioned. `up` runs every migration an installation lacks, in order, in the
+//! transaction of the rest of the install, so an install made by an older pgtwin is upgraded in place with its queued changes and
 //! conflicts kept; a fresh install takes the same path from nothing. An installation whose version is
 //! newer than this binary knows is refused by every command: this binary would misread its tables.
 
@@ -28,8 +28,8 @@ pub const VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 /// Installs made before versions were recorded have no version table: they are version 1.
 pub const UNRECORDED: i32 = 1;
 
-/// The state step of `up` (a template: `{{name}}` placeholders): refuses a newer installation, runs
-/// the migrations a node lacks, records the version. The same text whatever the node has, so the
+/// The state step of `up` (a template: `{{name}}` placeholders), in `up`'s transaction: refuses a
+/// newer installation, runs the migrations a node lacks, records the version. The same text whatever the node has, so the
 /// plan hash does not change with an upgrade.
 pub fn migrations_sql() -> String {
     let mut sql = String::from(
@@ -41,14 +41,10 @@ pub fn migrations_sql() -> String {
     );
     sql.push_str(&format!("DO {};\n", dollar_quote(&guard)));
     for (n, migration) in MIGRATIONS {
-        // Migration 1 is idempotent and also runs on installs with no recorded version; later ones
-        // run once, where the recorded version is below theirs.
-        if n == 1 {
-            sql.push_str(migration);
-            continue;
-        }
+        // Each runs once, where the recorded version is below its number. An install made before
+        // versions were recorded counts as none: migration 1 (idempotent) finds its tables there.
         let body = format!(
-            "BEGIN\n    IF coalesce((SELECT version FROM {{{{state_version}}}}), {UNRECORDED}) < {n} THEN\n        EXECUTE {};\n    END IF;\nEND",
+            "BEGIN\n    IF coalesce((SELECT version FROM {{{{state_version}}}}), 0) < {n} THEN\n        EXECUTE {};\n    END IF;\nEND",
             dollar_quote(migration.trim())
         );
         sql.push_str(&format!(
@@ -247,7 +243,12 @@ async fn queue_by_table(db: &Client, tables: &[QualName]) -> Vec<TableQueue> {
         table_entry(&mut out, name_of(r.get(0))).set_aside = r.get(1);
     }
     for r in &conflicts {
+        // Recorded by the name's SQL text (quoted): labelled like the others.
         let name: String = r.get(0);
+        let name = tables
+            .iter()
+            .find(|t| t.to_string() == name)
+            .map_or(name, |t| t.plain());
         table_entry(&mut out, name).conflicts = r.get(1);
     }
     out.sort_by(|a, b| a.table.cmp(&b.table));
@@ -439,12 +440,10 @@ pub fn forget_entries_sql(seqs: &[i64]) -> String {
     )
 }
 
-/// The next `limit` entries up to `last`, in order, locked: (seq, table_tag, rows, batch, changed_at,
-/// age in ms).
+/// The next `limit` entries up to `last`, in order, locked: (seq, table_tag, rows, batch, changed_at).
 pub fn read_entries_sql(last: i64, limit: i64) -> String {
     format!(
-        "SELECT seq, table_tag, rows, batch, changed_at, \
-                (extract(epoch FROM clock_timestamp() - changed_at) * 1000)::bigint \
+        "SELECT seq, table_tag, rows, batch, changed_at \
          FROM {} WHERE seq <= {} ORDER BY seq LIMIT {} FOR UPDATE",
         names::queue_table(),
         Literal(&last.to_string()),
@@ -492,20 +491,21 @@ pub fn set_aside_sql(seq: i64, reason: &str) -> String {
 pub fn heartbeat_sql(state_version: i32, drained: bool, host: &str) -> String {
     let t = names::runner_table();
     let host = Literal(host);
+    let drained = Literal(&drained.to_string());
     if state_version >= 2 {
         format!(
             "INSERT INTO {t} AS r (singleton, seen_at, drained_at, host, pid, version)
-             VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host}, {pid}, {version})
+             VALUES (true, now(), CASE WHEN {drained}::boolean THEN now() END, {host}, {pid}::integer, {version})
              ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
                  pid = EXCLUDED.pid, version = EXCLUDED.version,
                  drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)",
-            pid = std::process::id(),
+            pid = Literal(&std::process::id().to_string()),
             version = Literal(env!("CARGO_PKG_VERSION")),
         )
     } else {
         format!(
             "INSERT INTO {t} AS r (singleton, seen_at, drained_at, host)
-             VALUES (true, now(), CASE WHEN {drained} THEN now() END, {host})
+             VALUES (true, now(), CASE WHEN {drained}::boolean THEN now() END, {host})
              ON CONFLICT (singleton) DO UPDATE SET seen_at = now(), host = EXCLUDED.host,
                  drained_at = coalesce(EXCLUDED.drained_at, r.drained_at)"
         )
@@ -540,9 +540,11 @@ mod tests {
     }
 
     #[test]
-    fn later_migrations_run_only_below_their_number() {
+    fn migrations_run_only_below_their_number() {
         let sql = migrations_sql();
-        assert!(sql.contains("< 2 THEN"), "{sql}");
+        for n in 1..=VERSION {
+            assert!(sql.contains(&format!("), 0) < {n} THEN")), "{sql}");
+        }
         assert!(sql.contains("DO UPDATE SET version = EXCLUDED.version"));
         assert!(sql.contains(&format!("> {VERSION} THEN")));
     }

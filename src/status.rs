@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use crate::catalog::{self, Installed};
 use crate::config::{Config, Node};
 use crate::sql::names;
-pub use crate::state::{QueueStatus, TableQueue};
+use crate::state::QueueStatus;
 use crate::twin;
 
 #[derive(Debug, serde::Serialize)]

@@ -364,8 +364,14 @@ pub fn pgtwin_env(config: &std::path::Path, args: &[&str], env: &[(&str, &str)])
 /// The pgtwin binary with a config and arguments, in an environment without the developer's libpq
 /// variables or home (a `~/.pgpass` or `PGSERVICE` there must not decide a test).
 pub fn pgtwin_command(config: &std::path::Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtwin"));
+    let mut cmd = scrubbed_pgtwin();
     cmd.arg("-c").arg(config).args(args);
+    cmd
+}
+
+/// The pgtwin binary without the developer's libpq variables or home (see pgtwin_command).
+pub fn scrubbed_pgtwin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgtwin"));
     for var in pgtwin::libpq::environment_variables() {
         cmd.env_remove(var);
     }
