@@ -44,9 +44,14 @@ pub fn parse_node(
     default_name: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<NodeArg> {
-    // A URL's own `=` comes after its "://" (or inside a ${VAR}), so a prefix without ':' is a name.
+    // A URL's own `=` comes after its "://" (or inside a ${VAR}), and a keyword/value string starts
+    // with a libpq keyword (`host=...`), so any other prefix without ':' is a name.
     let (name, given) = match arg.split_once('=') {
-        Some((name, url)) if !name.contains(':') && !name.contains('$') => (name, url),
+        Some((name, url))
+            if !name.contains(':') && !name.contains('$') && !crate::libpq::is_keyword(name) =>
+        {
+            (name, url)
+        }
         _ => (default_name, arg),
     };
     // The name is not echoed: a mistyped argument may hold a password.
@@ -72,11 +77,12 @@ pub fn parse_node(
     })
 }
 
-/// Where a URL's text holds a password: after `user:` in its authority, and `password=` in its query.
+/// Where a connection string's text holds a password: in a URL after `user:` in its authority and
+/// `password=` in its query; in a keyword/value string, the value of `password`.
 fn password_spans(url: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let Some(start) = url.find("://").map(|i| i + 3) else {
-        return out;
+        return keyword_password_spans(url);
     };
     let end = url[start..]
         .find(['/', '?', '#'])
@@ -97,6 +103,44 @@ fn password_spans(url: &str) -> Vec<Range<usize>> {
         }
     }
     out.sort_by_key(|r| r.start);
+    out
+}
+
+/// The values (quotes included) of `password` in a keyword/value string: `key = value` pairs apart by
+/// spaces, a value quoted with `'` where it holds spaces, `\` escaping within.
+fn keyword_password_spans(text: &str) -> Vec<Range<usize>> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key_start = i;
+        while i < bytes.len() && bytes[i] != b'=' && !bytes[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = &text[key_start..i];
+        while i < bytes.len() && (bytes[i].is_ascii_whitespace() || bytes[i] == b'=') {
+            i += 1;
+        }
+        let value_start = i;
+        if bytes.get(i) == Some(&b'\'') {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'\'' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(bytes.len());
+        } else {
+            while i < bytes.len() && !bytes[i].is_ascii_whitespace() {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            i = i.min(bytes.len());
+        }
+        if key == "password" {
+            out.push(value_start..i);
+        }
+    }
     out
 }
 
@@ -365,6 +409,35 @@ mod tests {
             let e = format!("{:#}", parse_node(bad, "a", no_env).err().unwrap());
             assert!(e.contains("node a") && !e.contains("hunter2"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_keyword_value_string_is_not_taken_for_a_name_and_its_password_is_not_written() {
+        let n = parse_node(
+            "host=db1 user=app password='it\\'s x' dbname=shop",
+            "a",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(n.name, "a");
+        assert_eq!(
+            n.url,
+            "host=db1 user=app password=${PGTWIN_A_PASSWORD} dbname=shop"
+        );
+        assert_eq!(n.conn.password.as_deref(), Some("it's x"));
+        let n = parse_node(
+            "legacy=host=db2 user=u password=plain dbname=old",
+            "b",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(n.name, "legacy");
+        assert_eq!(
+            n.url,
+            "host=db2 user=u password=${PGTWIN_LEGACY_PASSWORD} dbname=old"
+        );
+        let n = parse_node("host=db3 dbname=x user=u", "b", no_env).unwrap();
+        assert!(n.password_var.is_none() && n.url == "host=db3 dbname=x user=u");
     }
 
     fn arg(name: &str) -> NodeArg {

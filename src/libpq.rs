@@ -188,7 +188,8 @@ pub fn environment_variables() -> impl Iterator<Item = &'static str> {
         .chain(["PGSERVICEFILE", "PGSYSCONFDIR"])
 }
 
-fn is_keyword(word: &str) -> bool {
+/// Whether `word` is one of libpq's connection keywords (`host`, `dbname`, ...).
+pub fn is_keyword(word: &str) -> bool {
     KEYWORDS.iter().any(|(k, _)| *k == word)
 }
 
