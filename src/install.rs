@@ -377,7 +377,7 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
     let mut stranded = [false; 2];
     for (i, n) in p.nodes.iter().enumerate() {
         if p.nodes[1 - i].info.installed.is_none() {
-            stranded[i] = queued_rows(n.name(), &n.db).await? > 0;
+            stranded[i] = crate::state::queued_rows(n.name(), &n.db).await? > 0;
             if stranded[i] {
                 apply_stranded_deletions(p, i).await?;
             }
@@ -428,12 +428,7 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
         }
         // The peer's queue is empty now, so no replay record here refers to a live entry (queue
         // numbers restart with a reinstalled peer).
-        n.db.execute(
-            &format!("DELETE FROM {} WHERE origin = $1", names::replayed_table()),
-            &[&p.nodes[1 - i].name()],
-        )
-        .await
-        .map_err(on_node(n.name(), "clearing replay records"))?;
+        crate::state::forget_replay_records(n.name(), &n.db, p.nodes[1 - i].name()).await?;
     }
     // No two-phase commit across servers: if the second commit fails, the first node is installed
     // alone; its triggers queue (the peer has no inbox yet) until `up` is run again.
@@ -530,23 +525,8 @@ async fn repair_locked(
     drop(progress);
     // Repaired: changes are queued again from the commit on (writers of the locked tables wait for it).
     for n in p.nodes.iter().filter(|n| n.info.installed.is_some()) {
-        n.db.execute(
-            &format!(
-                "UPDATE {} SET needs_repair_since = NULL, reason = NULL",
-                names::link_table()
-            ),
-            &[],
-        )
-        .await
-        .map_err(on_node(n.name(), "clearing the repair mark"))?;
         // The tables are equal now: the changes the peer refused are settled by the repair's policy.
-        // (An install older than this binary has no such table until its next `up`.)
-        n.db.batch_execute(&format!(
-            "DO $pgtwin$ BEGIN IF to_regclass({t}) IS NOT NULL THEN EXECUTE 'DELETE FROM ' || {t}; END IF; END $pgtwin$",
-            t = Literal(&names::set_aside_table().to_string())
-        ))
-        .await
-        .map_err(on_node(n.name(), "clearing the changes set aside"))?;
+        crate::state::repaired(n.name(), &n.db).await?;
     }
     if dry_run {
         return Ok(RepairReport {
@@ -711,7 +691,7 @@ async fn down_node(
         refuse_queued_for_down(n).await?;
     }
     let sequences: Vec<gen::RestoredSequence> = if info.installed.is_some() {
-        recorded_sequences(n.name(), &n.db)
+        crate::state::recorded_sequences(n.name(), &n.db)
             .await?
             .into_iter()
             .map(|(sequence, increment)| gen::RestoredSequence {
@@ -741,50 +721,16 @@ async fn down_node(
     Ok(())
 }
 
-/// Sequences whose increment `up` changed, with the increment to restore (those that still exist).
-async fn recorded_sequences(node: &str, db: &Client) -> Result<Vec<(QualName, i64)>> {
-    let rows = db
-        .query(
-            &format!(
-                "SELECT schema_name, sequence_name, original_increment FROM {}
-                 WHERE to_regclass(quote_ident(schema_name) || '.' || quote_ident(sequence_name)) IS NOT NULL",
-                names::sequences_table()
-            ),
-            &[],
-        )
-        .await
-        .map_err(on_node(node, "reading recorded sequences"))?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                r.get(2),
-            )
-        })
-        .collect())
-}
-
 /// Fails while changes wait in the node's queue (of one table, or of any).
 async fn refuse_queued(n: &Connected, table: Option<&QualName>) -> Result<()> {
-    let queued = queued_rows(n.name(), &n.db).await?;
+    let queued = crate::state::queued_rows(n.name(), &n.db).await?;
     if queued == 0 {
         return Ok(());
     }
     let Some(table) = table else {
         bail!("{queued} change(s) on node {} still wait to be applied to its peer: run pgtwin run --once first", n.name());
     };
-    let of_table: i64 =
-        n.db.query_one(
-            &format!(
-                "SELECT count(*) FROM {} WHERE table_tag = $1",
-                names::queue_table()
-            ),
-            &[&names::table_tag(table)],
-        )
-        .await
-        .map_err(on_node(n.name(), "reading the queue"))?
-        .get(0);
+    let of_table = crate::state::queued_entries_of(n.name(), &n.db, table).await?;
     if of_table > 0 {
         bail!("table {table}: changes on node {} still wait to be applied to its peer: run pgtwin run --once, then repair again", n.name());
     }
@@ -802,43 +748,7 @@ async fn needs_repair(n: &Connected) -> Result<bool> {
     if n.info.installed.is_none() {
         return Ok(false);
     }
-    Ok(n.db
-        .query_one(
-            &format!(
-                "SELECT needs_repair_since IS NOT NULL FROM {}",
-                names::link_table()
-            ),
-            &[],
-        )
-        .await
-        .map_err(on_node(n.name(), "reading the link state"))?
-        .get(0))
-}
-
-/// Changes waiting in a node's queue (0 where the queue does not exist yet).
-pub async fn queued_rows(node: &str, db: &Client) -> Result<i64> {
-    let exists: bool = db
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&names::queue_table().to_string()],
-        )
-        .await
-        .map_err(on_node(node, "reading the catalog"))?
-        .get(0);
-    if !exists {
-        return Ok(0);
-    }
-    Ok(db
-        .query_one(
-            &format!(
-                "SELECT coalesce(sum(rows), 0)::bigint FROM {}",
-                names::queue_table()
-            ),
-            &[],
-        )
-        .await
-        .map_err(on_node(node, "reading the queue"))?
-        .get(0))
+    crate::state::needs_repair(n.name(), &n.db).await
 }
 
 async fn other_fdw_servers(node: &str, db: &Client) -> Result<i64> {

@@ -513,13 +513,7 @@ async fn installed(cfg: &Config, node: &Node) -> Option<bool> {
     let db = crate::db::connect(&node.name, &node.conn, timeout)
         .await
         .ok()?;
-    db.query_one(
-        "SELECT to_regclass($1) IS NOT NULL",
-        &[&names::queue_table().to_string()],
-    )
-    .await
-    .ok()
-    .map(|r| r.get(0))
+    state::is_installed(&db).await.ok()
 }
 
 /// `run`: drains, then waits for new queue entries (LISTEN/NOTIFY) and drains again; after any error

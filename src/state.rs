@@ -303,6 +303,135 @@ pub async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>
     }))
 }
 
+/// Sequences whose increment `up` changed, with the increment to restore (those that still exist).
+pub async fn recorded_sequences(node: &str, db: &Client) -> Result<Vec<(QualName, i64)>> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT schema_name, sequence_name, original_increment FROM {}
+                 WHERE to_regclass(quote_ident(schema_name) || '.' || quote_ident(sequence_name)) IS NOT NULL",
+                names::sequences_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading recorded sequences"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                QualName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
+                r.get(2),
+            )
+        })
+        .collect())
+}
+
+/// Changes waiting in a node's queue (0 where the queue does not exist yet).
+pub async fn queued_rows(node: &str, db: &Client) -> Result<i64> {
+    let exists: bool = db
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&names::queue_table().to_string()],
+        )
+        .await
+        .map_err(on_node(node, "reading the catalog"))?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(db
+        .query_one(
+            &format!(
+                "SELECT coalesce(sum(rows), 0)::bigint FROM {}",
+                names::queue_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading the queue"))?
+        .get(0))
+}
+
+/// Queue entries of one table waiting on a node.
+pub async fn queued_entries_of(node: &str, db: &Client, table: &QualName) -> Result<i64> {
+    Ok(db
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE table_tag = $1",
+                names::queue_table()
+            ),
+            &[&names::table_tag(table)],
+        )
+        .await
+        .map_err(on_node(node, "reading the queue"))?
+        .get(0))
+}
+
+/// Whether the node's queue outgrew its limit (only a repair joins the nodes again).
+pub async fn needs_repair(node: &str, db: &Client) -> Result<bool> {
+    Ok(db
+        .query_one(
+            &format!(
+                "SELECT needs_repair_since IS NOT NULL FROM {}",
+                names::link_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading the link state"))?
+        .get(0))
+}
+
+/// After a repair: changes are queued again, and the changes set aside are settled.
+pub async fn repaired(node: &str, db: &Client) -> Result<()> {
+    let failed = || on_node(node, "clearing the repair mark and the changes set aside");
+    db.batch_execute(&format!(
+        "UPDATE {} SET needs_repair_since = NULL, reason = NULL",
+        names::link_table()
+    ))
+    .await
+    .map_err(failed())?;
+    // An install made before changes were set aside has no such table until its next `up`.
+    let set_aside = names::set_aside_table();
+    let exists: bool = db
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&set_aside.to_string()],
+        )
+        .await
+        .map_err(failed())?
+        .get(0);
+    if exists {
+        db.batch_execute(&format!("DELETE FROM {set_aside}"))
+            .await
+            .map_err(failed())?;
+    }
+    Ok(())
+}
+
+/// Forgets the records of `origin`'s entries replayed here (its queue was emptied).
+pub async fn forget_replay_records(node: &str, db: &Client, origin: &str) -> Result<()> {
+    db.execute(
+        &format!("DELETE FROM {} WHERE origin = $1", names::replayed_table()),
+        &[&origin],
+    )
+    .await
+    .map_err(on_node(node, "clearing replay records"))?;
+    Ok(())
+}
+
+/// Whether pgtwin is installed on a node (its queue exists).
+pub async fn is_installed(db: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(db
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&names::queue_table().to_string()],
+        )
+        .await?
+        .get(0))
+}
+
 /// A node's queued deletions, oldest first: (table tag, chunk).
 pub async fn queued_deletions(node: &str, db: &Client) -> Result<Vec<(String, String)>> {
     let rows = db

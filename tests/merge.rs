@@ -79,16 +79,7 @@ async fn conflicting_rows_follow_the_policy_and_are_reported() {
             .unwrap();
         p.config(&format!("[[tables]]\nname = \"products\"\nnewest_by = \"updated_at\"\n[options]\nprefer = \"{prefer}\""));
         // The dry run reports, side by side, and changes nothing.
-        let dry = json(
-            p.pgtwin(&["up", "--dry-run", "--prefer", "b", "--json"])
-                .ok(),
-        );
-        // The deletion is applied first: the row is on neither node, not a row only a holds.
-        assert_eq!(
-            dry["merges"][0]["only_on"],
-            serde_json::json!([0, 0]),
-            "{dry}"
-        );
+        let dry = json(p.pgtwin(&["up", "--dry-run", "--json"]).ok());
         let m = &dry["merges"][0];
         assert_eq!(m["conflicts"], 2, "{dry}");
         assert_eq!(m["conflict_rows"][0]["key"], "(1)");

@@ -157,15 +157,11 @@ impl Pair {
     }
 
     /// Changes waiting in node i's queue for its peer.
+    /// Changes waiting in node i's queue, read as pgtwin reads them.
     pub async fn queued(&self, i: usize) -> i64 {
-        self.admin[i]
-            .query_one(
-                "SELECT coalesce(sum(rows), 0)::bigint FROM pgtwin.queue",
-                &[],
-            )
+        pgtwin::state::queued_rows(NODES[i], &self.admin[i])
             .await
             .unwrap()
-            .get(0)
     }
 
     /// A new connection to node i as the tables' owner (for a task of its own).
