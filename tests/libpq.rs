@@ -96,16 +96,10 @@ async fn pguser_and_pgpassword_fill_a_url_without_them() {
     );
     let home = p.dir.path().to_str().unwrap();
     // Without PGPASSWORD there is no password: one line per node says so.
-    let run = common::pgtwin_env(&config, &["up"], &[("HOME", home), ("PGUSER", "twin")]);
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    let lines: Vec<&str> = run.stderr.lines().collect();
-    assert_eq!(lines.len(), 2, "{}", run.stderr);
-    for (line, node) in lines.iter().zip(["node a", "node b"]) {
-        assert!(
-            line.contains(node) && line.contains("password missing") && line.contains("PGPASSWORD"),
-            "{line}"
-        );
-    }
+    common::pgtwin_env(&config, &["up"], &[("HOME", home), ("PGUSER", "twin")]).fails_with_each(&[
+        &["node a", "password missing", "PGPASSWORD"],
+        &["node b", "password missing", "PGPASSWORD"],
+    ]);
     up_and_sync(
         &p,
         &config,

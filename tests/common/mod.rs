@@ -291,17 +291,22 @@ impl Run {
                 self.stderr
             );
         }
+        self.assert_no_password();
+        self
+    }
+}
+
+impl Run {
+    #[track_caller]
+    fn assert_no_password(&self) {
         for secret in [TWIN_PW, APP_PW] {
             assert!(
                 !self.stderr.contains(secret) && !self.stdout.contains(secret),
                 "password in output"
             );
         }
-        self
     }
-}
 
-impl Run {
     /// Exit 2 with one `error:` line per problem: as many lines as `problems`, each line holding every
     /// needle of one of them; no password anywhere.
     #[track_caller]
@@ -327,12 +332,7 @@ impl Run {
                 self.stderr
             );
         }
-        for secret in [TWIN_PW, APP_PW] {
-            assert!(
-                !self.stderr.contains(secret) && !self.stdout.contains(secret),
-                "password in output"
-            );
-        }
+        self.assert_no_password();
         self
     }
 }
