@@ -32,13 +32,13 @@ pub const HANG: Duration = Duration::from_secs(15);
 /// Hot rows: keys both nodes' writers update (negative, outside every sequence's range).
 const HOT_ROWS: i64 = 20;
 const DB: &str = "soak";
-/// The queues must be empty this long after the faults stop.
-const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
 pub struct Options {
     pub mode: String,
     pub duration: Duration,
     pub writers_per_node: usize,
+    /// How long the queues may take to drain once the faults stop (longer is a failure).
+    pub drain_limit: Duration,
     /// A pause after each statement of a writer (None: full speed).
     pub pace: Option<Duration>,
     /// Time between two faults.
@@ -477,7 +477,7 @@ async fn soak(opts: &Options, servers: &[Arc<LocalServer>; 2]) -> Result<Report>
         if queued == 0 {
             break;
         }
-        if drain_started.elapsed() > DRAIN_LIMIT {
+        if drain_started.elapsed() > opts.drain_limit {
             let log =
                 std::fs::read_to_string(config.with_file_name("runner.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
@@ -496,7 +496,8 @@ async fn soak(opts: &Options, servers: &[Arc<LocalServer>; 2]) -> Result<Report>
                 }
             }
             bail!(
-                "the queues did not drain within {DRAIN_LIMIT:?} of the faults stopping ({queued} entries left); pgtwin run's last lines:\n{}\nsessions:\n{sessions}",
+                "the queues did not drain within {:?} of the faults stopping ({queued} entries left); pgtwin run's last lines:\n{}\nsessions:\n{sessions}",
+                opts.drain_limit,
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }

@@ -22,6 +22,7 @@ async fn writers_through_kills_freezes_and_runner_crashes_lose_nothing() {
             // `pgtwin-soak` (its figures in the README).
             pace: Some(Duration::from_millis(15)),
             fault_every: Duration::from_secs(3),
+            drain_limit: Duration::from_secs(120),
             dir: dir.path().to_path_buf(),
             runner: Box::new(|config: &Path| {
                 let mut c = Command::new(env!("CARGO_BIN_EXE_pgtwin"));

@@ -47,7 +47,9 @@ async fn an_unversioned_installation_replays_then_up_upgrades_it_in_place() {
     p.owner[1]
         .batch_execute(
             "INSERT INTO pgtwin.conflicts (table_name, key, local_change, remote_change, winner)
-             VALUES ('public.items', '(7)', 'l', 'r', 'a')",
+             VALUES ('public.items', '(7)', 'l', 'r', 'a');
+             INSERT INTO pgtwin.set_aside (seq, table_tag, rows, batch, changed_at, reason)
+             VALUES (1, 'public_items', 1, 'D{}', now(), 'refused')",
         )
         .await
         .unwrap();
@@ -81,6 +83,7 @@ async fn an_unversioned_installation_replays_then_up_upgrades_it_in_place() {
         assert_eq!(state_version(&p, i).await, pgtwin::state::VERSION);
     }
     assert_eq!(count(&p, 1, "pgtwin.conflicts").await, 1);
+    assert_eq!(count(&p, 1, "pgtwin.set_aside").await, 1);
 
     // The new column is in use: the heartbeat names the runner's process.
     let runner = Runner::start(&p, &["run"]);

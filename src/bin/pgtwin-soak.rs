@@ -25,6 +25,9 @@ struct Args {
     /// Seconds between two faults.
     #[arg(long, default_value_t = 5)]
     fault_every: u64,
+    /// Seconds the queues may take to drain once the faults stop.
+    #[arg(long, default_value_t = 600)]
+    drain_limit: u64,
     /// Pause after each statement of a writer, in ms (0: full speed).
     #[arg(long, default_value_t = 0)]
     pace_ms: u64,
@@ -64,6 +67,7 @@ fn main() -> Result<ExitCode> {
             writers_per_node: args.writers,
             pace: (args.pace_ms > 0).then(|| Duration::from_millis(args.pace_ms)),
             fault_every: Duration::from_secs(args.fault_every),
+            drain_limit: Duration::from_secs(args.drain_limit),
             dir: dir.path().to_path_buf(),
             runner: Box::new(move |config: &Path| {
                 let mut c = Command::new(&me);

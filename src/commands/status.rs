@@ -95,13 +95,6 @@ pub async fn run(cfg: &Config, json: bool) -> Result<ExitCode> {
         if !pair.schema_drift.is_empty() {
             println!("{}", super::DRIFT_ADVICE);
         }
-        if let Some(fresh) = pair.up_to_date {
-            for (n, fresh) in cfg.nodes.iter().zip(fresh) {
-                if !fresh {
-                    println!("node {}: installed objects do not match the config and tables: run pgtwin up", n.name);
-                }
-            }
-        }
     }
     if problems.len() > 1 {
         for p in &problems {
