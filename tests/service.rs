@@ -331,3 +331,28 @@ async fn the_shipped_service_commands_replay_and_serve_health() {
         );
     }
 }
+
+/// pgtwin's sessions carry TCP keepalives on the server's side too: a runner whose host vanished
+/// (no reset ever arrives) has its sessions, and so its locks, ended by the server within seconds,
+/// for a standby to take over.
+#[tokio::test]
+async fn pgtwins_sessions_set_server_side_keepalives() {
+    let p = Pair::new().await;
+    let conn = pgtwin::db::ConnInfo::parse(&p.url(0)).unwrap();
+    let db = pgtwin::db::connect("a", &conn, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for (setting, want) in [
+        ("tcp_keepalives_idle", "10"),
+        ("tcp_keepalives_interval", "5"),
+        ("tcp_keepalives_count", "3"),
+        ("tcp_user_timeout", "30000"),
+    ] {
+        let got: String = db
+            .query_one(&format!("SHOW {setting}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, want, "{setting}");
+    }
+}
