@@ -103,9 +103,22 @@ impl Report {
     }
 }
 
+/// Connects to each node once (both at once): its own status, then, where both answer, what holds
+/// between them.
 pub async fn report(cfg: &Config) -> Report {
-    let nodes = status(cfg).await;
-    let pair = pair_status(cfg).await;
+    let (a, b) = tokio::join!(
+        twin::connect(cfg, &cfg.nodes[0]),
+        twin::connect(cfg, &cfg.nodes[1])
+    );
+    let connected = [a, b];
+    let mut nodes = Vec::new();
+    for (node, c) in cfg.nodes.iter().zip(&connected) {
+        nodes.push(status_of(cfg, node, c).await);
+    }
+    let pair = match connected {
+        [Ok(a), Ok(b)] => Some(pair_status(cfg, [a, b]).await),
+        _ => None,
+    };
     let problems = problems(&nodes, pair.as_ref());
     Report {
         nodes,
@@ -157,8 +170,7 @@ async fn ids_reused(
 }
 
 /// Needs both nodes; None when either is unreachable.
-pub async fn pair_status(cfg: &Config) -> Option<PairStatus> {
-    let nodes = twin::connect_both(cfg).await.ok()?;
+async fn pair_status(cfg: &Config, nodes: [twin::Connected; 2]) -> PairStatus {
     let (tables, problems) = twin::inspect_tolerant(cfg, &nodes).await;
     let mut out = PairStatus {
         schema_drift: problems
@@ -192,34 +204,38 @@ pub async fn pair_status(cfg: &Config) -> Option<PairStatus> {
             out.up_to_date = Some([plans[0].up_to_date, plans[1].up_to_date]);
         }
     }
-    Some(out)
-}
-
-pub async fn status(cfg: &Config) -> Vec<NodeStatus> {
-    let mut out = Vec::new();
-    for node in &cfg.nodes {
-        let mut s = NodeStatus {
-            node: node.name.clone(),
-            url: node.conn.to_string(),
-            reachable: false,
-            error: None,
-            installed: None,
-            state_version: None,
-            copy: false,
-            tables: Vec::new(),
-            link: None,
-            queue: None,
-        };
-        if let Err(e) = node_status(cfg, node, &mut s).await {
-            s.error = Some(format!("{e:#}"));
-        }
-        out.push(s);
-    }
     out
 }
 
-async fn node_status(cfg: &Config, node: &Node, s: &mut NodeStatus) -> Result<()> {
-    let n = twin::connect(cfg, node).await?;
+async fn status_of(cfg: &Config, node: &Node, connected: &Result<twin::Connected>) -> NodeStatus {
+    let mut s = NodeStatus {
+        node: node.name.clone(),
+        url: node.conn.to_string(),
+        reachable: false,
+        error: None,
+        installed: None,
+        state_version: None,
+        copy: false,
+        tables: Vec::new(),
+        link: None,
+        queue: None,
+    };
+    let result = match connected {
+        Ok(n) => node_status(cfg, node, n, &mut s).await,
+        Err(e) => Err(anyhow::anyhow!("{e:#}")),
+    };
+    if let Err(e) = result {
+        s.error = Some(format!("{e:#}"));
+    }
+    s
+}
+
+async fn node_status(
+    cfg: &Config,
+    node: &Node,
+    n: &twin::Connected,
+    s: &mut NodeStatus,
+) -> Result<()> {
     s.reachable = true;
     s.installed = n.info.installed.clone();
     s.state_version = n.info.state_version;

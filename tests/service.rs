@@ -14,20 +14,9 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 
 const ITEMS: &str = "CREATE TABLE items (id int PRIMARY KEY, v text)";
 
-/// Polls `rows` of node i's table until they are `want`, at most 15 s.
+/// Polls node i's rows of `table` until they are `want`.
 async fn eventually_rows(p: &Pair, i: usize, table: &str, want: &[&str]) {
-    let started = Instant::now();
-    loop {
-        let rows = p.rows(i, table).await;
-        if rows == want {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "node {i} {table}: {rows:?}, want {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    p.rows_until(i, table, |rows| rows == want).await;
 }
 
 /// Two runners started for the same pair: one replays, the other stands by (logging it once) and
@@ -124,23 +113,15 @@ fn sample(scrape: &str, series: &str) -> Option<f64> {
 
 /// Polls the scrape until `series` has `want`, at most 30 s; returns that scrape.
 fn scrape_until(addr: &str, series: &str, want: f64) -> String {
-    let started = Instant::now();
-    loop {
-        let (code, body) = get(addr, "/metrics");
+    get_until(addr, "/metrics", |code, body| {
         // Until the nodes were first read, the endpoint says so.
         assert!(
             code == 200 || (code == 503 && body.starts_with("starting")),
             "{body}"
         );
-        if sample(&body, series) == Some(want) {
-            return body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{series} is not {want}:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        sample(body, series) == Some(want)
+    })
+    .1
 }
 
 /// `run --metrics` before, during and after an outage of node b: what it replayed per table, the
@@ -319,11 +300,8 @@ async fn the_shipped_service_commands_replay_and_serve_health() {
             .execute("INSERT INTO items VALUES ($1, $2)", &[&id, &file])
             .await
             .unwrap();
-        let started = Instant::now();
-        while p.rows(1, "items").await.len() < id as usize {
-            assert!(started.elapsed() < Duration::from_secs(15), "{file}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        p.rows_until(1, "items", |rows| rows.len() == id as usize)
+            .await;
         get_until(&addr, "/healthz", |code, _| code == 200);
         assert!(
             runner.terminate(Duration::from_secs(10)).success(),

@@ -111,7 +111,7 @@ pub async fn run(keep: bool) -> Result<ExitCode> {
     shop.batch_execute("INSERT INTO products (name, price, created_at, updated_at) VALUES ('teacup', 9, now(), now())")
         .await?;
     println!("  shop app inserts 'teacup': the write succeeds, the change waits in shop's queue");
-    for n in crate::status::status(&cfg).await {
+    for n in crate::status::report(&cfg).await.nodes {
         if let Some(q) = n.queue {
             println!(
                 "  $ pgtwin status  ->  node {}: {} change(s) queued for its peer",

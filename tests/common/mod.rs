@@ -157,6 +157,29 @@ impl Pair {
     }
 
     /// Changes waiting in node i's queue for its peer.
+    /// Polls node i's rows of `table` until `done` holds for them, at most 15 s (a runner in the
+    /// background carries them); returns them.
+    pub async fn rows_until(
+        &self,
+        i: usize,
+        table: &str,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let rows = self.rows(i, table).await;
+            if done(&rows) {
+                return rows;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "node {} {table}: {rows:?}",
+                NODES[i]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Changes waiting in node i's queue, read as pgtwin reads them.
     pub async fn queued(&self, i: usize) -> i64 {
         pgtwin::state::queued_rows(NODES[i], &self.admin[i])
