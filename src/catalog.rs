@@ -178,7 +178,7 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
     let foreign_objects: Vec<String> = db
         .query(
             FOREIGN_OBJECTS_SQL,
-            &[&names::SCHEMA, &names::APPLY_TRIGGER],
+            &[&names::SCHEMA, &names::APPLY_TRIGGER, &names::FLUSH_TRIGGER],
         )
         .await
         .map_err(on_node(node, "reading the catalog"))?
@@ -234,6 +234,7 @@ const FOREIGN_OBJECTS_SQL: &str = "
     SELECT 'trigger ' || quote_ident(g.tgname) || ' on ' || g.tgrelid::regclass::text
       FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid, s
      WHERE c.relnamespace = s.oid AND NOT g.tgisinternal AND (g.tgname <> $2 OR c.relkind <> 'v')
+       AND (g.tgname <> $3 OR c.relname <> 'pending' OR c.relkind <> 'r')
     ORDER BY 1";
 
 /// The tables of this database a user may want synced: ordinary and partitioned tables (not single

@@ -8,6 +8,7 @@
 //! U{"columns":["id","name","price"],"rows":[{"id":1,"name":"kettle","price":30}, ...]}   upsert rows
 //! D{"columns":["id"],"rows":[{"id":7}, ...]}                                              delete keys
 //! T                                                                                      truncate
+//! T["public_orders_1a2b3c4d","public_customers_5e6f7a8b"]                    truncate these tables together
 //! ```
 //!
 //! Rows travel by column name, written by `row_to_json` on the origin and read by `json_to_recordset`
@@ -22,7 +23,9 @@ pub const INSERT: u8 = b'I';
 /// Rows an UPDATE wrote (or, before that op existed, any new rows): the peer writes them whatever it has.
 pub const UPSERT: u8 = b'U';
 pub const DELETE: u8 = b'D';
-/// A whole chunk of its own: the table is truncated.
+/// A whole chunk of its own: the table is truncated; followed by a JSON list of table tags, those
+/// tables are truncated in one statement (a TRUNCATE of several tables, which foreign keys between
+/// them require).
 pub const TRUNCATE: &str = "T";
 
 /// The most text one chunk may carry beyond its last row: PostgreSQL refuses any value over 1 GB, so

@@ -179,8 +179,8 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
     let mut forgotten: Vec<i64> = Vec::new();
     let mut batch_started = Instant::now();
     while !*stop.borrow() {
-        let entries = match read_batch(from, last, &applied_earlier).await {
-            Ok(entries) => entries,
+        let (entries, full) = match read_batch(from, last, &applied_earlier).await {
+            Ok(read) => read,
             Err(e) => {
                 let _ = from.db.batch_execute("ROLLBACK").await;
                 return Err(e);
@@ -218,7 +218,7 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
         }
         // A short batch was the last one up to `last` (an entry committed out of order since is the
         // next drain's).
-        if (seqs.len() as i64) < ENTRIES_PER_TRANSACTION {
+        if !full {
             break;
         }
     }
@@ -230,16 +230,42 @@ type Stop = watch::Receiver<bool>;
 
 /// Opens a transaction on `from`, deletes `applied_earlier` from its queue, and reads the next entries
 /// `FOR UPDATE`: a change arriving from the peer that beats one of them waits to rewrite it until they
-/// are replayed, and never rewrites the copy being replayed. One round trip.
-async fn read_batch(from: &Listener, last: i64, applied_earlier: &[i64]) -> Result<Vec<Entry>> {
+/// are replayed, and never rewrites the copy being replayed. The batch ends whole writers'
+/// transactions (their entries may interleave with others'): a transaction is never split between two
+/// replays, so its deferred constraints hold on the peer. Returns the entries and whether the first
+/// read was full (more may follow).
+async fn read_batch(
+    from: &Listener,
+    last: i64,
+    applied_earlier: &[i64],
+) -> Result<(Vec<Entry>, bool)> {
     let sql = format!(
         "BEGIN; {}; {}",
         state::forget_entries_sql(applied_earlier),
         state::read_entries_sql(last, ENTRIES_PER_TRANSACTION)
     );
+    let mut entries = read_entries(from, &sql).await?;
+    let full = entries.len() as i64 >= ENTRIES_PER_TRANSACTION;
+    while let Some(after) = entries.last().map(|e| e.seq) {
+        let mut xids: Vec<&str> = entries.iter().filter_map(|e| e.xid.as_deref()).collect();
+        xids.sort_unstable();
+        xids.dedup();
+        if xids.is_empty() {
+            break;
+        }
+        let more = read_entries(from, &state::rest_of_transactions_sql(last, after, &xids)).await?;
+        if more.is_empty() {
+            break;
+        }
+        entries.extend(more);
+    }
+    Ok((entries, full))
+}
+
+async fn read_entries(from: &Listener, sql: &str) -> Result<Vec<Entry>> {
     let messages = from
         .db
-        .simple_query(&sql)
+        .simple_query(sql)
         .await
         .map_err(on_node(&from.name, "reading the queue"))?;
     let mut entries = Vec::new();
@@ -252,6 +278,7 @@ async fn read_batch(from: &Listener, last: i64, applied_earlier: &[i64]) -> Resu
                 rows: field(2).parse::<u64>().unwrap_or(0),
                 batch: field(3),
                 changed_at: field(4),
+                xid: r.get(5).map(str::to_string),
             });
         }
     }
@@ -326,8 +353,9 @@ fn describe(e: &anyhow::Error) -> String {
     }
 }
 
-/// Each entry in a transaction of its own; one the peer refuses for its data is set aside, with the
-/// reason, in the origin's transaction that removes the batch from the queue.
+/// Each writer's transaction in a peer transaction of its own, in the order they committed; one the
+/// peer refuses for its data is set aside, with the reason, in the origin's transaction that removes
+/// the batch from the queue.
 async fn apply_one_by_one(
     from: &Listener,
     to: &Listener,
@@ -336,8 +364,8 @@ async fn apply_one_by_one(
 ) -> Result<Drained> {
     let mut done = Drained::default();
     let mut forgotten = forgotten;
-    for entry in entries {
-        match apply_entries(from, to, std::slice::from_ref(entry), forgotten, false).await {
+    for transaction in by_transaction(entries) {
+        match apply_entries(from, to, &transaction, forgotten, false).await {
             Ok(d) => {
                 done.add(d);
                 forgotten = &[];
@@ -353,15 +381,38 @@ async fn apply_one_by_one(
                     );
                 };
                 let reason = format!("node {} refused it: {reason}", to.name);
-                tracing::warn!(from = %from.name, seq = entry.seq, "change set aside: {reason}");
+                let seqs: Vec<i64> = transaction.iter().map(|e| e.seq).collect();
+                tracing::warn!(from = %from.name, ?seqs, "change set aside: {reason}");
                 from.db
-                    .batch_execute(&state::set_aside_sql(entry.seq, &reason))
+                    .batch_execute(&state::set_aside_sql(&seqs, &reason))
                     .await
                     .map_err(on_node(&from.name, "setting a refused change aside"))?;
             }
         }
     }
     Ok(done)
+}
+
+/// The entries of each writer's transaction (an entry queued before transactions were recorded is
+/// one of its own), ordered by each transaction's last entry: two transactions that changed the same
+/// key queued all of the first's entries before the second's change of it, so this is their commit
+/// order wherever it matters.
+fn by_transaction(entries: &[Entry]) -> Vec<Vec<Entry>> {
+    let mut groups: Vec<Vec<Entry>> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for e in entries {
+        match e.xid.as_deref().and_then(|x| index.get(x)) {
+            Some(&i) => groups[i].push(e.clone()),
+            None => {
+                if let Some(x) = e.xid.as_deref() {
+                    index.insert(x, groups.len());
+                }
+                groups.push(vec![e.clone()]);
+            }
+        }
+    }
+    groups.sort_by_key(|g| g.last().map(|e| e.seq));
+    groups
 }
 
 /// One transaction on `to`: deletes the records of `forgotten` entries (gone from the origin's queue),
@@ -430,6 +481,8 @@ struct Entry {
     rows: u64,
     batch: String,
     changed_at: String,
+    /// The writer's transaction (none for entries queued by pgtwin before it recorded them).
+    xid: Option<String>,
 }
 
 /// Largest chunk the runner builds by joining queue entries.
@@ -729,7 +782,31 @@ mod tests {
             rows,
             batch: batch.into(),
             changed_at: at.into(),
+            xid: None,
         }
+    }
+
+    #[test]
+    fn transactions_go_whole_in_the_order_of_their_last_entry() {
+        let e = |seq: i64, xid: Option<&str>| Entry {
+            seq,
+            xid: xid.map(str::to_string),
+            ..entry("t", 1, "x", "")
+        };
+        // x: 1 and 3 (y committed in between); an entry without a transaction stays alone.
+        let entries = [
+            e(1, Some("x")),
+            e(2, Some("y")),
+            e(3, Some("x")),
+            e(4, None),
+            e(5, Some("z")),
+            e(6, Some("z")),
+        ];
+        let groups: Vec<Vec<i64>> = by_transaction(&entries)
+            .iter()
+            .map(|g| g.iter().map(|e| e.seq).collect())
+            .collect();
+        assert_eq!(groups, vec![vec![2], vec![1, 3], vec![4], vec![5, 6]]);
     }
 
     fn up(ids: &[i64]) -> String {

@@ -16,10 +16,11 @@ use crate::sql::names;
 
 /// Numbered migrations; the last number is this binary's state version. Never edit one that shipped:
 /// add the next.
-const MIGRATIONS: [(i32, &str); 3] = [
+const MIGRATIONS: [(i32, &str); 4] = [
     (1, include_str!("sql/templates/state/1.sql")),
     (2, include_str!("sql/templates/state/2.sql")),
     (3, include_str!("sql/templates/state/3.sql")),
+    (4, include_str!("sql/templates/state/4.sql")),
 ];
 
 /// The state version this binary writes and reads.
@@ -569,16 +570,33 @@ pub fn forget_entries_sql(seqs: &[i64]) -> String {
     )
 }
 
-/// The next `limit` entries up to `last`, in order, locked: (seq, table_tag, rows, batch, changed_at).
+/// The next `limit` entries up to `last`, in order, locked: (seq, table_tag, rows, batch, changed_at,
+/// xid).
 pub fn read_entries_sql(last: i64, limit: i64) -> String {
     format!(
-        "SELECT seq, table_tag, rows, batch, changed_at \
-         FROM {} WHERE seq <= {} ORDER BY seq LIMIT {} FOR UPDATE",
+        "SELECT {ENTRY_COLUMNS} FROM {} WHERE seq <= {} ORDER BY seq LIMIT {} FOR UPDATE",
         names::queue_table(),
         Literal(&last.to_string()),
         Literal(&limit.to_string())
     )
 }
+
+/// The entries after `after` up to the last entry, up to `last`, of the writers' transactions `xids`,
+/// in order, locked, as read_entries_sql: a batch read so far ends whole transactions with them.
+pub fn rest_of_transactions_sql(last: i64, after: i64, xids: &[&str]) -> String {
+    let xids = format!("{{{}}}", xids.join(","));
+    format!(
+        "SELECT {ENTRY_COLUMNS} FROM {queue} WHERE seq > {after} AND seq <= \
+         (SELECT max(seq) FROM {queue} WHERE xid = ANY({xids}::xid8[]) AND seq <= {last}) \
+         ORDER BY seq FOR UPDATE",
+        queue = names::queue_table(),
+        after = Literal(&after.to_string()),
+        last = Literal(&last.to_string()),
+        xids = Literal(&xids),
+    )
+}
+
+const ENTRY_COLUMNS: &str = "seq, table_tag, rows, batch, changed_at, xid";
 
 /// On the peer, first in a replay transaction: forgets the records of entries the origin deleted,
 /// and marks (and locks) the origin's progress row.
@@ -603,15 +621,16 @@ pub fn record_replayed_sql(origin: &str, seqs: &[i64]) -> String {
     )
 }
 
-/// Moves a queue entry the peer refused into the set-aside table, with the reason.
-pub fn set_aside_sql(seq: i64, reason: &str) -> String {
+/// Moves queue entries the peer refused (one writer's transaction) into the set-aside table, with
+/// the reason.
+pub fn set_aside_sql(seqs: &[i64], reason: &str) -> String {
     format!(
-        "INSERT INTO {} (seq, table_tag, rows, batch, changed_at, reason)
-         SELECT seq, table_tag, rows, batch, changed_at, {} FROM {} WHERE seq = {}",
+        "INSERT INTO {} (seq, table_tag, rows, batch, changed_at, xid, reason)
+         SELECT seq, table_tag, rows, batch, changed_at, xid, {} FROM {} WHERE seq = ANY({})",
         names::set_aside_table(),
         Literal(reason),
         names::queue_table(),
-        Literal(&seq.to_string())
+        bigint_array(seqs)
     )
 }
 

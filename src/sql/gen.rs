@@ -12,6 +12,7 @@ use crate::sql::names;
 const ENQUEUE_TEMPLATE: &str = include_str!("templates/enqueue.sql");
 const CAPTURE_TEMPLATE: &str = include_str!("templates/capture.sql");
 const SHIP_TEMPLATE: &str = include_str!("templates/ship.sql");
+const SEND_PENDING_TEMPLATE: &str = include_str!("templates/send_pending.sql");
 const APPLY_TEMPLATE: &str = include_str!("templates/apply.sql");
 const RESOLVE_TEMPLATE: &str = include_str!("templates/resolve.sql");
 
@@ -139,6 +140,44 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
     for t in i.tables {
         steps.extend(table_steps(t, i));
     }
+    steps.push(Step::new(
+        "truncate function",
+        function_sql(
+            &names::truncate_function(),
+            "pgtwin_tags json",
+            "void",
+            &truncate_body(i.tables, i),
+            Security::Invoker,
+        ),
+    ));
+    // SECURITY DEFINER: the flush fires at commit in the application's session, and sends through
+    // the installing role's user mapping.
+    steps.push(Step::new(
+        "send pending function",
+        function_sql(
+            &names::send_pending_function(),
+            "",
+            "void",
+            &send_pending_body(i.tables),
+            Security::Capture,
+        ),
+    ));
+    steps.push(Step::new(
+        "flush trigger",
+        format!(
+            "{};\nDROP TRIGGER IF EXISTS {trigger} ON {pending};\nCREATE CONSTRAINT TRIGGER {trigger} AFTER INSERT ON {pending}\n    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.flush) EXECUTE FUNCTION {flush}()",
+            function_sql(
+                &names::flush_function(),
+                "",
+                "trigger",
+                &format!("BEGIN\n    PERFORM {}();\n    RETURN NULL;\nEND", names::send_pending_function()),
+                Security::Capture,
+            ),
+            trigger = Ident::new(names::FLUSH_TRIGGER),
+            pending = names::pending_table(),
+            flush = names::flush_function(),
+        ),
+    ));
     // Default privileges (ALTER DEFAULT PRIVILEGES for the installing role) may have granted others
     // access to what was just created: the queue and the conflicts hold row data, and the inbox
     // applies whatever it is given. Only the owner keeps any.
@@ -416,24 +455,77 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
             &chunking,
         )
     };
+    let tag = Literal(&names::table_tag(&t.synced_name)).to_string();
+    let (send, send_pending) = match options.mode {
+        Mode::Async => (
+            format!("PERFORM {}({tag}, pgtwin_chunk, pgtwin_rows);", names::enqueue_function()),
+            String::new(),
+        ),
+        // The transaction's first chunk also asks for the flush at commit (the setting is local to
+        // the transaction, and rolls back with a savepoint as the row does). Set before the row is
+        // written: after SET CONSTRAINTS ALL IMMEDIATE the flush runs at once, and clears it.
+        Mode::Sync => (
+            format!(
+                "pgtwin_flush := current_setting({setting}, true) IS DISTINCT FROM 'on';\n            IF pgtwin_flush THEN\n                PERFORM set_config({setting}, 'on', true);\n            END IF;\n            INSERT INTO {pending} (table_tag, rows, batch, flush) VALUES ({tag}, pgtwin_rows, pgtwin_chunk, pgtwin_flush);",
+                pending = names::pending_table(),
+                setting = Literal(names::FLUSH_SETTING),
+            ),
+            format!("PERFORM {}();", names::send_pending_function()),
+        ),
+    };
     fill(
         CAPTURE_TEMPLATE,
         &[
             ("always_queue", (options.mode == Mode::Async).to_string()),
+            ("tag", tag.clone()),
             ("database_oid", database_oid.to_string()),
             ("ship", names::ship_function(&t.synced_name).to_string()),
+            ("send", send),
+            ("send_pending", send_pending),
             ("columns_list", change::COLUMNS_SQL.to_string()),
             ("truncated_keys", deletes(format!("{} o", t.name))),
             (
                 "keys_changed_away",
-                deletes(format!(
-                    "(SELECT {keys} FROM {old} EXCEPT ALL SELECT {keys} FROM {new}) o"
-                )),
+                format!("SELECT {keys} FROM {old} EXCEPT SELECT {keys} FROM {new}"),
             ),
+            ("updated_keys", deletes(format!("{old} o"))),
             ("deleted_keys", deletes(format!("{old} o"))),
             ("inserted_rows", new_rows(change::INSERT)),
             ("new_rows", new_rows(change::UPSERT)),
         ],
+    )
+}
+
+/// Sends the current transaction's pending chunks (sync mode), in order, each through its table's
+/// ship function, and forgets them. Run by the deferred flush trigger at commit, and by a TRUNCATE
+/// (which must follow the changes before it).
+fn send_pending_body(tables: &[TableInfo]) -> String {
+    let mut dispatch = String::from("CASE pgtwin_tag");
+    for t in tables {
+        dispatch.push_str(&format!(
+            "\n            WHEN {} THEN pgtwin_queue := {}(pgtwin_batch, pgtwin_rows, pgtwin_queue);",
+            Literal(&names::table_tag(&t.synced_name)),
+            names::ship_function(&t.synced_name)
+        ));
+    }
+    dispatch.push_str("\n            ELSE\n                RAISE EXCEPTION 'pgtwin: a change of a table no longer synced (%) was made while pgtwin up ran', pgtwin_tag\n                    USING HINT = 'run the transaction again';\n        END CASE;");
+    fill(SEND_PENDING_TEMPLATE, &[("dispatch", dispatch)])
+}
+
+/// Truncates, in one statement, this node's tables of the synced tables whose tags it is given (a
+/// TRUNCATE of several tables on the peer; tables linked by a foreign key can only go together).
+fn truncate_body(tables: &[TableInfo], i: &Install) -> String {
+    let mut cases = String::new();
+    for t in tables {
+        cases.push_str(&format!(
+            " WHEN {} THEN {}",
+            Literal(&names::table_tag(&t.synced_name)),
+            Literal(&t.name.to_string())
+        ));
+    }
+    format!(
+        "DECLARE\n    pgtwin_tables text[];\nBEGIN\n    SELECT array_agg(CASE tag{cases} END ORDER BY n) INTO pgtwin_tables\n    FROM json_array_elements_text(pgtwin_tags) WITH ORDINALITY AS x(tag, n);\n    IF array_position(pgtwin_tables, NULL) IS NOT NULL THEN\n        RAISE EXCEPTION 'pgtwin: node % was sent a TRUNCATE of a table it does not sync: %', {node}, pgtwin_tags\n            USING HINT = 'the nodes were installed from different configs: run pgtwin up';\n    END IF;\n    EXECUTE 'TRUNCATE ' || array_to_string(pgtwin_tables, ', ');\nEND",
+        node = Literal(i.node),
     )
 }
 
@@ -516,6 +608,7 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 Literal(&t.name.to_string()).to_string(),
             ),
             ("local", Literal(i.node).to_string()),
+            ("truncate", names::truncate_function().to_string()),
             (
                 "capture_trigger",
                 Literal(names::TRIGGER_EVENTS[0].0).to_string(),
@@ -696,6 +789,12 @@ fn common_names() -> Vec<(&'static str, String)> {
         ("installation", names::installation_table().to_string()),
         ("sequences", names::sequences_table().to_string()),
         ("queue", names::queue_table().to_string()),
+        ("pending", names::pending_table().to_string()),
+        ("flush_setting", Literal(names::FLUSH_SETTING).to_string()),
+        (
+            "app_path_setting",
+            Literal(names::APP_PATH_SETTING).to_string(),
+        ),
         ("applied", names::applied_table().to_string()),
         ("replayed", names::replayed_table().to_string()),
         ("conflicts", names::conflicts_table().to_string()),

@@ -126,6 +126,34 @@ pub fn queue_table() -> QualName {
     in_schema("queue".into())
 }
 
+/// A transaction's changes until it commits (sync mode).
+pub fn pending_table() -> QualName {
+    in_schema("pending".into())
+}
+
+/// Sends the current transaction's pending changes to the peer, or queues them.
+pub fn send_pending_function() -> QualName {
+    in_schema("send_pending".into())
+}
+
+/// The deferred trigger on the pending table that sends a transaction's changes at its commit.
+pub fn flush_function() -> QualName {
+    in_schema("flush".into())
+}
+
+/// Truncates several synced tables in one statement (a TRUNCATE from the peer).
+pub fn truncate_function() -> QualName {
+    in_schema("truncate_tables".into())
+}
+
+pub const FLUSH_TRIGGER: &str = "pgtwin_flush";
+
+/// Transaction-local: set once the transaction's changes have a flush at commit waiting.
+pub const FLUSH_SETTING: &str = "pgtwin.flush";
+
+/// Session-level, in sessions that apply changes: the search_path an application's session has.
+pub const APP_PATH_SETTING: &str = "pgtwin.app_search_path";
+
 pub fn applied_table() -> QualName {
     in_schema("applied".into())
 }

@@ -33,128 +33,162 @@ BEGIN
         RAISE EXCEPTION 'pgtwin: table % on node % is missing or was created again without pgtwin''s triggers', {{table_text}}, {{local}}
             USING ERRCODE = {{not_captured}}, HINT = 'run pgtwin up: it merges the rows and installs the triggers again';
     END IF;
-    IF NEW.pgtwin_batch = 'T' THEN
-        TRUNCATE {{table}};
-        RETURN NEW;
+    -- The origin's transaction arrives whole, in the order it was made: the deferrable constraints
+    -- here are checked at the end of it, as on the origin.
+    SET CONSTRAINTS ALL DEFERRED;
+    -- This node's own triggers fire on what is applied, under the search_path an application's session
+    -- has here (postgres_fdw's sessions have pg_catalog alone, where a trigger naming a table without
+    -- its schema fails). Read once per session; every name pgtwin uses below is qualified, and the
+    -- path is the same at every apply, so the cached plans stay valid.
+    IF current_setting({{app_path_setting}}, true) IS NULL THEN
+        PERFORM set_config({{app_path_setting}}, (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), false);
     END IF;
-    pgtwin_op := left(NEW.pgtwin_batch, 1);
-    -- The canonical form splits by text (the column list cannot hold the mark: JSON escapes quotes),
-    -- so the chunk is parsed once; any other form is parsed as JSON.
-    pgtwin_mark := strpos(NEW.pgtwin_batch, {{rows_mark}});
-    IF left(NEW.pgtwin_batch, {{columns_prefix_length}}) = pgtwin_op || {{columns_prefix}} AND pgtwin_mark > 0 THEN
-        pgtwin_header := substr(NEW.pgtwin_batch, {{columns_prefix_length}} + 1, pgtwin_mark - {{columns_prefix_length}} - 1);
-        pgtwin_rows := substr(NEW.pgtwin_batch, pgtwin_mark + {{rows_mark_length}} - 1,
-                              length(NEW.pgtwin_batch) - pgtwin_mark - {{rows_mark_length}} + 1)::json;
-    ELSE
-        pgtwin_header := (substr(NEW.pgtwin_batch, 2)::json -> 'columns')::text;
-        pgtwin_rows := substr(NEW.pgtwin_batch, 2)::json -> 'rows';
-    END IF;
-    pgtwin_replay_at := nullif(current_setting({{replay_setting}}, true), '')::timestamptz;
-    -- Changes of this table may wait in the local queue: the peer's version and ours may both have
-    -- changed while the nodes were apart. The chunk's rows are locked first, so that a local transaction
-    -- still writing one of them has committed, and queued its change, before the queue is read.
-    IF pgtwin_replay_at IS NOT NULL OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
-        PERFORM FROM {{table}} t, json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}} FOR UPDATE OF t;
-        IF EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
-            -- Keep the later change of each key (a replayed chunk carries its commit time; a joined
-            -- one, which lost its entries' separate times, is refused where a key meets one here).
-            pgtwin_rows := {{resolve}}(pgtwin_op, pgtwin_rows, coalesce(pgtwin_replay_at, transaction_timestamp()));
-            IF pgtwin_rows IS NULL THEN
-                RETURN NEW;
-            END IF;
-            -- Weighed against this node's own changes of these keys: the rows that won overwrite.
-            IF pgtwin_op = 'I' THEN
-                pgtwin_op := 'U';
-            END IF;
-        END IF;
-    END IF;
-    -- A chunk holds one kind of change, so only one statement runs, planned for the chunk's real size.
-    IF pgtwin_op = 'D' THEN
-        DELETE FROM {{table}} t USING json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}};
-        RETURN NEW;
-    END IF;
-    -- The common case: the chunk has the peer's columns as `up` saw them, and this table is as `up`
-    -- saw it. Then a statement compiled at `up` (its plan cached) applies it. Rows of an insert never
-    -- overwrite a row this node holds (the DO UPDATE's WHERE): see the clash check below.
-    pgtwin_fast := pgtwin_header = {{expected_header}}
-       AND (SELECT {{signature}} FROM pg_attribute a
-            WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped) = {{expected_signature}};
-    IF pgtwin_fast THEN
-        IF pgtwin_replay_at IS NOT NULL THEN
-            -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more
-            -- than once (one transaction after another): its last change wins.
-            INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-                SELECT DISTINCT ON ({{b_keys}}) {{b_cols}}
-                FROM ROWS FROM (json_to_recordset(pgtwin_rows) AS ({{defs}})) WITH ORDINALITY AS b({{names}}, pgtwin_n)
-                ORDER BY {{b_keys}}, b.pgtwin_n DESC
-                ON CONFLICT ({{keys}}) DO {{conflict_action}};
-        ELSE
-            INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
-                SELECT {{b_cols}} FROM json_to_recordset(pgtwin_rows) AS b({{defs}})
-                ON CONFLICT ({{keys}}) DO {{conflict_action}};
-        END IF;
-        GET DIAGNOSTICS pgtwin_count = ROW_COUNT;
-        IF pgtwin_op <> 'I' OR pgtwin_count >= json_array_length(pgtwin_rows) THEN
+    PERFORM set_config('search_path', current_setting({{app_path_setting}}), true);
+    BEGIN
+        IF NEW.pgtwin_batch = 'T' THEN
+            TRUNCATE {{table}};
             RETURN NEW;
         END IF;
-    END IF;
-    -- A migration on either node since `up` (or a clash to look into): the synced columns are those
-    -- both sides have now, this node's writable columns whose (peer) name the chunk carries, read
-    -- with this node's types.
-    SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
-           string_agg(format('b.%I', m.name), ', ' ORDER BY a.attnum),
-           string_agg(format('%I %s', m.name, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
-           string_agg(format('%I', m.name), ', ' ORDER BY a.attnum),
-           string_agg(format('%I = EXCLUDED.%I', a.attname, a.attname), ', ' ORDER BY a.attnum)
-               FILTER (WHERE NOT a.attname::text = ANY ({{key_names}})),
-           string_agg(format('t.%I::text', a.attname), ', ' ORDER BY a.attnum),
-           string_agg(format('b.%I::text', m.name), ', ' ORDER BY a.attnum)
-    INTO pgtwin_cols, pgtwin_b_cols, pgtwin_defs, pgtwin_names, pgtwin_set, pgtwin_t_text, pgtwin_b_text
-    FROM pg_attribute a
-    CROSS JOIN LATERAL (SELECT coalesce({{peer_names}}::jsonb ->> a.attname::text, a.attname::text) AS name) m
-    WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-      AND (a.attname::text = ANY ({{key_names}}) OR {{column_filter}})
-      AND m.name IN (SELECT json_array_elements_text(pgtwin_header::json));
-    IF pgtwin_cols IS NULL THEN
-        RAISE EXCEPTION 'pgtwin: no column of a change from node % matches table % on node %', {{peer}}, {{table_text}}, {{local}}
-            USING ERRCODE = 'undefined_column', HINT = 'the key columns must have the same names on both nodes (or a rename in pgtwin.toml)';
-    END IF;
-    IF NOT pgtwin_fast THEN
-        IF pgtwin_replay_at IS NOT NULL THEN
-            EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
-                SELECT DISTINCT ON (%s) %s
-                FROM ROWS FROM (json_to_recordset($1) AS (%s)) WITH ORDINALITY AS b(%s, pgtwin_n)
-                ORDER BY %s, b.pgtwin_n DESC
-                ON CONFLICT (%s) DO %s',
-                {{table_text_quoted}}, pgtwin_cols, {{b_keys_text}}, pgtwin_b_cols, pgtwin_defs, pgtwin_names,
-                {{b_keys_text}}, {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 <> ''I''', 'NOTHING'))
-            USING pgtwin_rows, pgtwin_op;
+        -- Several tables truncated together on the peer: together here too.
+        IF left(NEW.pgtwin_batch, 2) = 'T[' THEN
+            PERFORM {{truncate}}(substr(NEW.pgtwin_batch, 2)::json);
+            RETURN NEW;
+        END IF;
+        pgtwin_op := left(NEW.pgtwin_batch, 1);
+        -- The canonical form splits by text (the column list cannot hold the mark: JSON escapes quotes),
+        -- so the chunk is parsed once; any other form is parsed as JSON.
+        pgtwin_mark := strpos(NEW.pgtwin_batch, {{rows_mark}});
+        IF left(NEW.pgtwin_batch, {{columns_prefix_length}}) = pgtwin_op || {{columns_prefix}} AND pgtwin_mark > 0 THEN
+            pgtwin_header := substr(NEW.pgtwin_batch, {{columns_prefix_length}} + 1, pgtwin_mark - {{columns_prefix_length}} - 1);
+            pgtwin_rows := substr(NEW.pgtwin_batch, pgtwin_mark + {{rows_mark_length}} - 1,
+                                  length(NEW.pgtwin_batch) - pgtwin_mark - {{rows_mark_length}} + 1)::json;
         ELSE
-            EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
-                SELECT %s FROM json_to_recordset($1) AS b(%s)
-                ON CONFLICT (%s) DO %s',
-                {{table_text_quoted}}, pgtwin_cols, pgtwin_b_cols, pgtwin_defs,
-                {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 <> ''I''', 'NOTHING'))
-            USING pgtwin_rows, pgtwin_op;
+            pgtwin_header := (substr(NEW.pgtwin_batch, 2)::json -> 'columns')::text;
+            pgtwin_rows := substr(NEW.pgtwin_batch, 2)::json -> 'rows';
         END IF;
-        GET DIAGNOSTICS pgtwin_count = ROW_COUNT;
-    END IF;
-    -- Rows of an insert whose keys this node holds already (fewer rows inserted than sent): the same
-    -- values are an insert seen before; other values mean that key was handed out twice (a node
-    -- restored from a backup hands out its ids again), and this node's row must not be overwritten
-    -- in silence: the write fails here as a duplicate key would (a replay sets it aside, with the
-    -- reason, for `status` and `pgtwin conflicts`).
-    IF pgtwin_op = 'I' AND pgtwin_count < json_array_length(pgtwin_rows) THEN
-        EXECUTE format('SELECT row(%s)::text FROM %s t JOIN json_to_recordset($1) AS b(%s) ON %s
-                        WHERE (%s) IS DISTINCT FROM (%s) LIMIT 1',
-                       {{b_keys_text}}, {{table_text_quoted}}, pgtwin_defs, {{key_match_text}},
-                       pgtwin_t_text, pgtwin_b_text)
-        INTO pgtwin_clash USING pgtwin_rows;
-        IF pgtwin_clash IS NOT NULL THEN
-            RAISE EXCEPTION 'pgtwin: node % inserted key % of table %, which node % holds with other values', {{peer}}, pgtwin_clash, {{table_text}}, {{local}}
-                USING ERRCODE = 'unique_violation',
-                      HINT = 'the nodes differ: see pgtwin status (a node restored from a backup hands out its ids again), then pgtwin repair';
+        pgtwin_replay_at := nullif(current_setting({{replay_setting}}, true), '')::timestamptz;
+        -- Changes of this table may wait in the local queue: the peer's version and ours may both have
+        -- changed while the nodes were apart. The chunk's rows are locked first, so that a local transaction
+        -- still writing one of them has committed, and queued its change, before the queue is read.
+        IF pgtwin_replay_at IS NOT NULL OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
+            PERFORM FROM {{table}} t, json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}} FOR UPDATE OF t;
+            IF EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
+                -- Keep the later change of each key (a replayed chunk carries its commit time; a joined
+                -- one, which lost its entries' separate times, is refused where a key meets one here).
+                pgtwin_rows := {{resolve}}(pgtwin_op, pgtwin_rows, coalesce(pgtwin_replay_at, transaction_timestamp()));
+                IF pgtwin_rows IS NULL THEN
+                    RETURN NEW;
+                END IF;
+                -- Weighed against this node's own changes of these keys: the rows that won overwrite.
+                IF pgtwin_op = 'I' THEN
+                    pgtwin_op := 'U';
+                END IF;
+            END IF;
         END IF;
-    END IF;
-    RETURN NEW;
+        -- A chunk holds one kind of change, so only one statement runs, planned for the chunk's real size.
+        IF pgtwin_op = 'D' THEN
+            DELETE FROM {{table}} t USING json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}};
+            RETURN NEW;
+        END IF;
+        -- The common case: the chunk has the peer's columns as `up` saw them, and this table is as `up`
+        -- saw it. Then a statement compiled at `up` (its plan cached) applies it. Rows of an insert never
+        -- overwrite a row this node holds (the DO UPDATE's WHERE): see the clash check below.
+        pgtwin_fast := pgtwin_header = {{expected_header}}
+           AND (SELECT {{signature}} FROM pg_attribute a
+                WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped) = {{expected_signature}};
+        IF pgtwin_fast THEN
+            IF pgtwin_replay_at IS NOT NULL THEN
+                -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more
+                -- than once (one transaction after another): its last change wins.
+                INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+                    SELECT DISTINCT ON ({{b_keys}}) {{b_cols}}
+                    FROM ROWS FROM (json_to_recordset(pgtwin_rows) AS ({{defs}})) WITH ORDINALITY AS b({{names}}, pgtwin_n)
+                    ORDER BY {{b_keys}}, b.pgtwin_n DESC
+                    ON CONFLICT ({{keys}}) DO {{conflict_action}};
+            ELSE
+                INSERT INTO {{table}} AS t ({{cols}}) OVERRIDING SYSTEM VALUE
+                    SELECT {{b_cols}} FROM json_to_recordset(pgtwin_rows) AS b({{defs}})
+                    ON CONFLICT ({{keys}}) DO {{conflict_action}};
+            END IF;
+            GET DIAGNOSTICS pgtwin_count = ROW_COUNT;
+            IF pgtwin_op <> 'I' OR pgtwin_count >= json_array_length(pgtwin_rows) THEN
+                RETURN NEW;
+            END IF;
+        END IF;
+        -- A migration on either node since `up` (or a clash to look into): the synced columns are those
+        -- both sides have now, this node's writable columns whose (peer) name the chunk carries, read
+        -- with this node's types.
+        SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
+               string_agg(format('b.%I', m.name), ', ' ORDER BY a.attnum),
+               string_agg(format('%I %s', m.name, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
+               string_agg(format('%I', m.name), ', ' ORDER BY a.attnum),
+               string_agg(format('%I = EXCLUDED.%I', a.attname, a.attname), ', ' ORDER BY a.attnum)
+                   FILTER (WHERE NOT a.attname::text = ANY ({{key_names}})),
+               string_agg(format('t.%I::text', a.attname), ', ' ORDER BY a.attnum),
+               string_agg(format('b.%I::text', m.name), ', ' ORDER BY a.attnum)
+        INTO pgtwin_cols, pgtwin_b_cols, pgtwin_defs, pgtwin_names, pgtwin_set, pgtwin_t_text, pgtwin_b_text
+        FROM pg_attribute a
+        CROSS JOIN LATERAL (SELECT coalesce({{peer_names}}::jsonb ->> a.attname::text, a.attname::text) AS name) m
+        WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+          AND (a.attname::text = ANY ({{key_names}}) OR {{column_filter}})
+          AND m.name IN (SELECT json_array_elements_text(pgtwin_header::json));
+        IF pgtwin_cols IS NULL THEN
+            RAISE EXCEPTION 'pgtwin: no column of a change from node % matches table % on node %', {{peer}}, {{table_text}}, {{local}}
+                USING ERRCODE = 'undefined_column', HINT = 'the key columns must have the same names on both nodes (or a rename in pgtwin.toml)';
+        END IF;
+        IF NOT pgtwin_fast THEN
+            IF pgtwin_replay_at IS NOT NULL THEN
+                EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
+                    SELECT DISTINCT ON (%s) %s
+                    FROM ROWS FROM (json_to_recordset($1) AS (%s)) WITH ORDINALITY AS b(%s, pgtwin_n)
+                    ORDER BY %s, b.pgtwin_n DESC
+                    ON CONFLICT (%s) DO %s',
+                    {{table_text_quoted}}, pgtwin_cols, {{b_keys_text}}, pgtwin_b_cols, pgtwin_defs, pgtwin_names,
+                    {{b_keys_text}}, {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 <> ''I''', 'NOTHING'))
+                USING pgtwin_rows, pgtwin_op;
+            ELSE
+                EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
+                    SELECT %s FROM json_to_recordset($1) AS b(%s)
+                    ON CONFLICT (%s) DO %s',
+                    {{table_text_quoted}}, pgtwin_cols, pgtwin_b_cols, pgtwin_defs,
+                    {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 <> ''I''', 'NOTHING'))
+                USING pgtwin_rows, pgtwin_op;
+            END IF;
+            GET DIAGNOSTICS pgtwin_count = ROW_COUNT;
+        END IF;
+        -- Rows of an insert whose keys this node holds already (fewer rows inserted than sent): the same
+        -- values are an insert seen before; other values mean that key was handed out twice (a node
+        -- restored from a backup hands out its ids again), and this node's row must not be overwritten
+        -- in silence: the write fails here as a duplicate key would (a replay sets it aside, with the
+        -- reason, for `status` and `pgtwin conflicts`).
+        IF pgtwin_op = 'I' AND pgtwin_count < json_array_length(pgtwin_rows) THEN
+            EXECUTE format('SELECT row(%s)::text FROM %s t JOIN json_to_recordset($1) AS b(%s) ON %s
+                            WHERE (%s) IS DISTINCT FROM (%s) LIMIT 1',
+                           {{b_keys_text}}, {{table_text_quoted}}, pgtwin_defs, {{key_match_text}},
+                           pgtwin_t_text, pgtwin_b_text)
+            INTO pgtwin_clash USING pgtwin_rows;
+            IF pgtwin_clash IS NOT NULL THEN
+                RAISE EXCEPTION 'pgtwin: node % inserted key % of table %, which node % holds with other values', {{peer}}, pgtwin_clash, {{table_text}}, {{local}}
+                    USING ERRCODE = 'unique_violation',
+                          HINT = 'the nodes differ: see pgtwin status (a node restored from a backup hands out its ids again), then pgtwin repair';
+            END IF;
+        END IF;
+        RETURN NEW;
+    -- An error of this node (its constraint, its trigger, a value its column cannot take) reaches the
+    -- writer, or the runner, as what it is, with its SQLSTATE, naming the node and the table.
+    EXCEPTION WHEN OTHERS THEN
+        DECLARE
+            pgtwin_message text;
+            pgtwin_detail text;
+            pgtwin_hint text;
+        BEGIN
+            GET STACKED DIAGNOSTICS pgtwin_message = MESSAGE_TEXT, pgtwin_detail = PG_EXCEPTION_DETAIL,
+                                    pgtwin_hint = PG_EXCEPTION_HINT;
+            IF left(pgtwin_message, 7) = 'pgtwin:' THEN
+                RAISE;
+            END IF;
+            RAISE EXCEPTION 'pgtwin: node % refused a change of table % from node %: %', {{local}}, {{table_text}}, {{peer}}, pgtwin_message
+                USING ERRCODE = SQLSTATE, DETAIL = pgtwin_detail, HINT = pgtwin_hint;
+        END;
+    END;
 END

@@ -1,15 +1,16 @@
--- Statement trigger on a synced table: ships the statement's changed rows to the peer as data, in
--- chunks (see docs/change-format.md), each chunk one `UPDATE` of the peer's inbox view. postgres_fdw
--- sends such an UPDATE as a single remote statement (a "direct modification": no prepare, no per-row
--- round trips), and the peer's INSTEAD OF trigger applies the chunk set-wise. An empty statement costs
--- no round trip. Rows travel by column name (row_to_json), so this function names no column but the
--- key: a column added, dropped or renamed on this node never makes the table's writes fail.
+-- Statement trigger on a synced table: writes the statement's changed rows as chunks of changes (see
+-- docs/change-format.md). In sync mode they wait in the pending table until the transaction commits,
+-- when the deferred flush trigger sends all of them to the peer (send_pending): the peer's row locks
+-- are held only while the transaction commits. In async mode they go to the queue. Rows travel by
+-- column name (row_to_json), so this function names no column but the key: a column added, dropped or
+-- renamed on this node never makes the table's writes fail.
 -- (No names in these comments: an identifier may hold a newline.)
 DECLARE
     pgtwin_chunk text;
     pgtwin_rows integer;
     pgtwin_queue boolean;
     pgtwin_columns text;
+    pgtwin_flush boolean;
 BEGIN
     -- Writes applied by pgtwin (from the peer, or by repair) carry pgtwin.origin: never ship them back.
     -- Any role can set that, so it counts only in a session of the role that installed pgtwin (this
@@ -21,38 +22,42 @@ BEGIN
     IF (SELECT oid FROM pg_database WHERE datname = current_database()) <> {{database_oid}} THEN
         RETURN NULL;
     END IF;
-    -- Queue when the mode says so, or while older changes wait in the queue (the peer was found
-    -- down): a change must never overtake an earlier one of the same key.
-    pgtwin_queue := {{always_queue}} OR EXISTS (SELECT FROM {{queue}});
     IF TG_OP = 'TRUNCATE' THEN
-        -- A BEFORE trigger: the rows are still here. With the peer reachable, one TRUNCATE travels.
-        -- Otherwise the truncate is queued as the deletion of every key it removes, so that the replay
-        -- weighs it key by key against the peer's own changes made meanwhile (a queued TRUNCATE would
-        -- wipe those too).
-        IF NOT pgtwin_queue THEN
-            pgtwin_queue := {{ship}}('T', 1, false);
-            IF NOT pgtwin_queue THEN
-                RETURN NULL;
-            END IF;
+        -- A BEFORE trigger: the rows are still here. With nothing older queued (sync mode), the truncate
+        -- travels with the transaction's other changes, in its place among them, joined with the other
+        -- tables the same TRUNCATE empties into one TRUNCATE on the peer (tables linked by a foreign
+        -- key can only be truncated together). Otherwise it is queued as the deletion of every key it
+        -- removes, so that the replay weighs it key by key against the peer's own changes made
+        -- meanwhile (a queued TRUNCATE would wipe those too).
+        IF NOT ({{always_queue}} OR EXISTS (SELECT FROM {{queue}})) THEN
+            pgtwin_chunk := 'T';
+            pgtwin_rows := 1;
+            {{send}}
+            RETURN NULL;
         END IF;
         FOR pgtwin_chunk, pgtwin_rows IN {{truncated_keys}}
         LOOP
-            PERFORM {{ship}}(pgtwin_chunk, pgtwin_rows, true);
+            PERFORM {{enqueue}}({{tag}}, pgtwin_chunk, pgtwin_rows);
         END LOOP;
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' THEN
-        -- Transition tables do not pair old and new rows: remove the keys this statement changed away
-        -- from, then upsert every new row. EXCEPT, not NOT EXISTS: transition tables have no statistics,
-        -- and a nested-loop anti-join over two 100,000-row tables never ends.
-        FOR pgtwin_chunk, pgtwin_rows IN {{keys_changed_away}}
-        LOOP
-            pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
-        END LOOP;
+        -- Transition tables do not pair old and new rows. A statement that changed keys travels as the
+        -- deletion of every row it updated, then their new versions: upserted one by one, a new key
+        -- could meet an old row of the peer still holding a unique value that the origin, updating its
+        -- rows in place, never met (UPDATE ... SET id = id + 1 beside a unique column). EXCEPT, not NOT
+        -- EXISTS: transition tables have no statistics, and a nested-loop anti-join over two
+        -- 100,000-row tables never ends.
+        IF EXISTS ({{keys_changed_away}}) THEN
+            FOR pgtwin_chunk, pgtwin_rows IN {{updated_keys}}
+            LOOP
+                {{send}}
+            END LOOP;
+        END IF;
     ELSIF TG_OP = 'DELETE' THEN
         FOR pgtwin_chunk, pgtwin_rows IN {{deleted_keys}}
         LOOP
-            pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
+            {{send}}
         END LOOP;
         RETURN NULL;
     END IF;
@@ -63,12 +68,12 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         FOR pgtwin_chunk, pgtwin_rows IN {{inserted_rows}}
         LOOP
-            pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
+            {{send}}
         END LOOP;
     ELSE
         FOR pgtwin_chunk, pgtwin_rows IN {{new_rows}}
         LOOP
-            pgtwin_queue := {{ship}}(pgtwin_chunk, pgtwin_rows, pgtwin_queue);
+            {{send}}
         END LOOP;
     END IF;
     RETURN NULL;

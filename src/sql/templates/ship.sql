@@ -6,10 +6,6 @@ BEGIN
     IF NOT pgtwin_queue THEN
         {{direct}}
     END IF;
-    -- A truncate the peer did not take is queued by the caller, as the deletion of each key it removes.
-    IF pgtwin_chunk = 'T' THEN
-        RETURN true;
-    END IF;
     PERFORM {{enqueue}}({{tag}}, pgtwin_chunk, pgtwin_rows);
     RETURN true;
 END

@@ -1,0 +1,540 @@
+//! Application transactions behave on a synced table as they would without pgtwin: a transaction's
+//! changes travel when it commits, whole, with the peer's deferrable constraints checked at its end; a
+//! transaction PostgreSQL cancels at COMMIT leaves nothing on the peer; lock waits across the two
+//! servers end at the lock timeout. The two nodes' tables are built differently in each test.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Pair;
+use tokio_postgres::Client;
+
+/// Runs `statements` as one transaction on `c` until it commits, at most 20 tries; returns the
+/// SQLSTATEs of the failed tries. Every failure must be one an application retries.
+async fn retried(c: &Client, statements: &str, pause: Duration) -> Vec<String> {
+    let mut failures = Vec::new();
+    for _ in 0..20 {
+        let r = c
+            .batch_execute(&format!("BEGIN; {statements}; COMMIT"))
+            .await;
+        match r {
+            Ok(()) => return failures,
+            Err(e) => {
+                let _ = c.batch_execute("ROLLBACK").await;
+                let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                assert!(
+                    ["55P03", "40P01", "40001"].contains(&code.as_str()),
+                    "not a retryable error: {e:?}"
+                );
+                failures.push(code);
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+    panic!("the transaction never committed: {failures:?}");
+}
+
+/// Two transactions, one per node, update rows 1 and 2 in opposite order. Each takes its own node's
+/// rows without waiting; at commit each sends its changes to the peer, where the other holds them: a
+/// cycle no server sees. The peer's lock timeout ends it for at least one side, whose COMMIT fails
+/// with a retryable error; retried, both commit, and the nodes agree. (When changes travelled per
+/// statement, the peer's sessions sat idle in transaction holding the rows, and the cycle lasted
+/// until peer_idle_timeout_s.)
+#[tokio::test]
+async fn a_lock_cycle_across_the_servers_ends_within_the_lock_timeout() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int, note text)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "CREATE TABLE accounts (note text, balance int, id int PRIMARY KEY);
+             ALTER TABLE accounts ADD COLUMN opened date DEFAULT '2026-01-01'",
+        )
+        .await
+        .unwrap();
+    p.both("INSERT INTO accounts (id, balance) VALUES (1, 100), (2, 100)")
+        .await;
+    p.config("[[tables]]\nname = \"accounts\"\n[options]\nlock_timeout_ms = 1000\npeer_idle_timeout_s = 60");
+    p.pgtwin(&["up"]).ok();
+    let (a, b) = (p.owner_connection(0).await, p.owner_connection(1).await);
+    // Each holds its first row on its own node before either goes on.
+    a.batch_execute("BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    b.batch_execute("BEGIN; UPDATE accounts SET balance = balance + 10 WHERE id = 2")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            async {
+                let r = a
+                    .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 2; COMMIT")
+                    .await;
+                if r.is_err() {
+                    a.batch_execute("ROLLBACK").await.unwrap();
+                    return retried(
+                        &a,
+                        "UPDATE accounts SET balance = balance + 1 WHERE id = 1; UPDATE accounts SET balance = balance + 1 WHERE id = 2",
+                        Duration::from_millis(0),
+                    )
+                    .await
+                    .len()
+                        + 1;
+                }
+                0
+            },
+            async {
+                let r = b
+                    .batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 1; COMMIT")
+                    .await;
+                if r.is_err() {
+                    b.batch_execute("ROLLBACK").await.unwrap();
+                    return retried(
+                        &b,
+                        "UPDATE accounts SET balance = balance + 10 WHERE id = 2; UPDATE accounts SET balance = balance + 10 WHERE id = 1",
+                        Duration::from_millis(300),
+                    )
+                    .await
+                    .len()
+                        + 1;
+                }
+                0
+            }
+        )
+    })
+    .await
+    .expect("the crossing transactions hang");
+    assert!(ra + rb >= 1, "one side must have met the other's locks");
+    // The lock timeout (1 s) per failed try, and the retries: far below the idle timeout (60 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    let synced = |rows: Vec<String>| -> Vec<(i32, i32)> {
+        rows.iter()
+            .map(|r| {
+                let v: Vec<&str> = r
+                    .trim_matches(|c| c == '(' || c == ')')
+                    .split(',')
+                    .collect();
+                // id and balance, wherever each node keeps them.
+                if v.len() == 3 {
+                    (v[0].parse().unwrap(), v[1].parse().unwrap())
+                } else {
+                    (v[2].parse().unwrap(), v[1].parse().unwrap())
+                }
+            })
+            .collect()
+    };
+    let (on_a, on_b) = (
+        synced(p.rows(0, "accounts").await),
+        synced(p.rows(1, "accounts").await),
+    );
+    let mut on_b = on_b;
+    on_b.sort();
+    assert_eq!(on_a, vec![(1, 111), (2, 111)]);
+    assert_eq!(on_b, on_a);
+}
+
+/// A foreign key checked at the end of the transaction (both forms: DEFERRABLE INITIALLY DEFERRED,
+/// and SET CONSTRAINTS ALL DEFERRED on one DEFERRABLE INITIALLY IMMEDIATE) accepts an order inserted
+/// before its customer, on the origin and on the peer alike. On the peer the key is declared the other
+/// way round from the origin's, and the tables' columns lie in another order.
+#[tokio::test]
+async fn deferred_foreign_keys_hold_at_the_end_of_the_transaction_in_sync_mode() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text);
+             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY DEFERRED, total int)",
+        )
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "CREATE TABLE customers (name text, id int PRIMARY KEY);
+             CREATE TABLE orders (total int, customer_id int REFERENCES customers DEFERRABLE INITIALLY IMMEDIATE, id int PRIMARY KEY)",
+        )
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"customers\"\n[[tables]]\nname = \"orders\"");
+    p.pgtwin(&["up"]).ok();
+    // On a, the key is deferred by its declaration.
+    p.owner[0]
+        .batch_execute(
+            "BEGIN; INSERT INTO orders VALUES (10, 1, 99); INSERT INTO customers VALUES (1, 'kim'); COMMIT",
+        )
+        .await
+        .unwrap();
+    // On b, by SET CONSTRAINTS (its declaration is immediate).
+    p.owner[1]
+        .batch_execute(
+            "BEGIN; SET CONSTRAINTS ALL DEFERRED; INSERT INTO orders VALUES (20, 2, 5); INSERT INTO customers VALUES ('lee', 2); COMMIT",
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.rows(0, "orders").await, vec!["(10,1,99)", "(5,2,20)"]);
+    assert_eq!(p.rows(1, "orders").await, vec!["(20,2,5)", "(99,1,10)"]);
+    assert_eq!(p.rows(1, "customers").await, vec!["(kim,1)", "(lee,2)"]);
+    // A transaction that breaks the deferred key fails at COMMIT on its node, and leaves nothing of
+    // itself on the peer.
+    let broken = p.owner[0]
+        .batch_execute("BEGIN; INSERT INTO orders VALUES (11, 7, 1); INSERT INTO customers VALUES (3, 'max'); COMMIT")
+        .await
+        .unwrap_err();
+    assert_eq!(broken.code().unwrap().code(), "23503", "{broken:?}");
+    let _ = p.owner[0].batch_execute("ROLLBACK").await;
+    assert_eq!(p.rows(1, "customers").await, vec!["(kim,1)", "(lee,2)"]);
+    assert_eq!(p.rows(0, "customers").await, vec!["(1,kim)", "(2,lee)"]);
+    // An application that makes its constraints immediate also has pgtwin send at each statement's
+    // end (its trigger is deferrable too): every statement still arrives.
+    p.owner[1]
+        .batch_execute("BEGIN; SET CONSTRAINTS ALL IMMEDIATE; INSERT INTO customers VALUES ('max', 3); INSERT INTO customers VALUES ('ann', 4); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        p.rows(0, "customers").await,
+        vec!["(1,kim)", "(2,lee)", "(3,max)", "(4,ann)"]
+    );
+}
+
+/// Two-phase commit is refused on a synced table in sync mode, with postgres_fdw's own words, as the
+/// README says; nothing is left on either node.
+#[tokio::test]
+async fn prepare_transaction_is_refused_clearly_in_sync_mode() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE items (id int PRIMARY KEY)").await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let refused = p.owner[0]
+        .batch_execute("BEGIN; INSERT INTO items VALUES (1); PREPARE TRANSACTION 'pgtwin-2pc'")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains(
+            "cannot PREPARE a transaction that has operated on postgres_fdw foreign tables"
+        ),
+        "{refused:?}"
+    );
+    let _ = p.owner[0].batch_execute("ROLLBACK").await;
+    assert!(p.rows(0, "items").await.is_empty());
+    assert!(p.rows(1, "items").await.is_empty());
+}
+
+/// In async mode a writer's transaction of 150 changes, the order before its customer and another
+/// transaction's changes interleaved, replays whole: the peer's deferred key holds, nothing is set
+/// aside, and the nodes agree. A replay that cut it at its batch size (100 entries) would commit
+/// orders without their customer on the peer.
+#[tokio::test]
+async fn a_transaction_queued_in_async_mode_replays_whole() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text);
+             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY DEFERRED, total int)",
+        )
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, dropped int, name text);
+             ALTER TABLE customers DROP COLUMN dropped;
+             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY DEFERRED, total int)",
+        )
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"customers\"\n[[tables]]\nname = \"orders\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    let (big, other) = (p.owner_connection(0).await, p.owner_connection(0).await);
+    big.batch_execute("BEGIN").await.unwrap();
+    for i in 1..=150 {
+        big.batch_execute(&format!("INSERT INTO orders VALUES ({i}, 1, {i})"))
+            .await
+            .unwrap();
+        if i % 30 == 0 {
+            // Another writer's transaction commits in between: its entries interleave.
+            other
+                .batch_execute(&format!(
+                    "INSERT INTO customers VALUES ({}, 'walk-in')",
+                    100 + i
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    big.batch_execute("INSERT INTO customers VALUES (1, 'kim'); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(p.queued(0).await, 156);
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.queued(0).await, 0);
+    p.assert_same("orders").await;
+    assert_eq!(p.rows(1, "customers").await.len(), 6);
+    let set_aside = || async {
+        p.admin[0]
+            .query("SELECT seq FROM pgtwin.set_aside ORDER BY seq", &[])
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(set_aside().await, 0);
+    // A transaction b cannot take (b alone requires a total) is set aside whole, with its reason; the
+    // transactions around it still arrive.
+    p.owner[1]
+        .batch_execute("ALTER TABLE orders ADD CHECK (total IS NOT NULL)")
+        .await
+        .unwrap();
+    for transaction in [
+        "INSERT INTO customers VALUES (2, 'lee')",
+        "BEGIN; INSERT INTO customers VALUES (3, 'max'); INSERT INTO orders VALUES (200, 3, NULL); COMMIT",
+        "INSERT INTO orders VALUES (201, 2, 1)",
+    ] {
+        p.owner[0].batch_execute(transaction).await.unwrap();
+    }
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.queued(0).await, 0);
+    assert_eq!(set_aside().await, 2);
+    assert!(p
+        .rows(1, "customers")
+        .await
+        .contains(&"(2,lee)".to_string()));
+    assert!(!p
+        .rows(1, "customers")
+        .await
+        .contains(&"(3,max)".to_string()));
+    assert!(p.rows(1, "orders").await.contains(&"(201,2,1)".to_string()));
+    let status = p.pgtwin(&["status"]);
+    assert!(status.stdout.contains("set aside"), "{}", status.stdout);
+}
+
+/// Write skew under SERIALIZABLE: two transactions on node a each read both rows and change a
+/// different one; PostgreSQL cancels one of them (often only at COMMIT, after postgres_fdw would have
+/// committed on the peer). The cancelled one is on neither node; the other reaches b.
+#[tokio::test]
+async fn a_serializable_transaction_cancelled_at_commit_leaves_nothing_on_the_peer() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute("CREATE TABLE doctors (id int PRIMARY KEY, on_call boolean NOT NULL)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("CREATE TABLE doctors (on_call boolean NOT NULL, id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    p.both("INSERT INTO doctors (id, on_call) VALUES (1, true), (2, true)")
+        .await;
+    p.config("[[tables]]\nname = \"doctors\"");
+    p.pgtwin(&["up"]).ok();
+    let (t1, t2) = (p.owner_connection(0).await, p.owner_connection(0).await);
+    for t in [&t1, &t2] {
+        t.batch_execute(
+            "BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT count(*) FROM doctors WHERE on_call",
+        )
+        .await
+        .unwrap();
+    }
+    let first = t1
+        .batch_execute("UPDATE doctors SET on_call = false WHERE id = 1")
+        .await;
+    let second = t2
+        .batch_execute("UPDATE doctors SET on_call = false WHERE id = 2")
+        .await;
+    let c1 = match first {
+        Ok(()) => t1.batch_execute("COMMIT").await,
+        Err(e) => Err(e),
+    };
+    let c2 = match second {
+        Ok(()) => t2.batch_execute("COMMIT").await,
+        Err(e) => Err(e),
+    };
+    assert!(c1.is_ok(), "{c1:?}");
+    let cancelled = c2.unwrap_err();
+    assert_eq!(cancelled.code().unwrap().code(), "40001", "{cancelled:?}");
+    let _ = t2.batch_execute("ROLLBACK").await;
+    // What committed travels through the queue, replayed by `pgtwin run`.
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.rows(0, "doctors").await, vec!["(1,f)", "(2,t)"]);
+    assert_eq!(p.rows(1, "doctors").await, vec!["(f,1)", "(t,2)"]);
+}
+
+/// `UPDATE slots SET id = id + 1`, valid on the origin (its rows updated from the highest id down),
+/// beside a second unique column: the peer takes it too. Sent as upserts in the origin's row order,
+/// the new row 6 would meet the peer's row 5, still holding code c5.
+#[tokio::test]
+async fn an_update_that_shifts_keys_beside_a_unique_column_applies_on_the_peer() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute("CREATE TABLE slots (id int PRIMARY KEY, code text UNIQUE)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("CREATE TABLE slots (code text NOT NULL, id int PRIMARY KEY); CREATE UNIQUE INDEX ON slots (code)")
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute("INSERT INTO slots SELECT g, 'c' || g FROM generate_series(5, 1, -1) g")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("INSERT INTO slots SELECT 'c' || g, g FROM generate_series(1, 5) g")
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"slots\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("UPDATE slots SET id = id + 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        p.rows(1, "slots").await,
+        vec!["(c1,2)", "(c2,3)", "(c3,4)", "(c4,5)", "(c5,6)"]
+    );
+    // And in a transaction with other changes around it, both ways.
+    p.owner[1]
+        .batch_execute("BEGIN; INSERT INTO slots VALUES ('c0', 1); UPDATE slots SET code = code || 'x' WHERE id > 3; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(
+        p.rows(0, "slots").await,
+        vec!["(1,c0)", "(2,c1)", "(3,c2)", "(4,c3x)", "(5,c4x)", "(6,c5x)"]
+    );
+}
+
+/// The peer's own triggers fire on the changes applied there, under the search_path an application's
+/// session has: b's audit trigger, naming its table without a schema, records a's writes too. A
+/// trigger that derives synced data (stock from orders) returns early where `pgtwin.origin` is set,
+/// as the README says, since the derived row arrives from the origin: the stock goes down once. An
+/// error of the peer's trigger reaches the writer as what it is, naming the node and the table.
+#[tokio::test]
+async fn the_peers_own_triggers_fire_as_for_an_application() {
+    let p = Pair::new().await;
+    let derive = "CREATE FUNCTION take_stock() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF current_setting('pgtwin.origin', true) <> '' THEN
+                RETURN NULL;
+            END IF;
+            UPDATE products SET stock = stock - NEW.qty WHERE id = NEW.product_id;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER take_stock AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION take_stock();";
+    p.owner[0]
+        .batch_execute(&format!(
+            "CREATE TABLE products (id int PRIMARY KEY, stock int NOT NULL);
+             CREATE TABLE orders (id int PRIMARY KEY, product_id int REFERENCES products, qty int);
+             {derive}"
+        ))
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(&format!(
+            "CREATE TABLE products (stock int NOT NULL, id int PRIMARY KEY);
+             CREATE TABLE orders (qty int, id int PRIMARY KEY, product_id int REFERENCES products);
+             {derive}
+             CREATE TABLE audit_log (n serial, what text);
+             CREATE FUNCTION audit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.qty > 100 THEN
+                     RAISE EXCEPTION 'order % is too large for this warehouse', NEW.id;
+                 END IF;
+                 INSERT INTO audit_log (what) VALUES ('order ' || NEW.id);
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER audit AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit();"
+        ))
+        .await
+        .unwrap();
+    p.both("INSERT INTO products (id, stock) VALUES (1, 10)")
+        .await;
+    p.config("[[tables]]\nname = \"products\"\n[[tables]]\nname = \"orders\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO orders VALUES (1, 1, 1)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("INSERT INTO orders (id, product_id, qty) VALUES (2, 1, 2)")
+        .await
+        .unwrap();
+    assert_eq!(p.rows(0, "products").await, vec!["(1,7)"]);
+    assert_eq!(p.rows(1, "products").await, vec!["(7,1)"]);
+    assert_eq!(
+        p.rows(1, "audit_log").await,
+        vec!["(1,\"order 1\")", "(2,\"order 2\")"]
+    );
+    let refused = p.owner[0]
+        .batch_execute("INSERT INTO orders VALUES (3, 1, 500)")
+        .await
+        .unwrap_err();
+    let message = refused.as_db_error().unwrap().message().to_string();
+    assert_eq!(refused.code().unwrap().code(), "P0001");
+    for needle in [
+        "node b",
+        "orders",
+        "order 3 is too large for this warehouse",
+    ] {
+        assert!(message.contains(needle), "{message}");
+    }
+    assert_eq!(p.rows(0, "orders").await.len(), 2);
+    assert_eq!(p.rows(0, "products").await, vec!["(1,7)"]);
+}
+
+const LINKED_A: &str = "CREATE TABLE customers (id int PRIMARY KEY, name text);
+    CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customers, total int)";
+const LINKED_B: &str = "CREATE TABLE customers (name text, id int PRIMARY KEY);
+    CREATE TABLE orders (total int, id int PRIMARY KEY, customer_id int NOT NULL REFERENCES customers)";
+const LINKED_ROWS: &str = "INSERT INTO customers (id, name) VALUES (1, 'kim'), (2, 'lee');
+    INSERT INTO orders (id, customer_id, total) VALUES (10, 1, 5), (11, 2, 6)";
+
+/// In sync mode, a TRUNCATE of two tables linked by a foreign key (named together, or reached by
+/// CASCADE) travels as one TRUNCATE of both: the peer refuses to truncate a referenced table alone.
+/// It keeps its place among the transaction's other changes.
+#[tokio::test]
+async fn a_truncate_of_tables_linked_by_a_foreign_key_travels_as_one() {
+    let p = Pair::new().await;
+    p.owner[0].batch_execute(LINKED_A).await.unwrap();
+    p.owner[1].batch_execute(LINKED_B).await.unwrap();
+    p.config("[[tables]]\nname = \"customers\"\n[[tables]]\nname = \"orders\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0].batch_execute(LINKED_ROWS).await.unwrap();
+    assert_eq!(p.rows(1, "orders").await.len(), 2);
+    p.owner[0]
+        .batch_execute("TRUNCATE orders, customers")
+        .await
+        .unwrap();
+    assert!(p.rows(1, "customers").await.is_empty());
+    assert!(p.rows(1, "orders").await.is_empty());
+    p.owner[1].batch_execute(LINKED_ROWS).await.unwrap();
+    p.owner[1]
+        .batch_execute("BEGIN; UPDATE customers SET name = 'gone' WHERE id = 1; TRUNCATE customers CASCADE; INSERT INTO customers (id, name) VALUES (9, 'new'); COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(p.rows(0, "customers").await, vec!["(9,new)"]);
+    assert!(p.rows(0, "orders").await.is_empty());
+}
+
+/// Queued (async mode), a TRUNCATE of linked tables is recorded as the deletion of every key of each,
+/// in the order the statement names them: children named first, the peer's foreign key accepts it.
+#[tokio::test]
+async fn a_queued_truncate_of_linked_tables_replays_in_the_order_named() {
+    let p = Pair::new().await;
+    p.owner[0].batch_execute(LINKED_A).await.unwrap();
+    p.owner[1].batch_execute(LINKED_B).await.unwrap();
+    p.config("[[tables]]\nname = \"customers\"\n[[tables]]\nname = \"orders\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0].batch_execute(LINKED_ROWS).await.unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.rows(1, "orders").await.len(), 2);
+    p.owner[0]
+        .batch_execute("TRUNCATE orders, customers")
+        .await
+        .unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    assert!(p.rows(1, "customers").await.is_empty());
+    assert!(p.rows(1, "orders").await.is_empty());
+    assert_eq!(p.queued(0).await, 0);
+}
