@@ -28,6 +28,10 @@ pub const DELETE: u8 = b'D';
 /// them require).
 pub const TRUNCATE: &str = "T";
 
+/// An empty truncate: changes nothing, but opens the peer's transaction, so a TRUNCATE learns at once
+/// whether the peer is reachable (it cannot be queued key by key once its rows are gone).
+pub const PROBE: &str = "T[]";
+
 /// The most text one chunk may carry beyond its last row: PostgreSQL refuses any value over 1 GB, so
 /// chunks are cut by bytes as well as by rows (a bulk update of large rows must still travel).
 pub const CHUNK_BYTES: i64 = 16 * 1024 * 1024;

@@ -32,6 +32,8 @@ use crate::state;
 /// (see run_forever).
 const TAIL: Duration = Duration::from_millis(50);
 const TAIL_POLL: Duration = Duration::from_millis(2);
+/// The pause after a drain that found a few entries (see Replay::until_error).
+const GATHER: Duration = Duration::from_millis(2);
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Queue entries replayed per transaction on the peer.
 const ENTRIES_PER_TRANSACTION: i64 = 100;
@@ -707,10 +709,10 @@ impl Replay<'_> {
             let result = async {
                 let ab = drain(a, b, self.stop).await?;
                 let ba = drain(b, a, self.stop).await?;
-                Ok::<_, anyhow::Error>(ab.entries + ba.entries)
+                Ok::<_, anyhow::Error>((ab.entries + ba.entries, ab.rows + ba.rows))
             }
             .await;
-            let applied = match result {
+            let (applied, rows) = match result {
                 Ok(n) => n,
                 Err(e) => return Some(format!("{e:#}")),
             };
@@ -743,6 +745,16 @@ impl Replay<'_> {
             // writer that committed long after it queued).
             if applied > 0 {
                 last_applied = Instant::now();
+                // Under a steady stream of small transactions each drain finds a few entries: a short
+                // pause lets the next ones gather, so the runner's own work on the writers' node (a
+                // transaction that reads and deletes what it replayed) stays a fraction of theirs, for
+                // GATHER of lag. A backlog (full batches) is drained without pause.
+                if rows < ENTRIES_PER_TRANSACTION as u64 {
+                    tokio::select! {
+                        _ = tokio::time::sleep(GATHER) => {}
+                        _ = self.stop.changed() => return None,
+                    }
+                }
                 while self.wake.try_recv().is_ok() {}
                 continue;
             }

@@ -12,7 +12,7 @@ use crate::sql::names;
 const ENQUEUE_TEMPLATE: &str = include_str!("templates/enqueue.sql");
 const CAPTURE_TEMPLATE: &str = include_str!("templates/capture.sql");
 const SHIP_TEMPLATE: &str = include_str!("templates/ship.sql");
-const SEND_PENDING_TEMPLATE: &str = include_str!("templates/send_pending.sql");
+const FLUSH_TEMPLATE: &str = include_str!("templates/flush.sql");
 const APPLY_TEMPLATE: &str = include_str!("templates/apply.sql");
 const RESOLVE_TEMPLATE: &str = include_str!("templates/resolve.sql");
 
@@ -153,16 +153,6 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
     // SECURITY DEFINER: the flush fires at commit in the application's session, and sends through
     // the installing role's user mapping.
     steps.push(Step::new(
-        "send pending function",
-        function_sql(
-            &names::send_pending_function(),
-            "",
-            "void",
-            &send_pending_body(i.tables),
-            Security::Capture,
-        ),
-    ));
-    steps.push(Step::new(
         "flush trigger",
         format!(
             "{};\nDROP TRIGGER IF EXISTS {trigger} ON {pending};\nCREATE CONSTRAINT TRIGGER {trigger} AFTER INSERT ON {pending}\n    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.flush) EXECUTE FUNCTION {flush}()",
@@ -170,8 +160,8 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
                 &names::flush_function(),
                 "",
                 "trigger",
-                &format!("BEGIN\n    PERFORM {}();\n    RETURN NULL;\nEND", names::send_pending_function()),
-                Security::Capture,
+                &flush_body(i.tables),
+                Security::Definer,
             ),
             trigger = Ident::new(names::FLUSH_TRIGGER),
             pending = names::pending_table(),
@@ -403,6 +393,8 @@ enum Security {
     Invoker,
     /// SECURITY DEFINER, with the settings that shape text output pinned.
     Capture,
+    /// SECURITY DEFINER.
+    Definer,
 }
 
 fn function_sql(
@@ -419,6 +411,7 @@ fn function_sql(
     let settings = match security {
         Security::Invoker => "",
         Security::Capture => " SECURITY DEFINER\n    SET datestyle = 'ISO, MDY' SET intervalstyle = 'postgres' SET extra_float_digits = 3 SET bytea_output = 'hex' SET timezone = 'UTC'",
+        Security::Definer => " SECURITY DEFINER",
     };
     format!(
         "CREATE OR REPLACE FUNCTION {name}({args}) RETURNS {returns} LANGUAGE plpgsql{settings}\n    SET search_path = pg_catalog, pg_temp AS {};\nREVOKE ALL ON FUNCTION {name}({args}) FROM PUBLIC",
@@ -456,22 +449,19 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
         )
     };
     let tag = Literal(&names::table_tag(&t.synced_name)).to_string();
-    let (send, send_pending) = match options.mode {
-        Mode::Async => (
-            format!("PERFORM {}({tag}, pgtwin_chunk, pgtwin_rows);", names::enqueue_function()),
-            String::new(),
+    let send = match options.mode {
+        Mode::Async => format!(
+            "PERFORM {}({tag}, pgtwin_chunk, pgtwin_rows);",
+            names::enqueue_function()
         ),
         // The transaction's first chunk also asks for the flush at commit (the setting is local to
         // the transaction, and rolls back with a savepoint as the row does). Set before the row is
         // written: after SET CONSTRAINTS ALL IMMEDIATE the flush runs at once, and clears it.
-        Mode::Sync => (
-            format!(
+        Mode::Sync => format!(
                 "pgtwin_flush := current_setting({setting}, true) IS DISTINCT FROM 'on';\n            IF pgtwin_flush THEN\n                PERFORM set_config({setting}, 'on', true);\n            END IF;\n            INSERT INTO {pending} (table_tag, rows, batch, flush) VALUES ({tag}, pgtwin_rows, pgtwin_chunk, pgtwin_flush);",
                 pending = names::pending_table(),
                 setting = Literal(names::FLUSH_SETTING),
             ),
-            format!("PERFORM {}();", names::send_pending_function()),
-        ),
     };
     fill(
         CAPTURE_TEMPLATE,
@@ -481,7 +471,6 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
             ("database_oid", database_oid.to_string()),
             ("ship", names::ship_function(&t.synced_name).to_string()),
             ("send", send),
-            ("send_pending", send_pending),
             ("columns_list", change::COLUMNS_SQL.to_string()),
             ("truncated_keys", deletes(format!("{} o", t.name))),
             (
@@ -496,10 +485,9 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
     )
 }
 
-/// Sends the current transaction's pending chunks (sync mode), in order, each through its table's
-/// ship function, and forgets them. Run by the deferred flush trigger at commit, and by a TRUNCATE
-/// (which must follow the changes before it).
-fn send_pending_body(tables: &[TableInfo]) -> String {
+/// The deferred trigger that sends the committing transaction's pending chunks (sync mode), in order,
+/// each through its table's ship function, and forgets them.
+fn flush_body(tables: &[TableInfo]) -> String {
     let mut dispatch = String::from("CASE pgtwin_tag");
     for t in tables {
         dispatch.push_str(&format!(
@@ -509,7 +497,7 @@ fn send_pending_body(tables: &[TableInfo]) -> String {
         ));
     }
     dispatch.push_str("\n            ELSE\n                RAISE EXCEPTION 'pgtwin: a change of a table no longer synced (%) was made while pgtwin up ran', pgtwin_tag\n                    USING HINT = 'run the transaction again';\n        END CASE;");
-    fill(SEND_PENDING_TEMPLATE, &[("dispatch", dispatch)])
+    fill(FLUSH_TEMPLATE, &[("dispatch", dispatch)])
 }
 
 /// Truncates, in one statement, this node's tables of the synced tables whose tags it is given (a
@@ -795,6 +783,7 @@ fn common_names() -> Vec<(&'static str, String)> {
             "app_path_setting",
             Literal(names::APP_PATH_SETTING).to_string(),
         ),
+        ("probe", Literal(crate::change::PROBE).to_string()),
         ("applied", names::applied_table().to_string()),
         ("replayed", names::replayed_table().to_string()),
         ("conflicts", names::conflicts_table().to_string()),

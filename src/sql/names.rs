@@ -131,11 +131,6 @@ pub fn pending_table() -> QualName {
     in_schema("pending".into())
 }
 
-/// Sends the current transaction's pending changes to the peer, or queues them.
-pub fn send_pending_function() -> QualName {
-    in_schema("send_pending".into())
-}
-
 /// The deferred trigger on the pending table that sends a transaction's changes at its commit.
 pub fn flush_function() -> QualName {
     in_schema("flush".into())

@@ -49,6 +49,9 @@ BEGIN
             TRUNCATE {{table}};
             RETURN NEW;
         END IF;
+        IF NEW.pgtwin_batch = {{probe}} THEN
+            RETURN NEW;
+        END IF;
         -- Several tables truncated together on the peer: together here too.
         IF left(NEW.pgtwin_batch, 2) = 'T[' THEN
             PERFORM {{truncate}}(substr(NEW.pgtwin_batch, 2)::json);

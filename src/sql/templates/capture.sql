@@ -1,6 +1,6 @@
 -- Statement trigger on a synced table: writes the statement's changed rows as chunks of changes (see
 -- docs/change-format.md). In sync mode they wait in the pending table until the transaction commits,
--- when the deferred flush trigger sends all of them to the peer (send_pending): the peer's row locks
+-- when the deferred flush trigger sends all of them to the peer (flush.sql): the peer's row locks
 -- are held only while the transaction commits. In async mode they go to the queue. Rows travel by
 -- column name (row_to_json), so this function names no column but the key: a column added, dropped or
 -- renamed on this node never makes the table's writes fail.
@@ -23,13 +23,14 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
-        -- A BEFORE trigger: the rows are still here. With nothing older queued (sync mode), the truncate
+        -- A BEFORE trigger: the rows are still here. With nothing older queued and the peer reachable
+        -- (sync mode; the probe, an empty truncate, opens the peer's transaction now), the truncate
         -- travels with the transaction's other changes, in its place among them, joined with the other
         -- tables the same TRUNCATE empties into one TRUNCATE on the peer (tables linked by a foreign
         -- key can only be truncated together). Otherwise it is queued as the deletion of every key it
         -- removes, so that the replay weighs it key by key against the peer's own changes made
         -- meanwhile (a queued TRUNCATE would wipe those too).
-        IF NOT ({{always_queue}} OR EXISTS (SELECT FROM {{queue}})) THEN
+        IF NOT ({{always_queue}} OR EXISTS (SELECT FROM {{queue}}) OR {{ship}}({{probe}}, 1, false)) THEN
             pgtwin_chunk := 'T';
             pgtwin_rows := 1;
             {{send}}

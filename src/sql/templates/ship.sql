@@ -6,6 +6,10 @@ BEGIN
     IF NOT pgtwin_queue THEN
         {{direct}}
     END IF;
+    -- A probe that found the peer away is not a change.
+    IF pgtwin_chunk = {{probe}} THEN
+        RETURN true;
+    END IF;
     PERFORM {{enqueue}}({{tag}}, pgtwin_chunk, pgtwin_rows);
     RETURN true;
 END

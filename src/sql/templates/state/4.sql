@@ -1,5 +1,5 @@
 -- A synced transaction's changes wait here until it commits, then travel to the peer together (sync
--- mode, crate::sql::gen's send_pending): the peer's row locks are held only while the transaction
+-- mode, flush.sql): the peer's row locks are held only while the transaction
 -- commits. Rows live only within their own transaction (sent and deleted at its commit), so the table
 -- is unlogged: a crash ends the transaction and its changes with it.
 CREATE UNLOGGED TABLE IF NOT EXISTS {{pending}} (

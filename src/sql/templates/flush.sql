@@ -1,8 +1,8 @@
--- Sends the current transaction's changes, waiting in the pending table, to the peer in the order they
--- were made, each chunk through its table's ship function (which queues it when the peer is
--- unavailable, and then the rest with it), and forgets them. Runs when the transaction commits (the
--- deferred flush trigger), so the peer's row locks are held only while it commits, and a cycle of
--- waits across the two servers ends at the peer's lock_timeout.
+-- Deferred trigger on the pending table, fired by a transaction's first chunk when it commits: sends the
+-- transaction's changes to the peer in the order they were made, each chunk through its table's ship
+-- function (which queues it when the peer is unavailable, and then the rest with it), and forgets them.
+-- So the peer's row locks are held only while the transaction commits, and a cycle of waits across the
+-- two servers ends at the peer's lock_timeout.
 DECLARE
     r record;
     pgtwin_queue boolean;
@@ -44,4 +44,5 @@ BEGIN
         {{dispatch}}
     END IF;
     DELETE FROM {{pending}} WHERE xid = pg_current_xact_id();
+    RETURN NULL;
 END
