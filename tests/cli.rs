@@ -79,6 +79,27 @@ async fn table_problems_name_node_table_and_column() {
         "integer on node b",
     ]);
 
+    // A key of other columns on the legacy node: refused, naming both keys and nodes, no row copied.
+    p.owner[0]
+        .batch_execute("INSERT INTO products (name) VALUES ('kettle')")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "DROP TABLE products; CREATE TABLE products (code text PRIMARY KEY, id bigint, name text)",
+        )
+        .await
+        .unwrap();
+    p.pgtwin(&["up"])
+        .fails_with(&["products", "key (\"id\") on node a", "(\"code\") on node b"]);
+    let copied: i64 = p.admin[1]
+        .query_one("SELECT count(*) FROM products", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 0);
+    assert_nothing_installed(&p).await;
+
     p.owner[1]
         .batch_execute("DROP TABLE products")
         .await

@@ -121,7 +121,7 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
                 exec(
                     p,
                     i,
-                    &format!("INSERT INTO products (name, qty) VALUES ('r{round}n{i}', {i})"),
+                    &format!("INSERT INTO products (name, qty) VALUES ('r{round}n{i}', {i}), ('r{round}n{i}old', {i})"),
                 )
                 .await;
                 exec(
@@ -138,6 +138,13 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
                 p,
                 0,
                 &format!("DELETE FROM products WHERE name = 'r{round}n0'"),
+            )
+            .await;
+            // The legacy app deletes too: a row of its own and one the new app wrote.
+            exec(
+                p,
+                1,
+                &format!("DELETE FROM products WHERE name LIKE 'r{round}n_old'"),
             )
             .await;
         }
@@ -158,15 +165,52 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
     same(&p, shared).await;
     assert_eq!(p.pgtwin(&["status"]).code, 1);
 
-    // The same column on legacy: it syncs from the next write on, no `up` needed.
+    // The new app fills in its column while legacy has none; then legacy adds the same column, and
+    // it syncs from the next write on, no `up` needed.
+    exec(
+        &p,
+        0,
+        "UPDATE products SET description = 'typed in the new app'",
+    )
+    .await;
     exec(
         &p,
         1,
         "ALTER TABLE products ADD COLUMN description text NOT NULL DEFAULT 'none'",
     )
     .await;
-    exec(&p, 0, "UPDATE products SET description = 'new text'").await;
-    same(&p, "SELECT id, description FROM products ORDER BY id").await;
+    exec(
+        &p,
+        0,
+        "UPDATE products SET description = 'new text' WHERE name = 'r1n1'",
+    )
+    .await;
+    let description = "SELECT name, description FROM products ORDER BY id";
+    assert_eq!(
+        rows(&p, 1, description).await,
+        ["(r1n1,\"new text\")", "(r2n1,none)"]
+    );
+    // The rows written before hold different values in it: a plain `up` refuses, naming the key;
+    // `up --prefer a` fills legacy's column from the new app's, this once.
+    let key = rows(&p, 0, "SELECT id FROM products WHERE name = 'r2n1'").await;
+    p.pgtwin(&["up"]).fails_with(&[
+        "products",
+        "1 key(s) hold different rows",
+        &key[0],
+        "--prefer",
+    ]);
+    let up = p.pgtwin(&["up", "--prefer", "a"]).ok();
+    assert!(
+        up.stdout
+            .contains(&format!("key {}: a wins, b's row overwritten", key[0]))
+            && up.stdout.contains("description"),
+        "{}",
+        up.stdout
+    );
+    assert_eq!(
+        same(&p, description).await,
+        ["(r1n1,\"new text\")", "(r2n1,\"typed in the new app\")"]
+    );
     p.pgtwin(&["up"]).ok();
     p.pgtwin(&["check"]).ok();
     p.pgtwin(&["status"]).ok();
@@ -236,10 +280,12 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
     let status = p.pgtwin(&["status"]);
     assert_eq!(status.code, 1, "{}", status.stdout);
     assert!(!status.stdout.contains("triggers ("), "{}", status.stdout);
+    exec(&p, 1, "TRUNCATE products").await;
+    assert!(same(&p, shared).await.is_empty());
 }
 
-/// A unique index on one node only: reported beforehand by `check` and `status`, and a synced write
-/// that it rejects fails naming the constraint.
+/// A unique index on one node only: reported beforehand by `check` and `status`, a synced write that
+/// it rejects fails naming the constraint, and every write it does not reject travels both ways.
 #[tokio::test]
 async fn a_unique_index_on_one_node_is_reported_and_named_when_it_rejects() {
     let p = Pair::new().await;
@@ -268,7 +314,68 @@ async fn a_unique_index_on_one_node_is_reported_and_named_when_it_rejects() {
         .await
         .unwrap_err();
     assert!(format!("{err:?}").contains("users_email_key"), "{err:?}");
-    same(&p, "SELECT id, email FROM users ORDER BY id").await;
+    let shared = "SELECT id, email FROM users ORDER BY id";
+    same(&p, shared).await;
+    // Every write the index does not reject travels both ways.
+    exec(
+        &p,
+        1,
+        "INSERT INTO users (id, email) VALUES (3, 'lee@example.com'), (4, NULL), (5, 'ann@example.com')",
+    )
+    .await;
+    exec(&p, 0, "INSERT INTO users VALUES (6, NULL); UPDATE users SET email = 'lee@example.org' WHERE id = 3; DELETE FROM users WHERE id = 5").await;
+    exec(&p, 1, "UPDATE users SET email = 'kim@example.org', id = 10 WHERE id = 1; DELETE FROM users WHERE id = 4").await;
+    assert_eq!(
+        same(&p, shared).await,
+        ["(3,lee@example.org)", "(6,)", "(10,kim@example.org)"]
+    );
+    exec(&p, 0, "TRUNCATE users").await;
+    assert!(same(&p, shared).await.is_empty());
+    exec(&p, 0, "INSERT INTO users VALUES (1, 'kim@example.com')").await;
+    exec(&p, 1, "TRUNCATE users").await;
+    assert!(same(&p, shared).await.is_empty());
+}
+
+/// A synced table dropped on one node and not created again: `status` names it and the node, and the
+/// other application's next write fails, saying what to run, instead of syncing one way.
+#[tokio::test]
+async fn a_table_dropped_on_one_node_is_reported_and_stops_the_peers_writes() {
+    let p = Pair::new().await;
+    exec(
+        &p,
+        0,
+        "CREATE TABLE orders (id int PRIMARY KEY, total int, note text)",
+    )
+    .await;
+    exec(&p, 1, "CREATE TABLE orders (total int, id int PRIMARY KEY)").await;
+    p.config("[[tables]]\nname = \"orders\"");
+    p.pgtwin(&["up"]).ok();
+    exec(&p, 1, "DROP TABLE orders").await;
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 1, "{}\n{}", status.stdout, status.stderr);
+    for expected in [
+        "table \"public\".\"orders\" on node b has 0 of pgtwin's 4 triggers",
+        "table \"public\".\"orders\" does not exist on node b",
+        "run pgtwin up",
+    ] {
+        assert!(
+            status.stdout.contains(expected),
+            "{expected}: {}",
+            status.stdout
+        );
+    }
+    let err = p.owner[0]
+        .batch_execute("INSERT INTO orders VALUES (1, 10, 'lost?')")
+        .await
+        .unwrap_err();
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "PT404", "{db:?}");
+    assert!(db.message().contains("\"orders\" on node b"), "{db:?}");
+    assert!(
+        db.hint().unwrap_or_default().contains("run pgtwin up"),
+        "{db:?}"
+    );
+    assert!(rows(&p, 0, "SELECT id FROM orders").await.is_empty());
 }
 
 /// Chunks are cut by bytes as well as rows: one statement over rows that, as text, far exceed what a
@@ -295,7 +402,8 @@ async fn a_bulk_update_of_large_rows_travels() {
 
 /// The article's setup: the legacy node names the table `legacy_products`, in its own schema, and a
 /// column `title` where the new app says `name`; a cost column is private to each application. Merge,
-/// sync both ways, the queue and `run`, `check` and `repair` all follow the mapping.
+/// sync both ways, the queue and `run`, `check` and `repair` all follow the mapping; so does a table
+/// whose key column is named otherwise on legacy.
 #[tokio::test]
 async fn a_table_and_a_column_named_differently_per_node_sync_through_the_mapping() {
     let p: &'static Pair = Box::leak(Box::new(Pair::new().await));
@@ -309,9 +417,18 @@ async fn a_table_and_a_column_named_differently_per_node_sync_through_the_mappin
     exec(p, 1, "CREATE SCHEMA legacy;
                  CREATE TABLE legacy.legacy_products (cost numeric, price int, title text, id int PRIMARY KEY);
                  INSERT INTO legacy.legacy_products VALUES (99.5, 7, 'mug', 2)").await;
+    // A second table whose key column itself is named otherwise on legacy.
+    exec(p, 0, "CREATE TABLE stock (id int PRIMARY KEY, qty int)").await;
+    exec(
+        p,
+        1,
+        "CREATE TABLE stock (qty int, product_id int PRIMARY KEY)",
+    )
+    .await;
     p.config(
         "[[tables]]\nname = \"products\"\nexclude_columns = [\"cost\"]\n\
-         [tables.nodes.b]\nname = \"legacy.legacy_products\"\nrename = { name = \"title\" }",
+         [tables.nodes.b]\nname = \"legacy.legacy_products\"\nrename = { name = \"title\" }\n\
+         [[tables]]\nname = \"stock\"\n[tables.nodes.b]\nrename = { id = \"product_id\" }",
     );
     p.pgtwin(&["up"]).ok();
     let a = "SELECT id, name, price FROM products ORDER BY id";
@@ -341,7 +458,29 @@ async fn a_table_and_a_column_named_differently_per_node_sync_through_the_mappin
         rows(p, 1, "SELECT cost FROM legacy.legacy_products WHERE id = 2").await,
         ["(1)"]
     );
+    exec(p, 0, "INSERT INTO stock VALUES (1, 5), (2, 6), (3, 7)").await;
+    exec(
+        p,
+        1,
+        "INSERT INTO stock (product_id, qty) VALUES (8, 4); UPDATE stock SET qty = 50 WHERE product_id = 1;
+                 UPDATE stock SET product_id = 20 WHERE product_id = 2; DELETE FROM stock WHERE product_id = 3",
+    )
+    .await;
+    exec(
+        p,
+        0,
+        "UPDATE stock SET qty = 9, id = 40 WHERE id = 8; DELETE FROM stock WHERE id = 1",
+    )
+    .await;
+    let stock = [
+        "SELECT id, qty FROM stock ORDER BY id",
+        "SELECT product_id, qty FROM stock ORDER BY product_id",
+    ];
+    assert_eq!(rows(p, 0, stock[0]).await, ["(20,6)", "(40,9)"]);
+    assert_eq!(rows(p, 1, stock[1]).await, ["(20,6)", "(40,9)"]);
     p.pgtwin(&["check"]).ok();
+    exec(p, 1, "TRUNCATE stock").await;
+    assert!(rows(p, 0, stock[0]).await.is_empty() && rows(p, 1, stock[1]).await.is_empty());
 
     // Through the queue: async mode, a conflict on one key, `run` replays by the mapping.
     let text = std::fs::read_to_string(p.dir.path().join("pgtwin.toml")).unwrap();
@@ -377,6 +516,10 @@ async fn a_table_and_a_column_named_differently_per_node_sync_through_the_mappin
     assert_eq!(p.pgtwin(&["check"]).code, 1);
     p.pgtwin(&["repair", "--prefer", "a"]).ok();
     assert_eq!(both(p).await[1], "(4,saucer,4)");
+    // A TRUNCATE on legacy travels through the queue to the table named otherwise.
+    exec(p, 1, "TRUNCATE legacy.legacy_products").await;
+    p.pgtwin(&["run", "--once"]).ok();
+    assert!(both(p).await.is_empty());
     p.pgtwin(&["down"]).ok();
     p.assert_clean().await;
 }
