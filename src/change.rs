@@ -36,6 +36,10 @@ pub const PROBE: &str = "T[]";
 /// chunks are cut by bytes as well as by rows (a bulk update of large rows must still travel).
 pub const CHUNK_BYTES: i64 = 16 * 1024 * 1024;
 
+/// Most rows a chunk joined from several gets (by `pgtwin run` from queue entries, and by the flush at
+/// commit from a transaction's statements).
+pub const JOINED_ROWS: u64 = 10_000;
+
 /// Separates a chunk's column list from its rows in the canonical form (JSON escapes every quote
 /// inside a name, so it cannot occur inside the column list).
 pub const ROWS_MARK: &str = ",\"rows\":[";

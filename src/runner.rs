@@ -487,18 +487,15 @@ struct Entry {
     xid: Option<String>,
 }
 
-/// Largest chunk the runner builds by joining queue entries.
-const JOINED_ROWS: u64 = 10_000;
-
 /// Joins runs of entries of the same table, op and columns (crate::change::join) into chunks of up to
-/// JOINED_ROWS rows: fewer, larger set-wise applies on the peer. Order is kept; truncates are left
+/// change::JOINED_ROWS rows: fewer, larger set-wise applies on the peer. Order is kept; truncates are left
 /// alone. A joined chunk carries the time of its last entry, and says it was joined.
 fn join_entries(entries: Vec<Entry>) -> Vec<(Entry, bool)> {
     let mut out: Vec<(Entry, bool)> = Vec::new();
     for e in entries {
         if let Some((last, joined)) = out.last_mut() {
             if last.tag == e.tag
-                && last.rows + e.rows <= JOINED_ROWS
+                && last.rows + e.rows <= change::JOINED_ROWS
                 && last.batch.len() + e.batch.len() <= change::CHUNK_BYTES as usize
                 && change::append(&mut last.batch, &e.batch)
             {
@@ -745,11 +742,12 @@ impl Replay<'_> {
             // writer that committed long after it queued).
             if applied > 0 {
                 last_applied = Instant::now();
-                // Under a steady stream of small transactions each drain finds a few entries: a short
+                // Under a fast stream of small transactions each drain finds a few entries: a short
                 // pause lets the next ones gather, so the runner's own work on the writers' node (a
                 // transaction that reads and deletes what it replayed) stays a fraction of theirs, for
-                // GATHER of lag. A backlog (full batches) is drained without pause.
-                if rows < ENTRIES_PER_TRANSACTION as u64 {
+                // GATHER of lag. A single change (a slow stream) or a backlog (full batches) goes on
+                // without pause.
+                if (2..ENTRIES_PER_TRANSACTION as u64).contains(&rows) {
                     tokio::select! {
                         _ = tokio::time::sleep(GATHER) => {}
                         _ = self.stop.changed() => return None,
@@ -855,7 +853,7 @@ mod tests {
     #[test]
     fn full_chunks_stay_apart() {
         let big = vec![
-            entry("t", JOINED_ROWS, &up(&[1]), "1"),
+            entry("t", change::JOINED_ROWS, &up(&[1]), "1"),
             entry("t", 1, &up(&[2]), "2"),
         ];
         assert_eq!(join_entries(big).len(), 2);

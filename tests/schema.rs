@@ -313,7 +313,12 @@ async fn a_unique_index_on_one_node_is_reported_and_named_when_it_rejects() {
         .batch_execute("INSERT INTO users VALUES (2, 'kim@example.com')")
         .await
         .unwrap_err();
-    assert!(format!("{err:?}").contains("users_email_key"), "{err:?}");
+    // The peer's error, with its SQLSTATE, naming the node and the table as well as the constraint.
+    assert_eq!(err.code().unwrap().code(), "23505");
+    let message = err.as_db_error().unwrap().message();
+    for needle in ["node b", "users", "users_email_key"] {
+        assert!(message.contains(needle), "{message}");
+    }
     let shared = "SELECT id, email FROM users ORDER BY id";
     same(&p, shared).await;
     // Every write the index does not reject travels both ways.

@@ -429,14 +429,26 @@ async fn a_single_row_write_costs_one_statement_on_the_peer() {
         statements[1].starts_with("statement: SAVEPOINT")
             && statements[3].starts_with("statement: RELEASE SAVEPOINT")
     );
-    // Once per transaction: a second write in it goes without the savepoint.
+    // A transaction's changes travel at its commit: its ten inserts as one chunk, one statement.
+    let ten: Vec<String> = (2..12)
+        .map(|i| format!("INSERT INTO t VALUES ({i}, 'one of ten')"))
+        .collect();
     let statements = peer_statements_for(
         "on_peer_down = \"queue\"",
-        "BEGIN; INSERT INTO t VALUES (2, 'one'); INSERT INTO t VALUES (3, 'two'); COMMIT",
+        &format!("BEGIN; {}; COMMIT", ten.join("; ")),
     )
     .await;
-    assert_eq!(statements.len(), 6, "{}", statements.join("\n"));
+    assert_eq!(statements.len(), 5, "{}", statements.join("\n"));
+    // Upserts are not joined (a key written twice must keep its last version), and the savepoint is
+    // paid once per transaction: a second chunk goes without it.
+    let statements = peer_statements_for(
+        "on_peer_down = \"queue\"",
+        "BEGIN; INSERT INTO t VALUES (2, 'one'); UPDATE t SET v = 'two' WHERE id = 2; UPDATE t SET v = 'three' WHERE id = 2; COMMIT",
+    )
+    .await;
+    assert_eq!(statements.len(), 7, "{}", statements.join("\n"));
     assert!(statements[4].contains("UPDATE pgtwin.inbox_"));
+    assert!(statements[5].contains("UPDATE pgtwin.inbox_"));
 }
 
 /// The peer's password reaches the user mapping as COPY data, so a server that logs every statement

@@ -491,13 +491,40 @@ fn flush_body(tables: &[TableInfo]) -> String {
     let mut dispatch = String::from("CASE pgtwin_tag");
     for t in tables {
         dispatch.push_str(&format!(
-            "\n            WHEN {} THEN pgtwin_queue := {}(pgtwin_batch, pgtwin_rows, pgtwin_queue);",
+            "\n        WHEN {} THEN pgtwin_queue := {}(pgtwin_batch, pgtwin_rows, pgtwin_queue);",
             Literal(&names::table_tag(&t.synced_name)),
             names::ship_function(&t.synced_name)
         ));
     }
-    dispatch.push_str("\n            ELSE\n                RAISE EXCEPTION 'pgtwin: a change of a table no longer synced (%) was made while pgtwin up ran', pgtwin_tag\n                    USING HINT = 'run the transaction again';\n        END CASE;");
-    fill(FLUSH_TEMPLATE, &[("dispatch", dispatch)])
+    dispatch.push_str("\n        ELSE\n            RAISE EXCEPTION 'pgtwin: a change of a table no longer synced (%) was made while pgtwin up ran', pgtwin_tag\n                USING HINT = 'run the transaction again';\n    END CASE;");
+    // Sends the run gathered so far, if any (a truncate run and a run of chunks never coexist).
+    let emit = format!(
+        "IF cardinality(pgtwin_truncated) > 0 THEN\n    pgtwin_tag := pgtwin_truncated[1];\n    pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;\n    pgtwin_rows := 1;\n    pgtwin_truncated := '{{}}';\nELSIF cardinality(pgtwin_more) > 0 THEN\n    pgtwin_batch := left(pgtwin_batch, length(pgtwin_batch) - 2) || ',' || array_to_string(pgtwin_more, ',') || ']}}';\nEND IF;\nIF pgtwin_batch IS NOT NULL THEN\n    {}\n    pgtwin_batch := NULL;\n    pgtwin_header := NULL;\n    pgtwin_more := '{{}}';\nEND IF;",
+        dispatch
+    );
+    let indent = |text: &str, by: &str| text.replace('\n', &format!("\n{by}"));
+    let template = FLUSH_TEMPLATE
+        .replace(
+            "    {{emit}}\n    DELETE",
+            &format!("    {}\n    DELETE", indent(&emit, "    ")),
+        )
+        .replace(
+            "                {{emit}}",
+            &format!("                {}", indent(&emit, "                ")),
+        )
+        .replace(
+            "        {{emit}}",
+            &format!("        {}", indent(&emit, "        ")),
+        );
+    fill(
+        &template,
+        &[
+            ("rows_mark", Literal(change::ROWS_MARK).to_string()),
+            ("rows_mark_length", change::ROWS_MARK.len().to_string()),
+            ("joined_rows", change::JOINED_ROWS.to_string()),
+            ("chunk_bytes", change::CHUNK_BYTES.to_string()),
+        ],
+    )
 }
 
 /// Truncates, in one statement, this node's tables of the synced tables whose tags it is given (a

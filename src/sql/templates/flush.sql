@@ -3,14 +3,25 @@
 -- function (which queues it when the peer is unavailable, and then the rest with it), and forgets them.
 -- So the peer's row locks are held only while the transaction commits, and a cycle of waits across the
 -- two servers ends at the peer's lock_timeout.
+--
+-- Consecutive chunks travel as one where they can: tables truncated one after the other as one
+-- TRUNCATE (foreign keys between them allow no other way), consecutive inserts, or deletions, of one
+-- table with the same columns as one chunk (one round trip for a transaction of many small
+-- statements). Upserts are not joined: a key written twice must arrive with its last version.
 DECLARE
     r record;
     pgtwin_queue boolean;
+    -- The run being gathered: its table (the first one, for truncates), its first chunk as written,
+    -- that chunk's op and columns (when it may be joined), and the rows of the chunks joined to it.
     pgtwin_tag text;
     pgtwin_batch text;
-    pgtwin_rows integer;
-    -- Tables truncated one after the other: they go as one TRUNCATE.
+    pgtwin_header text;
+    pgtwin_more text[] := '{}';
+    pgtwin_rows integer := 0;
+    pgtwin_bytes bigint := 0;
     pgtwin_truncated text[] := '{}';
+    pgtwin_mark integer;
+    pgtwin_next_header text;
 BEGIN
     PERFORM set_config({{flush_setting}}, '', true);
     -- Queued instead, to be replayed by `pgtwin run`:
@@ -22,27 +33,35 @@ BEGIN
     FOR r IN SELECT table_tag, batch, rows FROM {{pending}} WHERE xid = pg_current_xact_id() ORDER BY seq
     LOOP
         IF r.batch = 'T' THEN
+            IF cardinality(pgtwin_truncated) = 0 THEN
+                {{emit}}
+            END IF;
             pgtwin_truncated := pgtwin_truncated || r.table_tag;
             CONTINUE;
         END IF;
-        IF cardinality(pgtwin_truncated) > 0 THEN
-            pgtwin_tag := pgtwin_truncated[1];
-            pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;
-            pgtwin_rows := 1;
-            pgtwin_truncated := '{}';
-            {{dispatch}}
+        pgtwin_next_header := NULL;
+        IF left(r.batch, 1) IN ('I', 'D') THEN
+            pgtwin_mark := strpos(r.batch, {{rows_mark}});
+            IF pgtwin_mark > 0 THEN
+                pgtwin_next_header := left(r.batch, pgtwin_mark + {{rows_mark_length}} - 1);
+            END IF;
         END IF;
+        IF pgtwin_next_header = pgtwin_header AND r.table_tag = pgtwin_tag AND cardinality(pgtwin_truncated) = 0
+           AND pgtwin_rows + r.rows <= {{joined_rows}} AND pgtwin_bytes + length(r.batch) <= {{chunk_bytes}} THEN
+            pgtwin_more := pgtwin_more || substr(r.batch, pgtwin_mark + {{rows_mark_length}},
+                                                 length(r.batch) - pgtwin_mark - {{rows_mark_length}} - 1);
+            pgtwin_rows := pgtwin_rows + r.rows;
+            pgtwin_bytes := pgtwin_bytes + length(r.batch);
+            CONTINUE;
+        END IF;
+        {{emit}}
         pgtwin_tag := r.table_tag;
         pgtwin_batch := r.batch;
+        pgtwin_header := pgtwin_next_header;
         pgtwin_rows := r.rows;
-        {{dispatch}}
+        pgtwin_bytes := length(r.batch);
     END LOOP;
-    IF cardinality(pgtwin_truncated) > 0 THEN
-        pgtwin_tag := pgtwin_truncated[1];
-        pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;
-        pgtwin_rows := 1;
-        {{dispatch}}
-    END IF;
+    {{emit}}
     DELETE FROM {{pending}} WHERE xid = pg_current_xact_id();
     RETURN NULL;
 END
