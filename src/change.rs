@@ -120,16 +120,18 @@ pub struct Chunking<'a> {
     pub table: &'a str,
 }
 
-/// A query yielding (chunk text, row count) for every chunk of `rows` (a SQL expression of type json per
-/// row of `source`), cut at `max_rows` rows or CHUNK_BYTES bytes, whichever comes first. Chunks come in
-/// no particular order: the rows of one statement never share a key. `columns` is a SQL expression for
-/// the column list's JSON text; `key` one for a row's key, as JSON, named in the error for a row too
-/// large to travel.
+/// A query yielding (chunk text, row count, keys) for every chunk of `rows` (a SQL expression of type
+/// json per row of `source`), cut at `max_rows` rows or CHUNK_BYTES bytes, whichever comes first.
+/// Chunks come in no particular order: the rows of one statement never share a key. `columns` is a SQL
+/// expression for the column list's JSON text; `key` one for a row's key, as JSON, named in the error
+/// for a row too large to travel; `key_text` one for the key as comparable text (`key_text_of`): a
+/// queued chunk records its keys, so a change arriving from the peer finds the queued changes of its
+/// keys through an index, whatever the length of the queue.
 pub fn chunks_query(
     op: u8,
     columns: &str,
     row: &str,
-    key: &str,
+    (key, key_text): (&str, &str),
     source: &str,
     c: &Chunking,
 ) -> String {
@@ -140,10 +142,10 @@ pub fn chunks_query(
     let mark = Literal(ROWS_MARK);
     let (max, refuse, table) = (c.max_row_bytes, c.refuse_row, c.table);
     format!(
-        "SELECT {prefix} || {columns} || {mark} || string_agg(r, ',') || ']}}', count(*)::integer\n            \
-         FROM (SELECT CASE WHEN octet_length(r) > {max} THEN {refuse}({table}, k::text, octet_length(r)) ELSE r END AS r,\n                         \
+        "SELECT {prefix} || {columns} || {mark} || string_agg(r, ',') || ']}}', count(*)::integer, array_agg(kt)\n            \
+         FROM (SELECT CASE WHEN octet_length(r) > {max} THEN {refuse}({table}, k::text, octet_length(r)) ELSE r END AS r, kt,\n                         \
          (sum(octet_length(r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS chunk_no\n                  \
-         FROM (SELECT ({row})::text AS r, {key} AS k FROM {source}) s0) s\n            \
+         FROM (SELECT ({row})::text AS r, {key} AS k, {key_text} AS kt FROM {source}) s0) s\n            \
          GROUP BY chunk_no"
     )
 }
@@ -156,6 +158,15 @@ pub fn key_object(key: &[Ident], alias: &str) -> String {
             key.iter()
                 .map(|k| format!("{}, {alias}.{k}", Literal(k.as_str())))
         )
+    )
+}
+
+/// `json_build_array(alias.k1, ...)::text`: a key as comparable text, from a row of the table (the
+/// same text as `key_text` reads from that row in a chunk).
+pub fn key_text_of(key: &[Ident], alias: &str) -> String {
+    format!(
+        "json_build_array({})::text",
+        comma_list(key.iter().map(|k| format!("{alias}.{k}")))
     )
 }
 

@@ -248,7 +248,13 @@ async fn read_batch(
     );
     let mut entries = read_entries(from, &sql).await?;
     let full = entries.len() as i64 >= ENTRIES_PER_TRANSACTION;
-    while let Some(after) = entries.last().map(|e| e.seq) {
+    // Read as they were, the head's transactions are whole; entries taken in beyond the head may
+    // belong to further transactions.
+    let mut grew = entries.len() as i64 > ENTRIES_PER_TRANSACTION;
+    while grew {
+        let Some(after) = entries.last().map(|e| e.seq) else {
+            break;
+        };
         let mut xids: Vec<&str> = entries.iter().filter_map(|e| e.xid.as_deref()).collect();
         xids.sort_unstable();
         xids.dedup();
@@ -256,9 +262,7 @@ async fn read_batch(
             break;
         }
         let more = read_entries(from, &state::rest_of_transactions_sql(last, after, &xids)).await?;
-        if more.is_empty() {
-            break;
-        }
+        grew = !more.is_empty();
         entries.extend(more);
     }
     Ok((entries, full))

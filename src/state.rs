@@ -570,14 +570,19 @@ pub fn forget_entries_sql(seqs: &[i64]) -> String {
     )
 }
 
-/// The next `limit` entries up to `last`, in order, locked: (seq, table_tag, rows, batch, changed_at,
-/// xid).
+/// The next `limit` entries up to `last`, and every later entry up to `last` of the writers'
+/// transactions among them (and those in between), in order, locked: (seq, table_tag, rows, batch,
+/// changed_at, xid). More than `limit` rows means the batch grew, and the entries it took in may belong
+/// to further transactions (rest_of_transactions_sql).
 pub fn read_entries_sql(last: i64, limit: i64) -> String {
     format!(
-        "SELECT {ENTRY_COLUMNS} FROM {} WHERE seq <= {} ORDER BY seq LIMIT {} FOR UPDATE",
-        names::queue_table(),
-        Literal(&last.to_string()),
-        Literal(&limit.to_string())
+        "WITH head AS (SELECT seq, xid FROM {queue} WHERE seq <= {last} ORDER BY seq LIMIT {limit}) \
+         SELECT {ENTRY_COLUMNS} FROM {queue} WHERE seq <= greatest((SELECT max(seq) FROM head), \
+             (SELECT max(q.seq) FROM {queue} q WHERE q.xid IN (SELECT xid FROM head) AND q.seq <= {last})) \
+         ORDER BY seq FOR UPDATE",
+        queue = names::queue_table(),
+        last = Literal(&last.to_string()),
+        limit = Literal(&limit.to_string())
     )
 }
 

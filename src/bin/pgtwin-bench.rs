@@ -91,13 +91,14 @@ enum Workload {
     W6UpdateP50,
     W6UpdateP99,
     DrainRate,
+    TwoQueuesRate,
     LagP50,
     LagP99,
     QueueDepthMax,
 }
 
 impl Workload {
-    const ALL: [Workload; 15] = [
+    const ALL: [Workload; 16] = [
         Workload::W1InsertTps,
         Workload::W1LiveTps,
         Workload::W2Insert4Tps,
@@ -110,6 +111,7 @@ impl Workload {
         Workload::W6UpdateP50,
         Workload::W6UpdateP99,
         Workload::DrainRate,
+        Workload::TwoQueuesRate,
         Workload::LagP50,
         Workload::LagP99,
         Workload::QueueDepthMax,
@@ -129,6 +131,7 @@ impl Workload {
             Workload::W6UpdateP50 => "W6 latency p50 (time)",
             Workload::W6UpdateP99 => "W6 latency p99 (time)",
             Workload::DrainRate => "drain by run, vs INSERT..SELECT on peer",
+            Workload::TwoQueuesRate => "drain of two queues, 10% contested, same",
             Workload::LagP50 => "lag at 200 writes/s, p50",
             Workload::LagP99 => "lag at 200 writes/s, p99",
             Workload::QueueDepthMax => "queue depth, most seen during W1-W7",
@@ -552,6 +555,9 @@ impl Bench {
             }
             pgtwin::runner::run_once(&self.config(&db, variant)?).await?;
         }
+        if variant == Variant::Async {
+            out.insert(Workload::TwoQueuesRate, self.two_queues(&db).await?);
+        }
         let identical = match variant {
             Variant::Unsynced => true,
             _ => self.identical(&db).await?,
@@ -562,6 +568,56 @@ impl Bench {
             out.insert(Workload::LagP99, p99);
         }
         Ok((out, identical))
+    }
+
+    /// Both nodes write apart (async mode, no runner): `singles` single-row transactions each, new rows
+    /// and updates, a tenth of them of rows the other node updates too. Then `run --once` drains both
+    /// queues, weighing every arriving change against the other queue. Returns the entries applied per
+    /// second, against a plain INSERT ... SELECT of as many rows on the peer.
+    async fn two_queues(&self, db: &str) -> Result<f64> {
+        let (a, b) = (
+            connect(&self.servers[0], db).await?,
+            connect(&self.servers[1], db).await?,
+        );
+        let ids: Vec<i64> = a
+            .query("SELECT id FROM items ORDER BY id LIMIT 100", &[])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for (i, c) in [&a, &b].into_iter().enumerate() {
+            for n in 0..self.singles {
+                if n % 10 == 0 {
+                    c.execute(
+                        "UPDATE items SET price = $2 WHERE id = $1",
+                        &[&ids[n / 10 % ids.len()], &(i as i32)],
+                    )
+                    .await?;
+                } else {
+                    c.execute(
+                        "INSERT INTO items (name, price) VALUES ('apart', $1)",
+                        &[&(n as i32)],
+                    )
+                    .await?;
+                }
+            }
+        }
+        let cfg = self.config(db, Variant::Async)?;
+        let started = Instant::now();
+        let drained = pgtwin::runner::run_once(&cfg).await?;
+        let entries = (drained[0].rows + drained[1].rows) as f64;
+        let rate = entries / started.elapsed().as_secs_f64();
+        b.batch_execute("CREATE TABLE scratch (LIKE items INCLUDING ALL)")
+            .await?;
+        let started = Instant::now();
+        b.batch_execute(&format!(
+            "INSERT INTO scratch (id, name, price) SELECT g, 'bulk ' || g, g FROM generate_series(1, {}) g",
+            entries as i64
+        ))
+        .await?;
+        let baseline = entries / started.elapsed().as_secs_f64();
+        b.batch_execute("DROP TABLE scratch").await?;
+        Ok(rate / baseline)
     }
 
     async fn identical(&self, db: &str) -> Result<bool> {
@@ -703,7 +759,9 @@ async fn write_section(bench: &Bench, reps: usize) -> Result<()> {
             let cell = match (med(v, w), base) {
                 (None, _) => "-".to_string(),
                 (Some(x), _) if w.is_absolute() => w.unit(x),
-                (Some(x), _) if w == Workload::DrainRate => format!("{x:.2}"),
+                (Some(x), _) if matches!(w, Workload::DrainRate | Workload::TwoQueuesRate) => {
+                    format!("{x:.2}")
+                }
                 (Some(x), Some(base)) if w.is_throughput() => {
                     format!("{:.2} ({})", x / base, w.unit(x))
                 }

@@ -66,15 +66,20 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
     ));
     steps.push(Step::new(
         "enqueue function",
-        function_sql(
-            &names::enqueue_function(),
-            "pgtwin_tag text, pgtwin_batch text, pgtwin_rows integer",
-            "void",
-            &fill(
-                ENQUEUE_TEMPLATE,
-                &[("max_age_s", i.options.max_queue_age_s.to_string())],
-            ),
-            Security::Invoker,
+        format!(
+            // Before chunks recorded their keys, the function took none.
+            "DROP FUNCTION IF EXISTS {}(text, text, integer);\n{}",
+            names::enqueue_function(),
+            function_sql(
+                &names::enqueue_function(),
+                "pgtwin_tag text, pgtwin_batch text, pgtwin_rows integer, pgtwin_keys text[]",
+                "void",
+                &fill(
+                    ENQUEUE_TEMPLATE,
+                    &[("max_age_s", i.options.max_queue_age_s.to_string())],
+                ),
+                Security::Invoker,
+            )
         ),
     ));
     steps.push(Step::new(
@@ -342,12 +347,15 @@ fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
         ),
         Step::new(
             format!("table {name}: ship function"),
-            function_sql(
-                &ship,
-                "pgtwin_chunk text, pgtwin_rows integer, pgtwin_queue boolean",
-                "boolean",
-                &ship_body(t, i.options),
-                Security::Invoker,
+            format!(
+                "DROP FUNCTION IF EXISTS {ship}(text, integer, boolean);\n{}",
+                function_sql(
+                    &ship,
+                    "pgtwin_chunk text, pgtwin_rows integer, pgtwin_queue boolean, pgtwin_keys text[]",
+                    "boolean",
+                    &ship_body(t, i.options),
+                    Security::Invoker,
+                )
             ),
         ),
         // SECURITY DEFINER: application roles that write the table need no access to the foreign server,
@@ -434,7 +442,15 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
     };
     let deletes = |source: String| {
         let key = change::key_object(&t.key, "o");
-        change::chunks_query(change::DELETE, &key_list, &key, &key, &source, &chunking)
+        let key_text = change::key_text_of(&t.key, "o");
+        change::chunks_query(
+            change::DELETE,
+            &key_list,
+            &key,
+            (&key, &key_text),
+            &source,
+            &chunking,
+        )
     };
     let new_rows = |op| {
         change::chunks_query(
@@ -443,7 +459,10 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
             // The alias is reserved (no user column starts with pgtwin_): a column named like a bare
             // alias would be taken for it.
             "row_to_json(pgtwin_row)",
-            &change::key_object(&t.key, "pgtwin_row"),
+            (
+                &change::key_object(&t.key, "pgtwin_row"),
+                &change::key_text_of(&t.key, "pgtwin_row"),
+            ),
             &format!("{new} pgtwin_row"),
             &chunking,
         )
@@ -451,14 +470,14 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
     let tag = Literal(&names::table_tag(&t.synced_name)).to_string();
     let send = match options.mode {
         Mode::Async => format!(
-            "PERFORM {}({tag}, pgtwin_chunk, pgtwin_rows);",
+            "PERFORM {}({tag}, pgtwin_chunk, pgtwin_rows, pgtwin_keys);",
             names::enqueue_function()
         ),
         // The transaction's first chunk also asks for the flush at commit (the setting is local to
         // the transaction, and rolls back with a savepoint as the row does). Set before the row is
         // written: after SET CONSTRAINTS ALL IMMEDIATE the flush runs at once, and clears it.
         Mode::Sync => format!(
-                "pgtwin_flush := current_setting({setting}, true) IS DISTINCT FROM 'on';\n            IF pgtwin_flush THEN\n                PERFORM set_config({setting}, 'on', true);\n            END IF;\n            INSERT INTO {pending} (table_tag, rows, batch, flush) VALUES ({tag}, pgtwin_rows, pgtwin_chunk, pgtwin_flush);",
+                "pgtwin_flush := current_setting({setting}, true) IS DISTINCT FROM 'on';\n            IF pgtwin_flush THEN\n                PERFORM set_config({setting}, 'on', true);\n            END IF;\n            INSERT INTO {pending} (table_tag, rows, batch, keys, flush) VALUES ({tag}, pgtwin_rows, pgtwin_chunk, pgtwin_keys, pgtwin_flush);",
                 pending = names::pending_table(),
                 setting = Literal(names::FLUSH_SETTING),
             ),
@@ -491,7 +510,7 @@ fn flush_body(tables: &[TableInfo]) -> String {
     let mut dispatch = String::from("CASE pgtwin_tag");
     for t in tables {
         dispatch.push_str(&format!(
-            "\n        WHEN {} THEN pgtwin_queue := {}(pgtwin_batch, pgtwin_rows, pgtwin_queue);",
+            "\n        WHEN {} THEN pgtwin_queue := {}(pgtwin_batch, pgtwin_rows, pgtwin_queue, pgtwin_keys);",
             Literal(&names::table_tag(&t.synced_name)),
             names::ship_function(&t.synced_name)
         ));
@@ -499,7 +518,7 @@ fn flush_body(tables: &[TableInfo]) -> String {
     dispatch.push_str("\n        ELSE\n            RAISE EXCEPTION 'pgtwin: a change of a table no longer synced (%) was made while pgtwin up ran', pgtwin_tag\n                USING HINT = 'run the transaction again';\n    END CASE;");
     // Sends the run gathered so far, if any (a truncate run and a run of chunks never coexist).
     let emit = format!(
-        "IF cardinality(pgtwin_truncated) > 0 THEN\n    pgtwin_tag := pgtwin_truncated[1];\n    pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;\n    pgtwin_rows := 1;\n    pgtwin_truncated := '{{}}';\nELSIF cardinality(pgtwin_more) > 0 THEN\n    pgtwin_batch := left(pgtwin_batch, length(pgtwin_batch) - 2) || ',' || array_to_string(pgtwin_more, ',') || ']}}';\nEND IF;\nIF pgtwin_batch IS NOT NULL THEN\n    {}\n    pgtwin_batch := NULL;\n    pgtwin_header := NULL;\n    pgtwin_more := '{{}}';\nEND IF;",
+        "IF cardinality(pgtwin_truncated) > 0 THEN\n    pgtwin_tag := pgtwin_truncated[1];\n    pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;\n    pgtwin_rows := 1;\n    pgtwin_keys := NULL;\n    pgtwin_truncated := '{{}}';\nELSIF cardinality(pgtwin_more) > 0 THEN\n    pgtwin_batch := left(pgtwin_batch, length(pgtwin_batch) - 2) || ',' || array_to_string(pgtwin_more, ',') || ']}}';\nEND IF;\nIF pgtwin_batch IS NOT NULL THEN\n    {}\n    pgtwin_batch := NULL;\n    pgtwin_header := NULL;\n    pgtwin_more := '{{}}';\nEND IF;",
         dispatch
     );
     let indent = |text: &str, by: &str| text.replace('\n', &format!("\n{by}"));
@@ -775,14 +794,6 @@ fn resolve_body(t: &TableInfo, i: &Install) -> String {
         &[
             ("incoming_key", change::key_text(&peer_key_names(t), "b")),
             ("local_key", change::key_text(&t.key, "p")),
-            (
-                "needle_name",
-                format!("to_json({}::text)::text", Literal(t.key[0].as_str())),
-            ),
-            (
-                "needle_column",
-                Literal(peer_key_names(t)[0].as_str()).to_string(),
-            ),
             (
                 "tag",
                 Literal(&names::table_tag(&t.synced_name)).to_string(),

@@ -11,6 +11,8 @@ DECLARE
     pgtwin_queue boolean;
     pgtwin_columns text;
     pgtwin_flush boolean;
+    -- The chunk's keys, as comparable text (crate::change::key_text_of).
+    pgtwin_keys text[];
 BEGIN
     -- Writes applied by pgtwin (from the peer, or by repair) carry pgtwin.origin: never ship them back.
     -- Any role can set that, so it counts only in a session of the role that installed pgtwin (this
@@ -30,15 +32,16 @@ BEGIN
         -- key can only be truncated together). Otherwise it is queued as the deletion of every key it
         -- removes, so that the replay weighs it key by key against the peer's own changes made
         -- meanwhile (a queued TRUNCATE would wipe those too).
-        IF NOT ({{always_queue}} OR EXISTS (SELECT FROM {{queue}}) OR {{ship}}({{probe}}, 1, false)) THEN
+        IF NOT ({{always_queue}} OR EXISTS (SELECT FROM {{queue}}) OR {{ship}}({{probe}}, 1, false, NULL)) THEN
             pgtwin_chunk := 'T';
             pgtwin_rows := 1;
+            pgtwin_keys := NULL;
             {{send}}
             RETURN NULL;
         END IF;
-        FOR pgtwin_chunk, pgtwin_rows IN {{truncated_keys}}
+        FOR pgtwin_chunk, pgtwin_rows, pgtwin_keys IN {{truncated_keys}}
         LOOP
-            PERFORM {{enqueue}}({{tag}}, pgtwin_chunk, pgtwin_rows);
+            PERFORM {{enqueue}}({{tag}}, pgtwin_chunk, pgtwin_rows, pgtwin_keys);
         END LOOP;
         RETURN NULL;
     END IF;
@@ -50,13 +53,13 @@ BEGIN
         -- EXISTS: transition tables have no statistics, and a nested-loop anti-join over two
         -- 100,000-row tables never ends.
         IF EXISTS ({{keys_changed_away}}) THEN
-            FOR pgtwin_chunk, pgtwin_rows IN {{updated_keys}}
+            FOR pgtwin_chunk, pgtwin_rows, pgtwin_keys IN {{updated_keys}}
             LOOP
                 {{send}}
             END LOOP;
         END IF;
     ELSIF TG_OP = 'DELETE' THEN
-        FOR pgtwin_chunk, pgtwin_rows IN {{deleted_keys}}
+        FOR pgtwin_chunk, pgtwin_rows, pgtwin_keys IN {{deleted_keys}}
         LOOP
             {{send}}
         END LOOP;
@@ -67,12 +70,12 @@ BEGIN
     pgtwin_columns := (SELECT {{columns_list}} FROM pg_attribute a
                        WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped);
     IF TG_OP = 'INSERT' THEN
-        FOR pgtwin_chunk, pgtwin_rows IN {{inserted_rows}}
+        FOR pgtwin_chunk, pgtwin_rows, pgtwin_keys IN {{inserted_rows}}
         LOOP
             {{send}}
         END LOOP;
     ELSE
-        FOR pgtwin_chunk, pgtwin_rows IN {{new_rows}}
+        FOR pgtwin_chunk, pgtwin_rows, pgtwin_keys IN {{new_rows}}
         LOOP
             {{send}}
         END LOOP;

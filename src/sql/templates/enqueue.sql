@@ -12,7 +12,7 @@ BEGIN
             reason = format('the queue for the peer held changes older than %s seconds', {{max_age_s}});
         RETURN;
     END IF;
-    INSERT INTO {{queue}} (table_tag, rows, batch) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch);
+    INSERT INTO {{queue}} (table_tag, rows, batch, keys) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch, pgtwin_keys);
     -- Wake `pgtwin run` when the queue was empty. Not on every entry: NOTIFY serializes the commits of
     -- all notifying transactions (a database-wide lock held through the commit's WAL flush), and while
     -- entries wait the runner is draining anyway (it re-checks shortly after each drain).

@@ -18,6 +18,7 @@ DECLARE
     pgtwin_header text;
     pgtwin_more text[] := '{}';
     pgtwin_rows integer := 0;
+    pgtwin_keys text[];
     pgtwin_bytes bigint := 0;
     pgtwin_truncated text[] := '{}';
     pgtwin_mark integer;
@@ -30,7 +31,7 @@ BEGIN
     -- * in a SERIALIZABLE transaction: PostgreSQL may still cancel it after this point, and after
     --   postgres_fdw has committed on the peer; the queue commits, or vanishes, with it.
     pgtwin_queue := current_setting('transaction_isolation') = 'serializable' OR EXISTS (SELECT FROM {{queue}});
-    FOR r IN SELECT table_tag, batch, rows FROM {{pending}} WHERE xid = pg_current_xact_id() ORDER BY seq
+    FOR r IN SELECT table_tag, batch, rows, keys FROM {{pending}} WHERE xid = pg_current_xact_id() ORDER BY seq
     LOOP
         IF r.batch = 'T' THEN
             IF cardinality(pgtwin_truncated) = 0 THEN
@@ -51,6 +52,7 @@ BEGIN
             pgtwin_more := pgtwin_more || substr(r.batch, pgtwin_mark + {{rows_mark_length}},
                                                  length(r.batch) - pgtwin_mark - {{rows_mark_length}} - 1);
             pgtwin_rows := pgtwin_rows + r.rows;
+            pgtwin_keys := pgtwin_keys || r.keys;
             pgtwin_bytes := pgtwin_bytes + length(r.batch);
             CONTINUE;
         END IF;
@@ -59,6 +61,7 @@ BEGIN
         pgtwin_batch := r.batch;
         pgtwin_header := pgtwin_next_header;
         pgtwin_rows := r.rows;
+        pgtwin_keys := r.keys;
         pgtwin_bytes := length(r.batch);
     END LOOP;
     {{emit}}

@@ -8,34 +8,16 @@ DECLARE
     pgtwin_remote_won text[];
     pgtwin_candidates bigint[];
 BEGIN
-    -- Only the queued chunks that hold an arriving key are weighed, and locked FOR SHARE: a replay
-    -- of one of them in progress (`pgtwin run` holds them FOR UPDATE) is waited for; once it commits
-    -- they are gone, and an entry already applied on the peer must not win here.
-    IF json_array_length(pgtwin_rows) <= 64 THEN
-        -- Few keys: a text search finds the chunks that may hold them without parsing any (parsing
-        -- every queued chunk for every chunk that arrives made replay between two long queues
-        -- quadratic). The needle is the first key column and its value as a chunk's text holds them:
-        -- written by row_to_json (no spaces) in rows, by json_build_object (spaces) in deleted keys.
-        WITH needles AS (
-            SELECT {{needle_name}} || ':' || (b -> {{needle_column}})::text AS tight,
-                   {{needle_name}} || ' : ' || (b -> {{needle_column}})::text AS spaced
-            FROM json_array_elements(pgtwin_rows) b
-        )
-        SELECT coalesce(array_agg(seq), '{}') INTO pgtwin_candidates FROM (
-            SELECT q.seq FROM {{queue}} q
-            WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
-              AND EXISTS (SELECT FROM needles WHERE strpos(q.batch, tight) > 0 OR strpos(q.batch, spaced) > 0)
-            FOR SHARE OF q
-        ) locked;
-    ELSE
-        -- Many keys (a joined chunk): one pass over the queued chunks, joined by key.
-        SELECT coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_candidates FROM (
-            SELECT q.seq FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
-            WHERE q.table_tag = {{tag}} AND q.batch <> 'T'
-              AND {{local_key}} IN (SELECT {{incoming_key}} FROM json_array_elements(pgtwin_rows) b)
-            FOR SHARE OF q
-        ) locked;
-    END IF;
+    -- Only the queued chunks that hold an arriving key are weighed, found through the index on the
+    -- keys each queued chunk records (so the cost does not grow with the queue), and locked FOR
+    -- SHARE: a replay of one of them in progress (`pgtwin run` holds them FOR UPDATE) is waited for;
+    -- once it commits they are gone, and an entry already applied on the peer must not win here.
+    SELECT coalesce(array_agg(seq), '{}') INTO pgtwin_candidates FROM (
+        SELECT q.seq FROM {{queue}} q
+        WHERE q.keys && (SELECT array_agg({{incoming_key}}) FROM json_array_elements(pgtwin_rows) b)
+          AND q.table_tag = {{tag}}
+        FOR SHARE OF q
+    ) locked;
     IF cardinality(pgtwin_candidates) = 0 THEN
         RETURN pgtwin_rows;
     END IF;

@@ -10,6 +10,6 @@ BEGIN
     IF pgtwin_chunk = {{probe}} THEN
         RETURN true;
     END IF;
-    PERFORM {{enqueue}}({{tag}}, pgtwin_chunk, pgtwin_rows);
+    PERFORM {{enqueue}}({{tag}}, pgtwin_chunk, pgtwin_rows, pgtwin_keys);
     RETURN true;
 END

@@ -8,6 +8,7 @@ CREATE UNLOGGED TABLE IF NOT EXISTS {{pending}} (
     table_tag text NOT NULL,
     rows integer NOT NULL,
     batch text NOT NULL,
+    keys text[],
     -- The transaction's first chunk: its row fires the deferred trigger that sends them all.
     flush boolean NOT NULL,
     PRIMARY KEY (xid, seq)
@@ -18,3 +19,7 @@ ALTER TABLE {{queue}} ADD COLUMN IF NOT EXISTS xid xid8;
 ALTER TABLE {{queue}} ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
 CREATE INDEX IF NOT EXISTS queue_xid ON {{queue}} (xid, seq);
 ALTER TABLE {{set_aside}} ADD COLUMN IF NOT EXISTS xid xid8;
+-- The keys of each queued chunk (crate::change::key_text_of): a change arriving from the peer finds the
+-- queued changes of its keys through the index, whatever the length of the queue.
+ALTER TABLE {{queue}} ADD COLUMN IF NOT EXISTS keys text[];
+CREATE INDEX IF NOT EXISTS queue_keys ON {{queue}} USING gin (keys);
