@@ -36,6 +36,11 @@ pub const PROBE: &str = "T[]";
 /// chunks are cut by bytes as well as by rows (a bulk update of large rows must still travel).
 pub const CHUNK_BYTES: i64 = 16 * 1024 * 1024;
 
+/// Chunks of up to this many rows record their keys for the conflict resolution's index; a larger one
+/// (a bulk statement) is read whole by it instead: indexing every key of a bulk statement would cost
+/// its writer more than all the lookups save.
+pub const KEYED_ROWS: i64 = 64;
+
 /// Most rows a chunk joined from several gets (by `pgtwin run` from queue entries, and by the flush at
 /// commit from a transaction's statements).
 pub const JOINED_ROWS: u64 = 10_000;
@@ -125,8 +130,8 @@ pub struct Chunking<'a> {
 /// Chunks come in no particular order: the rows of one statement never share a key. `columns` is a SQL
 /// expression for the column list's JSON text; `key` one for a row's key, as JSON, named in the error
 /// for a row too large to travel; `key_text` one for the key as comparable text (`key_text_of`): a
-/// queued chunk records its keys, so a change arriving from the peer finds the queued changes of its
-/// keys through an index, whatever the length of the queue.
+/// queued chunk of up to KEYED_ROWS rows records its keys, so a change arriving from the peer finds the
+/// queued changes of its keys through an index, whatever the length of the queue.
 pub fn chunks_query(
     op: u8,
     columns: &str,
@@ -142,7 +147,7 @@ pub fn chunks_query(
     let mark = Literal(ROWS_MARK);
     let (max, refuse, table) = (c.max_row_bytes, c.refuse_row, c.table);
     format!(
-        "SELECT {prefix} || {columns} || {mark} || string_agg(r, ',') || ']}}', count(*)::integer, array_agg(kt)\n            \
+        "SELECT {prefix} || {columns} || {mark} || string_agg(r, ',') || ']}}', count(*)::integer, CASE WHEN count(*) <= {KEYED_ROWS} THEN array_agg(kt) END\n            \
          FROM (SELECT CASE WHEN octet_length(r) > {max} THEN {refuse}({table}, k::text, octet_length(r)) ELSE r END AS r, kt,\n                         \
          (sum(octet_length(r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS chunk_no\n                  \
          FROM (SELECT ({row})::text AS r, {key} AS k, {key_text} AS kt FROM {source}) s0) s\n            \

@@ -52,7 +52,8 @@ BEGIN
             pgtwin_more := pgtwin_more || substr(r.batch, pgtwin_mark + {{rows_mark_length}},
                                                  length(r.batch) - pgtwin_mark - {{rows_mark_length}} - 1);
             pgtwin_rows := pgtwin_rows + r.rows;
-            pgtwin_keys := pgtwin_keys || r.keys;
+            -- A chunk without keys makes the joined one a chunk without keys.
+            pgtwin_keys := CASE WHEN r.keys IS NOT NULL THEN pgtwin_keys || r.keys END;
             pgtwin_bytes := pgtwin_bytes + length(r.batch);
             CONTINUE;
         END IF;

@@ -8,16 +8,25 @@ DECLARE
     pgtwin_remote_won text[];
     pgtwin_candidates bigint[];
 BEGIN
-    -- Only the queued chunks that hold an arriving key are weighed, found through the index on the
-    -- keys each queued chunk records (so the cost does not grow with the queue), and locked FOR
-    -- SHARE: a replay of one of them in progress (`pgtwin run` holds them FOR UPDATE) is waited for;
-    -- once it commits they are gone, and an entry already applied on the peer must not win here.
-    SELECT coalesce(array_agg(seq), '{}') INTO pgtwin_candidates FROM (
-        SELECT q.seq FROM {{queue}} q
-        WHERE q.keys && (SELECT array_agg({{incoming_key}}) FROM json_array_elements(pgtwin_rows) b)
-          AND q.table_tag = {{tag}}
+    -- Only the queued chunks that hold an arriving key are weighed, and locked FOR SHARE: a replay of
+    -- one of them in progress (`pgtwin run` holds them FOR UPDATE) is waited for; once it commits
+    -- they are gone, and an entry already applied on the peer must not win here. A small chunk is
+    -- found through the index on the keys it records (so the cost does not grow with the queue); a
+    -- bulk one, which records none, by reading it.
+    WITH incoming AS (
+        SELECT array_agg({{incoming_key}}) AS keys FROM json_array_elements(pgtwin_rows) b
+    )
+    SELECT coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_candidates FROM (
+        SELECT q.seq FROM {{queue}} q, incoming i
+        WHERE q.keys && i.keys AND q.table_tag = {{tag}}
         FOR SHARE OF q
-    ) locked;
+    ) keyed;
+    SELECT pgtwin_candidates || coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_candidates FROM (
+        SELECT q.seq FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
+        WHERE q.keys IS NULL AND q.table_tag = {{tag}} AND left(q.batch, 1) IN ('I', 'U', 'D')
+          AND {{local_key}} IN (SELECT {{incoming_key}} FROM json_array_elements(pgtwin_rows) b)
+        FOR SHARE OF q
+    ) unkeyed;
     IF cardinality(pgtwin_candidates) = 0 THEN
         RETURN pgtwin_rows;
     END IF;

@@ -19,7 +19,8 @@ ALTER TABLE {{queue}} ADD COLUMN IF NOT EXISTS xid xid8;
 ALTER TABLE {{queue}} ALTER COLUMN xid SET DEFAULT pg_current_xact_id();
 CREATE INDEX IF NOT EXISTS queue_xid ON {{queue}} (xid, seq);
 ALTER TABLE {{set_aside}} ADD COLUMN IF NOT EXISTS xid xid8;
--- The keys of each queued chunk (crate::change::key_text_of): a change arriving from the peer finds the
--- queued changes of its keys through the index, whatever the length of the queue.
+-- The keys of each small queued chunk (crate::change::KEYED_ROWS, key_text_of): a change arriving from
+-- the peer finds the queued changes of its keys through the index, whatever the length of the queue.
+-- Without fastupdate: its pending list would be read whole by every lookup.
 ALTER TABLE {{queue}} ADD COLUMN IF NOT EXISTS keys text[];
-CREATE INDEX IF NOT EXISTS queue_keys ON {{queue}} USING gin (keys);
+CREATE INDEX IF NOT EXISTS queue_keys ON {{queue}} USING gin (keys) WITH (fastupdate = off);
