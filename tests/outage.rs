@@ -211,6 +211,41 @@ async fn a_silent_peer_costs_one_connect_timeout_then_queues() {
     assert_eq!(p.assert_same("items").await.len(), 19);
 }
 
+/// A bulk statement queued on one node (a chunk of more than 64 rows records no keys for the index)
+/// is still weighed against a change of one of its rows arriving from the peer: the later change of
+/// that row wins on both nodes.
+#[tokio::test]
+async fn a_queued_bulk_change_is_weighed_like_a_small_one() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items SELECT g, 'seed', g FROM generate_series(1, 100) g")
+        .await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    set_peer_port(&p, 0, closed).await;
+    set_peer_port(&p, 1, closed).await;
+    p.owner[1]
+        .batch_execute("UPDATE items SET v = 'bulk on b'")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    p.owner[0]
+        .batch_execute("UPDATE items SET v = 'a later, wins' WHERE id = 5")
+        .await
+        .unwrap();
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    set_peer_port(&p, 1, common::servers().nodes[0].port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    let rows = p.assert_same("items").await;
+    assert!(
+        rows.contains(&"(5,\"a later, wins\",5)".to_string()),
+        "{rows:?}"
+    );
+    assert_eq!(rows.iter().filter(|r| r.contains("bulk on b")).count(), 99);
+}
+
 #[tokio::test]
 async fn conflicts_resolve_the_same_way_on_both_nodes() {
     let _serial = ONE_AT_A_TIME.lock().await;
