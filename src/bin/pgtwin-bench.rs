@@ -134,7 +134,7 @@ impl Workload {
             Workload::TwoQueuesRate => "replay of two queues, 1-row txns, 10% contested",
             Workload::LagP50 => "lag at 200 writes/s, p50",
             Workload::LagP99 => "lag at 200 writes/s, p99",
-            Workload::QueueDepthMax => "queue depth, most seen during W1-W7",
+            Workload::QueueDepthMax => "queue depth, most seen with run live",
         }
     }
 
@@ -376,6 +376,8 @@ impl Bench {
         let live = if variant == Variant::Async {
             let cfg = self.config(&db, variant)?;
             let runner = tokio::spawn(async move { pgtwin::runner::run_forever(&cfg).await });
+            // The runner first drains what W1 queued: the writers start against an empty queue.
+            drained(&c, Duration::from_secs(60)).await?;
             let sampler = connect(a, &db).await?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let stopped = stop.clone();
@@ -448,17 +450,7 @@ impl Bench {
         out.insert(Workload::LongestWait, longest.as_secs_f64());
         if let Some((runner, depths, stop)) = live {
             // The runner catches up with what is left, then stops.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let left: i64 = c
-                    .query_one("SELECT count(*) FROM pgtwin.queue", &[])
-                    .await?
-                    .get(0);
-                if left == 0 || Instant::now() > deadline {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            drained(&c, Duration::from_secs(60)).await?;
             runner.abort();
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let depths = depths.await.unwrap_or_default();
@@ -623,6 +615,21 @@ impl Bench {
             .await?
             .get(0);
         Ok(a == b)
+    }
+}
+
+/// Waits, at most `limit`, until node a's queue is empty (a runner drains it).
+async fn drained(c: &Client, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left: i64 = c
+            .query_one("SELECT count(*) FROM pgtwin.queue", &[])
+            .await?
+            .get(0);
+        if left == 0 || Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

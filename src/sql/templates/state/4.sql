@@ -24,3 +24,5 @@ ALTER TABLE {{set_aside}} ADD COLUMN IF NOT EXISTS xid xid8;
 -- Without fastupdate: its pending list would be read whole by every lookup.
 ALTER TABLE {{queue}} ADD COLUMN IF NOT EXISTS keys text[];
 CREATE INDEX IF NOT EXISTS queue_keys ON {{queue}} USING gin (keys) WITH (fastupdate = off);
+-- The chunks that record no keys (bulk statements), which the conflict resolution reads instead.
+CREATE INDEX IF NOT EXISTS queue_unkeyed ON {{queue}} (table_tag) WHERE keys IS NULL;
