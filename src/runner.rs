@@ -261,7 +261,7 @@ async fn read_batch(
         if xids.is_empty() {
             break;
         }
-        let more = read_entries(from, &state::rest_of_transactions_sql(last, after, &xids)).await?;
+        let more = read_entries(from, &state::rest_of_transactions_sql(after, &xids)).await?;
         grew = !more.is_empty();
         entries.extend(more);
     }

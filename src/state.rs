@@ -570,15 +570,16 @@ pub fn forget_entries_sql(seqs: &[i64]) -> String {
     )
 }
 
-/// The next `limit` entries up to `last`, and every later entry up to `last` of the writers'
-/// transactions among them (and those in between), in order, locked: (seq, table_tag, rows, batch,
-/// changed_at, xid). More than `limit` rows means the batch grew, and the entries it took in may belong
-/// to further transactions (rest_of_transactions_sql).
+/// The next `limit` entries up to `last`, and every later entry of the writers' transactions among
+/// them (and those in between; a transaction that committed after the drain began is taken whole, not
+/// cut at `last`), in order, locked: (seq, table_tag, rows, batch, changed_at, xid). More than `limit`
+/// rows means the batch grew, and the entries it took in may belong to further transactions
+/// (rest_of_transactions_sql).
 pub fn read_entries_sql(last: i64, limit: i64) -> String {
     format!(
         "WITH head AS (SELECT seq, xid FROM {queue} WHERE seq <= {last} ORDER BY seq LIMIT {limit}) \
          SELECT {ENTRY_COLUMNS} FROM {queue} WHERE seq <= greatest((SELECT max(seq) FROM head), \
-             (SELECT max(q.seq) FROM {queue} q WHERE q.xid IN (SELECT xid FROM head) AND q.seq <= {last})) \
+             (SELECT max(q.seq) FROM {queue} q WHERE q.xid IN (SELECT xid FROM head))) \
          ORDER BY seq FOR UPDATE",
         queue = names::queue_table(),
         last = Literal(&last.to_string()),
@@ -586,17 +587,16 @@ pub fn read_entries_sql(last: i64, limit: i64) -> String {
     )
 }
 
-/// The entries after `after` up to the last entry, up to `last`, of the writers' transactions `xids`,
-/// in order, locked, as read_entries_sql: a batch read so far ends whole transactions with them.
-pub fn rest_of_transactions_sql(last: i64, after: i64, xids: &[&str]) -> String {
+/// The entries after `after` up to the last entry of the writers' transactions `xids`, in order,
+/// locked, as read_entries_sql: a batch read so far ends whole transactions with them.
+pub fn rest_of_transactions_sql(after: i64, xids: &[&str]) -> String {
     let xids = format!("{{{}}}", xids.join(","));
     format!(
         "SELECT {ENTRY_COLUMNS} FROM {queue} WHERE seq > {after} AND seq <= \
-         (SELECT max(seq) FROM {queue} WHERE xid = ANY({xids}::xid8[]) AND seq <= {last}) \
+         (SELECT max(seq) FROM {queue} WHERE xid = ANY({xids}::xid8[])) \
          ORDER BY seq FOR UPDATE",
         queue = names::queue_table(),
         after = Literal(&after.to_string()),
-        last = Literal(&last.to_string()),
         xids = Literal(&xids),
     )
 }

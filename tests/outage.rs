@@ -555,6 +555,28 @@ async fn a_queued_truncate_counts_and_blocks_up_repair_and_down() {
     assert!(p.assert_same("items").await.is_empty());
 }
 
+/// With the peer away, a transaction that updates a row and then truncates the table queues its
+/// changes in the order it made them: the replay leaves the row on neither node.
+#[tokio::test]
+async fn a_truncate_after_other_changes_is_queued_after_them() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items VALUES (1, 'seed', 1), (2, 'seed', 2)")
+        .await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    set_peer_port(&p, 0, closed).await;
+    p.owner[0]
+        .batch_execute("BEGIN; UPDATE items SET n = 5 WHERE id = 1; TRUNCATE items; COMMIT")
+        .await
+        .unwrap();
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    assert!(p.assert_same("items").await.is_empty());
+}
+
 /// A replayed change and a local transaction writing the same row at that moment: the replay waits for
 /// the row, then sees the local change in the queue and weighs it (the later one wins on both nodes),
 /// instead of overwriting it unseen.

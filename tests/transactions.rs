@@ -360,6 +360,13 @@ async fn a_serializable_transaction_cancelled_at_commit_leaves_nothing_on_the_pe
     p.pgtwin(&["run", "--once"]).ok();
     assert_eq!(p.rows(0, "doctors").await, vec!["(1,f)", "(2,t)"]);
     assert_eq!(p.rows(1, "doctors").await, vec!["(f,1)", "(t,2)"]);
+    // A SERIALIZABLE TRUNCATE is queued too, as the deletion of each key, never as a TRUNCATE.
+    t1.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE; TRUNCATE doctors; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(p.queued(0).await, 2);
+    p.pgtwin(&["run", "--once"]).ok();
+    assert!(p.rows(1, "doctors").await.is_empty());
 }
 
 /// `UPDATE slots SET id = id + 1`, valid on the origin (its rows updated from the highest id down),
@@ -537,4 +544,29 @@ async fn a_queued_truncate_of_linked_tables_replays_in_the_order_named() {
     assert!(p.rows(1, "customers").await.is_empty());
     assert!(p.rows(1, "orders").await.is_empty());
     assert_eq!(p.queued(0).await, 0);
+}
+
+/// A TRUNCATE opens the peer's transaction at once (it must know whether the peer is there while the
+/// rows still are): a transaction that then idles longer than peer_idle_timeout_s loses that session
+/// and fails at COMMIT, changing nothing, as the README says; run again, it goes through.
+#[tokio::test]
+async fn a_truncate_then_a_long_pause_fails_at_commit_and_goes_through_again() {
+    let p = Pair::new().await;
+    p.owner[0].batch_execute(LINKED_A).await.unwrap();
+    p.owner[1].batch_execute(LINKED_B).await.unwrap();
+    p.config("[[tables]]\nname = \"customers\"\n[[tables]]\nname = \"orders\"\n[options]\npeer_idle_timeout_s = 1");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0].batch_execute(LINKED_ROWS).await.unwrap();
+    let a = p.owner_connection(0).await;
+    a.batch_execute("BEGIN; TRUNCATE orders").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(a.batch_execute("COMMIT").await.is_err());
+    let _ = a.batch_execute("ROLLBACK").await;
+    assert_eq!(p.rows(0, "orders").await.len(), 2);
+    assert_eq!(p.rows(1, "orders").await.len(), 2);
+    a.batch_execute("BEGIN; TRUNCATE orders; COMMIT")
+        .await
+        .unwrap();
+    assert!(p.rows(0, "orders").await.is_empty());
+    assert!(p.rows(1, "orders").await.is_empty());
 }

@@ -473,13 +473,13 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
             "PERFORM {}({tag}, pgtwin_chunk, pgtwin_rows, pgtwin_keys);",
             names::enqueue_function()
         ),
-        // The transaction's first chunk also asks for the flush at commit (the setting is local to
-        // the transaction, and rolls back with a savepoint as the row does). Set before the row is
-        // written: after SET CONSTRAINTS ALL IMMEDIATE the flush runs at once, and clears it.
+        // The transaction's first pending chunk also asks for the flush at commit. Known from the
+        // pending table itself (a setting could be set by the application, and a savepoint's rollback
+        // takes its rows along); after SET CONSTRAINTS ALL IMMEDIATE the flush runs at once and empties
+        // it, so the next chunk asks again.
         Mode::Sync => format!(
-                "pgtwin_flush := current_setting({setting}, true) IS DISTINCT FROM 'on';\n            IF pgtwin_flush THEN\n                PERFORM set_config({setting}, 'on', true);\n            END IF;\n            INSERT INTO {pending} (table_tag, rows, batch, keys, flush) VALUES ({tag}, pgtwin_rows, pgtwin_chunk, pgtwin_keys, pgtwin_flush);",
+                "pgtwin_flush := NOT EXISTS (SELECT FROM {pending} WHERE xid = pg_current_xact_id());\n            INSERT INTO {pending} (table_tag, rows, batch, keys, flush) VALUES ({tag}, pgtwin_rows, pgtwin_chunk, pgtwin_keys, pgtwin_flush);",
                 pending = names::pending_table(),
-                setting = Literal(names::FLUSH_SETTING),
             ),
     };
     fill(
@@ -517,8 +517,12 @@ fn flush_body(tables: &[TableInfo]) -> String {
     }
     dispatch.push_str("\n        ELSE\n            RAISE EXCEPTION 'pgtwin: a change of a table no longer synced (%) was made while pgtwin up ran', pgtwin_tag\n                USING HINT = 'run the transaction again';\n    END CASE;");
     // Sends the run gathered so far, if any (a truncate run and a run of chunks never coexist).
+    // A truncate run goes only to a peer that takes it now: queued, it would wipe the peer's own
+    // changes made meanwhile. Should the queue have filled, or the peer gone, since the TRUNCATE
+    // probed it, the transaction fails with a retryable error; run again, its TRUNCATE is queued key
+    // by key.
     let emit = format!(
-        "IF cardinality(pgtwin_truncated) > 0 THEN\n    pgtwin_tag := pgtwin_truncated[1];\n    pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;\n    pgtwin_rows := 1;\n    pgtwin_keys := NULL;\n    pgtwin_truncated := '{{}}';\nELSIF cardinality(pgtwin_more) > 0 THEN\n    pgtwin_batch := left(pgtwin_batch, length(pgtwin_batch) - 2) || ',' || array_to_string(pgtwin_more, ',') || ']}}';\nEND IF;\nIF pgtwin_batch IS NOT NULL THEN\n    {}\n    pgtwin_batch := NULL;\n    pgtwin_header := NULL;\n    pgtwin_more := '{{}}';\nEND IF;",
+        "IF cardinality(pgtwin_truncated) > 0 AND pgtwin_queue THEN\n    RAISE EXCEPTION 'pgtwin: the peer became unavailable while a TRUNCATE was committing'\n        USING ERRCODE = 'serialization_failure', HINT = 'run the transaction again: the TRUNCATE is then queued';\nEND IF;\nIF cardinality(pgtwin_truncated) > 0 THEN\n    pgtwin_tag := pgtwin_truncated[1];\n    pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;\n    pgtwin_rows := 1;\n    pgtwin_keys := NULL;\n    pgtwin_truncated := '{{}}';\nELSIF cardinality(pgtwin_more) > 0 THEN\n    pgtwin_batch := left(pgtwin_batch, length(pgtwin_batch) - 2) || ',' || array_to_string(pgtwin_more, ',') || ']}}';\nEND IF;\nIF pgtwin_batch IS NOT NULL THEN\n    {}\n    IF pgtwin_queue AND left(pgtwin_batch, 2) = 'T[' THEN\n        RAISE EXCEPTION 'pgtwin: the peer became unavailable while a TRUNCATE was committing'\n            USING ERRCODE = 'serialization_failure', HINT = 'run the transaction again: the TRUNCATE is then queued';\n    END IF;\n    pgtwin_batch := NULL;\n    pgtwin_header := NULL;\n    pgtwin_more := '{{}}';\nEND IF;",
         dispatch
     );
     let indent = |text: &str, by: &str| text.replace('\n', &format!("\n{by}"));
@@ -816,7 +820,6 @@ fn common_names() -> Vec<(&'static str, String)> {
         ("sequences", names::sequences_table().to_string()),
         ("queue", names::queue_table().to_string()),
         ("pending", names::pending_table().to_string()),
-        ("flush_setting", Literal(names::FLUSH_SETTING).to_string()),
         (
             "app_path_setting",
             Literal(names::APP_PATH_SETTING).to_string(),

@@ -143,9 +143,6 @@ pub fn truncate_function() -> QualName {
 
 pub const FLUSH_TRIGGER: &str = "pgtwin_flush";
 
-/// Transaction-local: set once the transaction's changes have a flush at commit waiting.
-pub const FLUSH_SETTING: &str = "pgtwin.flush";
-
 /// Session-level, in sessions that apply changes: the search_path an application's session has.
 pub const APP_PATH_SETTING: &str = "pgtwin.app_search_path";
 

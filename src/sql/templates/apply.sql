@@ -25,6 +25,8 @@ DECLARE
     pgtwin_fast boolean;
     pgtwin_count bigint;
     pgtwin_clash text;
+    pgtwin_app_path text;
+    pgtwin_sql text;
 BEGIN
     pgtwin_table := to_regclass({{table_text}});
     -- A table dropped, or created again without pgtwin's triggers (a schema load), would take the
@@ -38,14 +40,19 @@ BEGIN
     SET CONSTRAINTS ALL DEFERRED;
     -- This node's own triggers fire on what is applied, under the search_path an application's session
     -- has here (postgres_fdw's sessions have pg_catalog alone, where a trigger naming a table without
-    -- its schema fails). Read once per session; every name pgtwin uses below is qualified, and the
-    -- path is the same at every apply, so the cached plans stay valid.
-    IF current_setting({{app_path_setting}}, true) IS NULL THEN
-        PERFORM set_config({{app_path_setting}}, (SELECT reset_val FROM pg_settings WHERE name = 'search_path'), false);
+    -- its schema fails): that path is set around each statement that writes the table, and only
+    -- there, so that pgtwin's own code never resolves a name through it. Read once per session (a
+    -- setting whose first write rolled back reads empty: read again), marked so that an empty path
+    -- is told from an unread one.
+    pgtwin_app_path := current_setting({{app_path_setting}}, true);
+    IF coalesce(pgtwin_app_path, '') = '' THEN
+        pgtwin_app_path := 'read:' || (SELECT reset_val FROM pg_settings WHERE name = 'search_path');
+        PERFORM set_config({{app_path_setting}}, pgtwin_app_path, false);
     END IF;
-    PERFORM set_config('search_path', current_setting({{app_path_setting}}), true);
+    pgtwin_app_path := substr(pgtwin_app_path, 6);
     BEGIN
         IF NEW.pgtwin_batch = 'T' THEN
+            PERFORM set_config('search_path', pgtwin_app_path, true);
             TRUNCATE {{table}};
             RETURN NEW;
         END IF;
@@ -90,6 +97,7 @@ BEGIN
         END IF;
         -- A chunk holds one kind of change, so only one statement runs, planned for the chunk's real size.
         IF pgtwin_op = 'D' THEN
+            PERFORM set_config('search_path', pgtwin_app_path, true);
             DELETE FROM {{table}} t USING json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}};
             RETURN NEW;
         END IF;
@@ -100,6 +108,7 @@ BEGIN
            AND (SELECT {{signature}} FROM pg_attribute a
                 WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped) = {{expected_signature}};
         IF pgtwin_fast THEN
+            PERFORM set_config('search_path', pgtwin_app_path, true);
             IF pgtwin_replay_at IS NOT NULL THEN
                 -- `pgtwin run` joins consecutive queue entries into one chunk, so a key may come more
                 -- than once (one transaction after another): its last change wins.
@@ -114,6 +123,7 @@ BEGIN
                     ON CONFLICT ({{keys}}) DO {{conflict_action}};
             END IF;
             GET DIAGNOSTICS pgtwin_count = ROW_COUNT;
+            PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
             IF pgtwin_op <> 'I' OR pgtwin_count >= json_array_length(pgtwin_rows) THEN
                 RETURN NEW;
             END IF;
@@ -141,23 +151,24 @@ BEGIN
         END IF;
         IF NOT pgtwin_fast THEN
             IF pgtwin_replay_at IS NOT NULL THEN
-                EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
+                pgtwin_sql := format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
                     SELECT DISTINCT ON (%s) %s
-                    FROM ROWS FROM (json_to_recordset($1) AS (%s)) WITH ORDINALITY AS b(%s, pgtwin_n)
+                    FROM ROWS FROM (pg_catalog.json_to_recordset($1) AS (%s)) WITH ORDINALITY AS b(%s, pgtwin_n)
                     ORDER BY %s, b.pgtwin_n DESC
                     ON CONFLICT (%s) DO %s',
                     {{table_text_quoted}}, pgtwin_cols, {{b_keys_text}}, pgtwin_b_cols, pgtwin_defs, pgtwin_names,
-                    {{b_keys_text}}, {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 <> ''I''', 'NOTHING'))
-                USING pgtwin_rows, pgtwin_op;
+                    {{b_keys_text}}, {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 OPERATOR(pg_catalog.<>) ''I''', 'NOTHING'));
             ELSE
-                EXECUTE format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
-                    SELECT %s FROM json_to_recordset($1) AS b(%s)
+                pgtwin_sql := format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
+                    SELECT %s FROM pg_catalog.json_to_recordset($1) AS b(%s)
                     ON CONFLICT (%s) DO %s',
                     {{table_text_quoted}}, pgtwin_cols, pgtwin_b_cols, pgtwin_defs,
-                    {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 <> ''I''', 'NOTHING'))
-                USING pgtwin_rows, pgtwin_op;
+                    {{keys_text}}, coalesce('UPDATE SET ' || pgtwin_set || ' WHERE $2 OPERATOR(pg_catalog.<>) ''I''', 'NOTHING'));
             END IF;
+            PERFORM set_config('search_path', pgtwin_app_path, true);
+            EXECUTE pgtwin_sql USING pgtwin_rows, pgtwin_op;
             GET DIAGNOSTICS pgtwin_count = ROW_COUNT;
+            PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
         END IF;
         -- Rows of an insert whose keys this node holds already (fewer rows inserted than sent): the same
         -- values are an insert seen before; other values mean that key was handed out twice (a node

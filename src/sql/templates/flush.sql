@@ -24,7 +24,6 @@ DECLARE
     pgtwin_mark integer;
     pgtwin_next_header text;
 BEGIN
-    PERFORM set_config({{flush_setting}}, '', true);
     -- Queued instead, to be replayed by `pgtwin run`:
     -- * while older changes wait in the queue: a change must never overtake an earlier one of the
     --   same key;
@@ -53,7 +52,7 @@ BEGIN
                                                  length(r.batch) - pgtwin_mark - {{rows_mark_length}} - 1);
             pgtwin_rows := pgtwin_rows + r.rows;
             -- A chunk without keys makes the joined one a chunk without keys.
-            pgtwin_keys := CASE WHEN r.keys IS NOT NULL THEN pgtwin_keys || r.keys END;
+            pgtwin_keys := CASE WHEN r.keys IS NOT NULL AND pgtwin_keys IS NOT NULL THEN pgtwin_keys || r.keys END;
             pgtwin_bytes := pgtwin_bytes + length(r.batch);
             CONTINUE;
         END IF;
