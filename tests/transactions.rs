@@ -35,6 +35,21 @@ async fn retried(c: &Client, statements: &str, pause: Duration) -> Vec<String> {
     panic!("the transaction never committed: {failures:?}");
 }
 
+/// Ends a transaction that holds the first of `rows` (each gets `add`): the second row's update and
+/// COMMIT; should that fail, the whole transaction again until it commits. Returns the failed tries.
+async fn finish_or_retry(c: &Client, add: i32, rows: [i32; 2], pause: Duration) -> usize {
+    let update = |id: i32| format!("UPDATE accounts SET balance = balance + {add} WHERE id = {id}");
+    if c.batch_execute(&format!("{}; COMMIT", update(rows[1])))
+        .await
+        .is_ok()
+    {
+        return 0;
+    }
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let whole = format!("{}; {}", update(rows[0]), update(rows[1]));
+    retried(c, &whole, pause).await.len() + 1
+}
+
 /// Two transactions, one per node, update rows 1 and 2 in opposite order. Each takes its own node's
 /// rows without waiting; at commit each sends its changes to the peer, where the other holds them: a
 /// cycle no server sees. The peer's lock timeout ends it for at least one side, whose COMMIT fails
@@ -70,40 +85,8 @@ async fn a_lock_cycle_across_the_servers_ends_within_the_lock_timeout() {
     let started = Instant::now();
     let (ra, rb) = tokio::time::timeout(Duration::from_secs(20), async {
         tokio::join!(
-            async {
-                let r = a
-                    .batch_execute("UPDATE accounts SET balance = balance + 1 WHERE id = 2; COMMIT")
-                    .await;
-                if r.is_err() {
-                    a.batch_execute("ROLLBACK").await.unwrap();
-                    return retried(
-                        &a,
-                        "UPDATE accounts SET balance = balance + 1 WHERE id = 1; UPDATE accounts SET balance = balance + 1 WHERE id = 2",
-                        Duration::from_millis(0),
-                    )
-                    .await
-                    .len()
-                        + 1;
-                }
-                0
-            },
-            async {
-                let r = b
-                    .batch_execute("UPDATE accounts SET balance = balance + 10 WHERE id = 1; COMMIT")
-                    .await;
-                if r.is_err() {
-                    b.batch_execute("ROLLBACK").await.unwrap();
-                    return retried(
-                        &b,
-                        "UPDATE accounts SET balance = balance + 10 WHERE id = 2; UPDATE accounts SET balance = balance + 10 WHERE id = 1",
-                        Duration::from_millis(300),
-                    )
-                    .await
-                    .len()
-                        + 1;
-                }
-                0
-            }
+            finish_or_retry(&a, 1, [1, 2], Duration::from_millis(0)),
+            finish_or_retry(&b, 10, [2, 1], Duration::from_millis(300))
         )
     })
     .await
