@@ -27,12 +27,11 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         -- A BEFORE trigger: the rows are still here. With nothing older queued, the peer reachable (the
         -- probe, an empty truncate, opens the peer's transaction now) and the transaction not
-        -- SERIALIZABLE (sync mode), the truncate
-        -- travels with the transaction's other changes, in its place among them, joined with the other
-        -- tables the same TRUNCATE empties into one TRUNCATE on the peer (tables linked by a foreign
-        -- key can only be truncated together). Otherwise it is queued as the deletion of every key it
-        -- removes, so that the replay weighs it key by key against the peer's own changes made
-        -- meanwhile (a queued TRUNCATE would wipe those too).
+        -- SERIALIZABLE (sync mode), the truncate travels with the transaction's other changes, in its
+        -- place among them, joined with the other tables the same TRUNCATE empties into one TRUNCATE
+        -- on the peer (tables linked by a foreign key can only be truncated together). Otherwise it
+        -- is queued as the deletion of every key it removes, so that the replay weighs it key by key
+        -- against the peer's own changes made meanwhile (a queued TRUNCATE would wipe those too).
         IF NOT ({{always_queue}} OR current_setting('transaction_isolation') = 'serializable'
                 OR EXISTS (SELECT FROM {{queue}}) OR {{ship}}({{probe}}, 1, false, NULL)) THEN
             pgtwin_chunk := 'T';
