@@ -124,6 +124,10 @@ async fn a_lock_cycle_across_the_servers_ends_within_the_lock_timeout() {
     assert_eq!(on_b, on_a);
 }
 
+/// Node a's orders, whose key to customers is checked at the end of the transaction.
+const DEFERRED_ON_A: &str = "CREATE TABLE customers (id int PRIMARY KEY, name text);
+    CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY DEFERRED, total int)";
+
 /// A foreign key checked at the end of the transaction (both forms: DEFERRABLE INITIALLY DEFERRED,
 /// and SET CONSTRAINTS ALL DEFERRED on one DEFERRABLE INITIALLY IMMEDIATE) accepts an order inserted
 /// before its customer, on the origin and on the peer alike. On the peer the key is declared the other
@@ -131,13 +135,7 @@ async fn a_lock_cycle_across_the_servers_ends_within_the_lock_timeout() {
 #[tokio::test]
 async fn deferred_foreign_keys_hold_at_the_end_of_the_transaction_in_sync_mode() {
     let p = Pair::new().await;
-    p.owner[0]
-        .batch_execute(
-            "CREATE TABLE customers (id int PRIMARY KEY, name text);
-             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY DEFERRED, total int)",
-        )
-        .await
-        .unwrap();
+    p.owner[0].batch_execute(DEFERRED_ON_A).await.unwrap();
     p.owner[1]
         .batch_execute(
             "CREATE TABLE customers (name text, id int PRIMARY KEY);
@@ -216,13 +214,7 @@ async fn prepare_transaction_is_refused_clearly_in_sync_mode() {
 #[tokio::test]
 async fn a_transaction_queued_in_async_mode_replays_whole() {
     let p = Pair::new().await;
-    p.owner[0]
-        .batch_execute(
-            "CREATE TABLE customers (id int PRIMARY KEY, name text);
-             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY DEFERRED, total int)",
-        )
-        .await
-        .unwrap();
+    p.owner[0].batch_execute(DEFERRED_ON_A).await.unwrap();
     p.owner[1]
         .batch_execute(
             "CREATE TABLE customers (id int PRIMARY KEY, dropped int, name text);

@@ -411,21 +411,11 @@ impl Bench {
             let c = connect(a, &db).await?;
             let n = self.singles / 4;
             tasks.push(tokio::spawn(async move {
-                let mut longest = Duration::ZERO;
-                for i in 0..n {
-                    let t = Instant::now();
-                    c.execute(
-                        "INSERT INTO items (name, price) VALUES ($1, $2)",
-                        &[&format!("client {w}"), &(i as i32)],
-                    )
-                    .await?;
-                    longest = longest.max(t.elapsed());
-                }
-                Ok::<_, tokio_postgres::Error>(longest)
+                single_inserts(&c, n, &format!("client {w}")).await
             }));
         }
         for t in tasks {
-            longest = longest.max(t.await??);
+            longest = longest.max(t.await??.1);
         }
         out.insert(
             Workload::W2Insert4Tps,

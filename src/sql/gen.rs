@@ -516,32 +516,10 @@ fn flush_body(tables: &[TableInfo]) -> String {
         ));
     }
     dispatch.push_str("\n        ELSE\n            RAISE EXCEPTION 'pgtwin: a change of a table no longer synced (%) was made while pgtwin up ran', pgtwin_tag\n                USING HINT = 'run the transaction again';\n    END CASE;");
-    // Sends the run gathered so far, if any (a truncate run and a run of chunks never coexist).
-    // A truncate run goes only to a peer that takes it now: queued, it would wipe the peer's own
-    // changes made meanwhile. Should the queue have filled, or the peer gone, since the TRUNCATE
-    // probed it, the transaction fails with a retryable error; run again, its TRUNCATE is queued key
-    // by key.
-    let emit = format!(
-        "IF cardinality(pgtwin_truncated) > 0 AND pgtwin_queue THEN\n    RAISE EXCEPTION 'pgtwin: the peer became unavailable while a TRUNCATE was committing'\n        USING ERRCODE = 'serialization_failure', HINT = 'run the transaction again: the TRUNCATE is then queued';\nEND IF;\nIF cardinality(pgtwin_truncated) > 0 THEN\n    pgtwin_tag := pgtwin_truncated[1];\n    pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;\n    pgtwin_rows := 1;\n    pgtwin_keys := NULL;\n    pgtwin_truncated := '{{}}';\nELSIF cardinality(pgtwin_more) > 0 THEN\n    pgtwin_batch := left(pgtwin_batch, length(pgtwin_batch) - 2) || ',' || array_to_string(pgtwin_more, ',') || ']}}';\nEND IF;\nIF pgtwin_batch IS NOT NULL THEN\n    {}\n    IF pgtwin_queue AND left(pgtwin_batch, 2) = 'T[' THEN\n        RAISE EXCEPTION 'pgtwin: the peer became unavailable while a TRUNCATE was committing'\n            USING ERRCODE = 'serialization_failure', HINT = 'run the transaction again: the TRUNCATE is then queued';\n    END IF;\n    pgtwin_batch := NULL;\n    pgtwin_header := NULL;\n    pgtwin_more := '{{}}';\nEND IF;",
-        dispatch
-    );
-    let indent = |text: &str, by: &str| text.replace('\n', &format!("\n{by}"));
-    let template = FLUSH_TEMPLATE
-        .replace(
-            "    {{emit}}\n    DELETE",
-            &format!("    {}\n    DELETE", indent(&emit, "    ")),
-        )
-        .replace(
-            "                {{emit}}",
-            &format!("                {}", indent(&emit, "                ")),
-        )
-        .replace(
-            "        {{emit}}",
-            &format!("        {}", indent(&emit, "        ")),
-        );
     fill(
-        &template,
+        FLUSH_TEMPLATE,
         &[
+            ("dispatch", dispatch.replace('\n', "\n        ")),
             ("rows_mark", Literal(change::ROWS_MARK).to_string()),
             ("rows_mark_length", change::ROWS_MARK.len().to_string()),
             ("joined_rows", change::JOINED_ROWS.to_string()),

@@ -30,12 +30,13 @@ BEGIN
     -- * in a SERIALIZABLE transaction: PostgreSQL may still cancel it after this point, and after
     --   postgres_fdw has committed on the peer; the queue commits, or vanishes, with it.
     pgtwin_queue := current_setting('transaction_isolation') = 'serializable' OR EXISTS (SELECT FROM {{queue}});
-    FOR r IN SELECT table_tag, batch, rows, keys FROM {{pending}} WHERE xid = pg_current_xact_id() ORDER BY seq
+    -- The transaction's chunks in order, then an empty row that ends the last run.
+    FOR r IN SELECT table_tag, batch, rows, keys FROM (
+                 SELECT seq, table_tag, batch, rows, keys FROM {{pending}} WHERE xid = pg_current_xact_id()
+                 UNION ALL SELECT NULL, NULL, NULL, NULL, NULL) chunks
+             ORDER BY seq NULLS LAST
     LOOP
-        IF r.batch = 'T' THEN
-            IF cardinality(pgtwin_truncated) = 0 THEN
-                {{emit}}
-            END IF;
+        IF r.batch = 'T' AND cardinality(pgtwin_truncated) > 0 THEN
             pgtwin_truncated := pgtwin_truncated || r.table_tag;
             CONTINUE;
         END IF;
@@ -46,7 +47,7 @@ BEGIN
                 pgtwin_next_header := left(r.batch, pgtwin_mark + {{rows_mark_length}} - 1);
             END IF;
         END IF;
-        IF pgtwin_next_header = pgtwin_header AND r.table_tag = pgtwin_tag AND cardinality(pgtwin_truncated) = 0
+        IF pgtwin_next_header = pgtwin_header AND r.table_tag = pgtwin_tag
            AND pgtwin_rows + r.rows <= {{joined_rows}} AND pgtwin_bytes + length(r.batch) <= {{chunk_bytes}} THEN
             pgtwin_more := pgtwin_more || substr(r.batch, pgtwin_mark + {{rows_mark_length}},
                                                  length(r.batch) - pgtwin_mark - {{rows_mark_length}} - 1);
@@ -56,15 +57,43 @@ BEGIN
             pgtwin_bytes := pgtwin_bytes + length(r.batch);
             CONTINUE;
         END IF;
-        {{emit}}
-        pgtwin_tag := r.table_tag;
-        pgtwin_batch := r.batch;
-        pgtwin_header := pgtwin_next_header;
-        pgtwin_rows := r.rows;
-        pgtwin_keys := r.keys;
-        pgtwin_bytes := length(r.batch);
+        -- This chunk cannot join the run: the run goes (a truncate run and a run of chunks never
+        -- coexist), and this one starts the next.
+        IF cardinality(pgtwin_truncated) > 0 THEN
+            pgtwin_tag := pgtwin_truncated[1];
+            pgtwin_batch := 'T' || to_json(pgtwin_truncated)::text;
+            pgtwin_rows := 1;
+            pgtwin_keys := NULL;
+            pgtwin_truncated := '{}';
+        ELSIF cardinality(pgtwin_more) > 0 THEN
+            pgtwin_batch := left(pgtwin_batch, length(pgtwin_batch) - 2) || ',' || array_to_string(pgtwin_more, ',') || ']}';
+        END IF;
+        IF pgtwin_batch IS NOT NULL THEN
+            {{dispatch}}
+            -- A truncate run goes only to a peer that takes it now: queued, it would wipe the peer's
+            -- own changes made meanwhile. Should the queue have filled, or the peer gone, since the
+            -- TRUNCATE probed it, the transaction fails with a retryable error; run again, its
+            -- TRUNCATE is queued key by key.
+            IF pgtwin_queue AND left(pgtwin_batch, 2) = 'T[' THEN
+                RAISE EXCEPTION 'pgtwin: the peer became unavailable while a TRUNCATE was committing'
+                    USING ERRCODE = 'serialization_failure', HINT = 'run the transaction again: the TRUNCATE is then queued';
+            END IF;
+            pgtwin_batch := NULL;
+            pgtwin_header := NULL;
+            pgtwin_more := '{}';
+        END IF;
+        EXIT WHEN r.batch IS NULL;
+        IF r.batch = 'T' THEN
+            pgtwin_truncated := ARRAY[r.table_tag];
+        ELSE
+            pgtwin_tag := r.table_tag;
+            pgtwin_batch := r.batch;
+            pgtwin_header := pgtwin_next_header;
+            pgtwin_rows := r.rows;
+            pgtwin_keys := r.keys;
+            pgtwin_bytes := length(r.batch);
+        END IF;
     END LOOP;
-    {{emit}}
     DELETE FROM {{pending}} WHERE xid = pg_current_xact_id();
     RETURN NULL;
 END
