@@ -144,6 +144,9 @@ pub struct NodeInfo {
     pub database_oid: i64,
     /// The version of pgtwin's state tables here (crate::state); None: not installed.
     pub state_version: Option<i32>,
+    /// Settings (name, value) that would record the peer's password when `up` creates the user
+    /// mapping, and that this role may not lower for that statement (crate::sql::gen::LOUD_RECORDERS_SQL).
+    pub loud_recorders: Vec<(String, String)>,
 }
 
 /// Built-in types whose hash is exact and node-independent (see Column::exact_hash), and their arrays:
@@ -198,11 +201,31 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
     } else {
         None
     };
+    // Who may set a superuser-only setting: GRANT SET ON PARAMETER exists from PostgreSQL 15 on.
+    let server_version_num: i32 = row.get(3);
+    let may_set = if server_version_num >= 150000 {
+        "has_parameter_privilege(name, 'SET')"
+    } else {
+        "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+    };
+    let loud_recorders = db
+        .query(
+            &format!(
+                "SELECT name, current_setting(name) FROM ({}) loud WHERE NOT {may_set}",
+                crate::sql::gen::LOUD_RECORDERS_SQL
+            ),
+            &[],
+        )
+        .await
+        .map_err(on_node(node, "reading the catalog"))?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     Ok(NodeInfo {
         current_user: row.get(0),
         database: row.get(1),
         superuser: row.get(2),
-        server_version_num: row.get(3),
+        server_version_num,
         fdw_installed: row.get(4),
         fdw_available: row.get(5),
         fdw_usage: row.get(6),
@@ -212,6 +235,7 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
         foreign_objects,
         database_oid: row.get(10),
         state_version,
+        loud_recorders,
     })
 }
 

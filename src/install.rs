@@ -158,6 +158,11 @@ pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: boo
     if !info.superuser && !peer_has_password {
         out.push(format!("node {node}: role {user} is not a superuser, so postgres_fdw must log in to node {peer} with a password: put it in [nodes.{peer}] url, or in PGPASSWORD, the password file (~/.pgpass) or the service file pgtwin reads"));
     }
+    if peer_has_password {
+        for (setting, value) in &info.loud_recorders {
+            out.push(format!("node {node}: {setting} = '{value}' would record the peer's password when pgtwin up creates the user mapping, and role {user} may not lower it for that statement: run GRANT SET ON PARAMETER {setting} TO {role}; as a superuser, or install as a superuser"));
+        }
+    }
     if !info.foreign_objects.is_empty() {
         out.push(format!(
             "node {node}: schema pgtwin holds what role {user} did not create ({}): pgtwin will not run another role's code; drop or rename that schema as its owner, then run pgtwin up",

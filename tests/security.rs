@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Pair;
+use common::{servers, Pair, TWIN_PW};
 
 const PRODUCTS: &str = "CREATE TABLE products (id bigserial PRIMARY KEY, name text, price int);
     GRANT SELECT, INSERT, UPDATE, DELETE ON products TO app; GRANT USAGE ON SEQUENCE products_id_seq TO app";
@@ -277,4 +277,92 @@ async fn an_application_holding_pgtwins_lock_keys_blocks_nothing() {
         .unwrap_err();
     let message = denied.as_db_error().unwrap().message();
     assert!(message.contains("permission denied"), "{message}");
+}
+
+/// pg_stat_statements with `track = 'all'` and pgaudit logging DDL record nested statements, as the
+/// `CREATE USER MAPPING` that holds the peer's password is. `up` refuses a role that may not quiet them
+/// (exit 2, one line per node and setting, naming the GRANT to run; nothing installed). Granted SET on
+/// them, `up` quiets both for that one statement: the password is in neither, while both recorded the
+/// rest of the install.
+#[tokio::test]
+async fn statement_recorders_never_keep_the_peer_password() {
+    assert!(
+        common::has_pgaudit(),
+        "pgaudit is missing: run scripts/ensure-postgres"
+    );
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    for admin in &p.admin {
+        admin
+            .batch_execute(&format!(
+                "CREATE EXTENSION pg_stat_statements;
+                 ALTER DATABASE {db} SET pg_stat_statements.track = 'all';
+                 ALTER DATABASE {db} SET pgaudit.log = 'write, ddl';",
+                db = p.db
+            ))
+            .await
+            .unwrap();
+    }
+    p.config("[[tables]]\nname = \"products\"");
+    let track = [
+        "pg_stat_statements.track = 'all'",
+        "GRANT SET ON PARAMETER pg_stat_statements.track TO \"twin\"",
+    ];
+    let audit = [
+        "pgaudit.log = 'write, ddl'",
+        "GRANT SET ON PARAMETER pgaudit.log TO \"twin\"",
+    ];
+    p.pgtwin(&["up"]).fails_with_each(&[
+        &["node a", track[0], track[1]],
+        &["node a", audit[0], audit[1]],
+        &["node b", track[0], track[1]],
+        &["node b", audit[0], audit[1]],
+    ]);
+    assert!(!p.installed(0).await && !p.installed(1).await);
+
+    for admin in &p.admin {
+        admin
+            .batch_execute(
+                "GRANT SET ON PARAMETER pg_stat_statements.track TO twin;
+                 GRANT SET ON PARAMETER pgaudit.log TO twin;",
+            )
+            .await
+            .unwrap();
+    }
+    p.pgtwin(&["up"]).ok();
+    for (i, admin) in p.admin.iter().enumerate() {
+        let recorded: Vec<String> = admin
+            .query(
+                "SELECT query FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert!(
+            recorded.iter().any(|q| q.contains("CREATE TRIGGER")),
+            "pg_stat_statements recorded nothing of the install: {recorded:?}"
+        );
+        assert!(
+            !recorded.iter().any(|q| q.contains(TWIN_PW)),
+            "node {i}: pg_stat_statements holds the password"
+        );
+        let log = std::fs::read_to_string(servers().nodes[i].data_dir.join("server.log")).unwrap();
+        assert!(
+            log.contains("AUDIT: SESSION") && log.contains("DDL,CREATE FUNCTION"),
+            "node {i}: pgaudit logged nothing of the install"
+        );
+        assert!(
+            !log.contains(TWIN_PW),
+            "node {i}: the server log holds the password"
+        );
+    }
+    // The link works: the mapping got the password.
+    p.owner[0]
+        .batch_execute("INSERT INTO products (name, price) VALUES ('audited', 1)")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("products").await.len(), 1);
 }

@@ -42,6 +42,19 @@ pub struct SequenceChange {
 }
 
 /// Where the next value lies: the smallest v above `floor` with v ≡ position (mod count), position 1-based.
+/// The settings of extensions that record nested statements (as the `CREATE USER MAPPING` that holds the
+/// peer's password is) whose current value would record it: columns `name` and `quiet` (a value that
+/// records no nested statement). `pg_stat_statements.track = 'all'` keeps it where `pg_monitor` members
+/// read it; pgaudit logs it under its `ddl` class. Superuser-only settings: a role may lower them if a
+/// superuser ran `GRANT SET ON PARAMETER`.
+pub const LOUD_RECORDERS_SQL: &str = "
+    SELECT name, quiet FROM (VALUES ('pg_stat_statements.track', 'top'), ('pgaudit.log', 'none')) s(name, quiet)
+    WHERE CASE name
+          WHEN 'pg_stat_statements.track' THEN current_setting(name, true) = 'all'
+          ELSE (SELECT coalesce(bool_or(item IN ('all', 'ddl')) AND NOT bool_or(item = '-ddl'), false)
+                FROM unnest(string_to_array(replace(lower(current_setting(name, true)), ' ', ''), ',')) item)
+          END";
+
 pub fn interleaved_start(floor: i64, position: i64, count: i64) -> i64 {
     let v = floor + 1;
     v + (position - v).rem_euclid(count)
@@ -127,8 +140,12 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
             ", password '********'"
         }
     );
+    // The statement that holds the password is nested, where `log_statement` never sees it; the
+    // extensions that do record nested statements are quieted for it (see LOUD_RECORDERS_SQL; preflight
+    // made sure this role may) and set back after it.
     let run = format!(
-        "DO $pgtwin$\nBEGIN\n    EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER %I OPTIONS (user %L%s)',\n        {server_name}, current_setting({user_setting}),\n        CASE WHEN current_setting({password_setting}) = '' THEN ''\n             ELSE format(', password %L', current_setting({password_setting})) END);\nEXCEPTION WHEN OTHERS THEN\n    -- Raised anew: the error's context would quote the statement, password included.\n    RAISE EXCEPTION 'creating the user mapping: %', SQLERRM USING ERRCODE = SQLSTATE;\nEND\n$pgtwin$",
+        "DO $pgtwin$\nDECLARE\n    pgtwin_loud record;\n    pgtwin_names text[] := '{{}}';\n    pgtwin_values text[] := '{{}}';\nBEGIN\n    FOR pgtwin_loud IN {loud} LOOP\n        pgtwin_names := pgtwin_names || pgtwin_loud.name;\n        pgtwin_values := pgtwin_values || current_setting(pgtwin_loud.name);\n        PERFORM set_config(pgtwin_loud.name, pgtwin_loud.quiet, true);\n    END LOOP;\n    EXECUTE format('CREATE USER MAPPING FOR CURRENT_USER SERVER %I OPTIONS (user %L%s)',\n        {server_name}, current_setting({user_setting}),\n        CASE WHEN current_setting({password_setting}) = '' THEN ''\n             ELSE format(', password %L', current_setting({password_setting})) END);\n    FOR i IN 1 .. cardinality(pgtwin_names) LOOP\n        PERFORM set_config(pgtwin_names[i], pgtwin_values[i], true);\n    END LOOP;\nEXCEPTION WHEN OTHERS THEN\n    -- Raised anew: the error's context would quote the statement, password included.\n    RAISE EXCEPTION 'creating the user mapping: %', SQLERRM USING ERRCODE = SQLSTATE;\nEND\n$pgtwin$",
+        loud = LOUD_RECORDERS_SQL.trim(),
         server_name = Literal(names::SERVER),
         user_setting = Literal(names::PEER_USER_SETTING),
         password_setting = Literal(names::PEER_PASSWORD_SETTING),

@@ -41,7 +41,14 @@ pub fn servers() -> &'static Servers {
                 format!("ssl_key_file = '{}'", server_key.display()),
             ];
             let start = |name: &str| {
-                let mut settings = vec!["fsync = off", "max_connections = 300"];
+                // The extensions that record nested statements, for the test that turns them on in
+                // its own database (tests/security.rs; it fails where pgaudit is missing).
+                let preload = if has_pgaudit() {
+                    "shared_preload_libraries = 'pg_stat_statements, pgaudit'"
+                } else {
+                    "shared_preload_libraries = 'pg_stat_statements'"
+                };
+                let mut settings = vec!["fsync = off", "max_connections = 300", preload];
                 settings.extend(tls.iter().map(String::as_str));
                 let s = LocalServer::start(&dir.path().join(name), &settings)
                     .expect("start test server (are PostgreSQL server binaries installed? run scripts/test)");
@@ -68,6 +75,13 @@ pub fn servers() -> &'static Servers {
         .join()
         .expect("test servers")
     })
+}
+
+/// Whether the servers' PostgreSQL has pgaudit (scripts/ensure-postgres installs it).
+pub fn has_pgaudit() -> bool {
+    pgtwin::localpg::find_bin_dir()
+        .map(|bin| bin.join("../lib/pgaudit.so").exists())
+        .unwrap_or(false)
 }
 
 /// Removes the servers' directory once this test binary has exited and the watchdogs stopped the
