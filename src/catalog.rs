@@ -138,6 +138,8 @@ pub struct NodeInfo {
     pub installed: Option<Installed>,
     /// `pgtwin` exists but holds no installation record, or objects another role owns: someone else's.
     pub foreign_schema: bool,
+    /// Whether schema `pgtwin` exists.
+    pub schema_exists: bool,
     /// What in schema `pgtwin` is not the connecting role's (see FOREIGN_OBJECTS_SQL).
     pub foreign_objects: Vec<String>,
     /// This database's OID: an install records it, and a copy (a dump restored elsewhere) has another.
@@ -181,7 +183,12 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
     let foreign_objects: Vec<String> = db
         .query(
             FOREIGN_OBJECTS_SQL,
-            &[&names::SCHEMA, &names::APPLY_TRIGGER, &names::FLUSH_TRIGGER],
+            &[
+                &names::SCHEMA,
+                &names::APPLY_TRIGGER,
+                &names::FLUSH_TRIGGER,
+                &names::SERVER,
+            ],
         )
         .await
         .map_err(on_node(node, "reading the catalog"))?
@@ -231,6 +238,7 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
         fdw_usage: row.get(6),
         can_create_schema: row.get(7),
         installed,
+        schema_exists: row.get(9),
         foreign_schema: row.get::<_, bool>(9) && (!has_state || !foreign_objects.is_empty()),
         foreign_objects,
         database_oid: row.get(10),
@@ -239,8 +247,9 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
     })
 }
 
-/// pgtwin's schema and what is in it, where not owned by the connecting role; and triggers on its
-/// relations other than the inbox trigger. (The schema name is $1, the inbox trigger's $2.)
+/// pgtwin's schema and what is in it, where not owned by the connecting role; triggers on its
+/// relations other than its own (the inbox trigger $2, the flush trigger $3); and a foreign server of
+/// pgtwin's name ($4) that another role owns (`up` drops and recreates it). The schema name is $1.
 const FOREIGN_OBJECTS_SQL: &str = "
     WITH me AS (SELECT oid FROM pg_roles WHERE rolname = current_user),
          s AS (SELECT oid, nspowner FROM pg_namespace WHERE nspname = $1)
@@ -259,6 +268,9 @@ const FOREIGN_OBJECTS_SQL: &str = "
       FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid, s
      WHERE c.relnamespace = s.oid AND NOT g.tgisinternal AND (g.tgname <> $2 OR c.relkind <> 'v')
        AND (g.tgname <> $3 OR c.relname <> 'pending' OR c.relkind <> 'r')
+    UNION ALL
+    SELECT 'foreign server ' || quote_ident(f.srvname) FROM pg_foreign_server f
+     WHERE f.srvname = $4 AND f.srvowner <> (SELECT oid FROM me)
     ORDER BY 1";
 
 /// The tables of this database a user may want synced: ordinary and partitioned tables (not single

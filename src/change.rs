@@ -128,16 +128,18 @@ pub struct Chunking<'a> {
 /// A query yielding (chunk text, row count, keys) for every chunk of `rows` (a SQL expression of type
 /// json per row of `source`), cut at `max_rows` rows or CHUNK_BYTES bytes, whichever comes first.
 /// Chunks come in no particular order: the rows of one statement never share a key. `columns` is a SQL
-/// expression for the column list's JSON text; `key` one for a row's key, as JSON, named in the error
-/// for a row too large to travel; `key_text` one for the key as comparable text (`key_text_of`): a
-/// queued chunk of up to KEYED_ROWS rows records its keys, so a change arriving from the peer finds the
-/// queued changes of its keys through an index, whatever the length of the queue.
+/// expression for the column list's JSON text; `key` (written for `source`'s alias `alias`) one for a
+/// row's key, as JSON, named in the error for a row too large to travel; `key_text` one for the key as
+/// comparable text (`key_text_of`). A statement of up to KEYED_ROWS rows records its keys with each
+/// chunk, so that a change arriving from the peer finds the queued changes of its keys through an
+/// index, whatever the length of the queue.
 pub fn chunks_query(
     op: u8,
     columns: &str,
     row: &str,
     (key, key_text): (&str, &str),
-    source: &str,
+    (source, alias): (&str, &str),
+    key_columns: &[Ident],
     c: &Chunking,
 ) -> String {
     // Each row weighs its length plus a fixed share of the byte budget, so a chunk ends at about
@@ -146,12 +148,18 @@ pub fn chunks_query(
     let prefix = Literal(&format!("{}{COLUMNS_PREFIX}", op as char));
     let mark = Literal(ROWS_MARK);
     let (max, refuse, table) = (c.max_row_bytes, c.refuse_row, c.table);
+    let keys = comma_list(key_columns.iter().map(|k| format!("{alias}.{k}")));
+    // OFFSET 0 keeps the row's text computed once: pulled up into the outer query, its expression
+    // would be evaluated for each of its three uses. The row's key as JSON is built only for a row
+    // refused as too large (from the key columns passed along under the source's alias).
     format!(
-        "SELECT {prefix} || {columns} || {mark} || string_agg(r, ',') || ']}}', count(*)::integer, CASE WHEN count(*) <= {KEYED_ROWS} THEN array_agg(kt) END\n            \
-         FROM (SELECT CASE WHEN octet_length(r) > {max} THEN {refuse}({table}, k::text, octet_length(r)) ELSE r END AS r, kt,\n                         \
-         (sum(octet_length(r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS chunk_no\n                  \
-         FROM (SELECT ({row})::text AS r, {key} AS k, {key_text} AS kt FROM {source}) s0) s\n            \
-         GROUP BY chunk_no"
+        "SELECT {prefix} || {columns} || {mark} || string_agg(pgtwin_r, ',') || ']}}', count(*)::integer, CASE WHEN count(*) <= {KEYED_ROWS} THEN array_agg(pgtwin_kt) END\n            \
+         FROM (SELECT CASE WHEN octet_length(pgtwin_r) > {max} THEN {refuse}({table}, ({key})::text, octet_length(pgtwin_r)) ELSE pgtwin_r END AS pgtwin_r, pgtwin_kt,\n                         \
+         (sum(octet_length(pgtwin_r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS pgtwin_chunk_no\n                  \
+         FROM (SELECT ({row})::text AS pgtwin_r, {keys},\n                               \
+         CASE WHEN (SELECT count(*) <= {KEYED_ROWS} FROM (SELECT FROM {source} LIMIT {KEYED_ROWS} + 1) pgtwin_few) THEN {key_text} END AS pgtwin_kt\n                        \
+         FROM {source} OFFSET 0) {alias}) pgtwin_s\n            \
+         GROUP BY pgtwin_chunk_no"
     )
 }
 

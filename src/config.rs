@@ -418,17 +418,24 @@ fn check_prefer(prefer: Option<&str>, what: &str, nodes: &[Node], tables: &[Tabl
     }
 }
 
-/// Replaces quoted values that look like URLs in an error message: a URL may hold a password.
+/// Replaces the values quoted in an error message ("..." or `...`, as toml and serde quote them) that
+/// look like a connection string (a URL, user@host, or keyword=value): it may hold a password.
 fn hide_urls(msg: &str) -> String {
     let mut out = String::new();
-    for (i, part) in msg.split('"').enumerate() {
-        if i > 0 {
-            out.push('"');
-        }
-        // Odd parts are inside quotes.
-        let secret = i % 2 == 1 && (part.contains("://") || part.contains('@'));
-        out.push_str(if secret { "(value hidden)" } else { part });
+    let mut rest = msg;
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = rest.as_bytes()[open] as char;
+        let Some(len) = rest[open + 1..].find(quote) else {
+            break;
+        };
+        let value = &rest[open + 1..open + 1 + len];
+        let secret = value.contains("://") || value.contains('@') || value.contains('=');
+        out.push_str(&rest[..=open]);
+        out.push_str(if secret { "(value hidden)" } else { value });
+        out.push(quote);
+        rest = &rest[open + len + 2..];
     }
+    out.push_str(rest);
     out
 }
 
@@ -548,6 +555,22 @@ mod tests {
             e.contains("prefer is neither a node") && !e.contains("pw@"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_connection_string_in_the_wrong_key_is_never_echoed() {
+        for value in ["postgres://u:hunter2@h/db", "host=h password=hunter2"] {
+            let e = err(&format!("{GOOD}\n[options]\nmode = \"{value}\""));
+            assert!(
+                e.contains("options.mode")
+                    && e.contains("(value hidden)")
+                    && !e.contains("hunter2"),
+                "{e}"
+            );
+        }
+        // Other values are named, so the user sees what to fix.
+        let e = err(&format!("{GOOD}\n[options]\nmode = \"sycn\""));
+        assert!(e.contains("`sycn`"), "{e}");
     }
 
     #[test]

@@ -165,7 +165,7 @@ pub fn preflight(node: &str, info: &NodeInfo, peer: &str, peer_has_password: boo
     }
     if !info.foreign_objects.is_empty() {
         out.push(format!(
-            "node {node}: schema pgtwin holds what role {user} did not create ({}): pgtwin will not run another role's code; drop or rename that schema as its owner, then run pgtwin up",
+            "node {node}: role {user} did not create what pgtwin would use there ({}): pgtwin will not run another role's code; drop or rename it as its owner, then run pgtwin up",
             info.foreign_objects.join(", ")
         ));
     } else if info.foreign_schema {
@@ -221,6 +221,7 @@ pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
             stale_tables: &stale,
             sequences: &sequences[i],
             database_oid: n.info.database_oid,
+            schema_exists: n.info.schema_exists,
         });
         let hash = plan_hash(&steps);
         let up_to_date = is_up_to_date(n, peer, &hash, &tables, &sequences[i]).await?;
@@ -564,6 +565,8 @@ pub struct DownOutcome {
     pub node: String,
     pub steps: Vec<Step>,
     pub error: Option<String>,
+    /// Queued changes removed with pgtwin (only `--force` removes a node whose queue holds any).
+    pub dropped_changes: i64,
 }
 
 /// Removes pgtwin from each node independently: an unreachable node does not stop the other's cleanup.
@@ -599,10 +602,15 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
             node: name.clone(),
             steps: Vec::new(),
             error: None,
+            dropped_changes: 0,
         };
         let removed = match n {
             // Without --force each node's transaction stays open until both are done.
             Ok(n) => {
+                if force && !dry_run && n.info.installed.is_some() {
+                    outcome.dropped_changes =
+                        crate::state::queued_rows(name, &n.db).await.unwrap_or(0);
+                }
                 let removed = down_node(n, &floors, dry_run, force, &mut outcome.steps).await;
                 if removed.is_ok() && !force && !dry_run {
                     opened.push(n);

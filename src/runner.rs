@@ -100,7 +100,7 @@ async fn connect_listening(
     crate::state::refuse_newer(&node.name, &info)?;
     if !info.foreign_objects.is_empty() {
         bail!(
-            "node {}: schema pgtwin holds what role {} did not create ({}): pgtwin run will not touch it",
+            "node {}: role {} did not create what pgtwin would use there ({}): pgtwin run will not touch it",
             node.name,
             info.current_user,
             info.foreign_objects.join(", ")

@@ -363,13 +363,23 @@ async fn down_changes_nothing_when_a_node_is_gone_unless_forced() {
         "--force",
     ]);
     assert!(p.installed(0).await && p.installed(1).await);
-    // ...unless forced: then the reachable node is cleaned alone.
+    // ...unless forced: then the reachable node is cleaned alone, and the change it queued for b
+    // meanwhile is reported as dropped.
+    p.owner[0]
+        .batch_execute(&format!(
+            "ALTER SERVER pgtwin_peer OPTIONS (SET port '{closed}');
+             INSERT INTO products (name, price) VALUES ('queued for b', 1)"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(p.queued(0).await, 1);
     let run = p
         .pgtwin(&["down", "--force", "--json"])
         .fails_with(&["node b", "down again"]);
     let outcomes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(outcomes[0]["node"], "a");
     assert!(outcomes[0]["error"].is_null(), "{outcomes}");
+    assert_eq!(outcomes[0]["dropped_changes"], 1, "{outcomes}");
     assert!(outcomes[1]["error"].is_string(), "{outcomes}");
     assert!(!p.installed(0).await);
     assert!(p.installed(1).await);

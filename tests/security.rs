@@ -41,7 +41,7 @@ async fn a_schema_prepared_by_another_role_is_refused_not_adopted() {
     p.pgtwin(&["up"]).fails_with_each(&[
         &[
             "node a",
-            "schema pgtwin holds what role postgres did not create",
+            "role postgres did not create what pgtwin would use there",
             "trigger grab on pgtwin.link",
             "function pgtwin.grab()",
         ],
@@ -53,6 +53,76 @@ async fn a_schema_prepared_by_another_role_is_refused_not_adopted() {
         .unwrap()
         .get(0);
     assert!(!superuser, "the application role became a superuser");
+}
+
+/// The same role creates `pgtwin`, with its trigger, while `up` (run by a superuser) waits for the
+/// table lock, after `up` found no schema there: `up` fails instead of adopting it, and runs none of it.
+#[tokio::test]
+async fn a_schema_created_while_up_runs_is_not_adopted() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    let db = p.db.clone();
+    p.admin[0]
+        .batch_execute(&format!("GRANT CREATE ON DATABASE {db} TO app"))
+        .await
+        .unwrap();
+    let urls: Vec<String> = (0..2)
+        .map(|i| common::servers().nodes[i].url("postgres", None, &db))
+        .collect();
+    p.config_text(&format!(
+        "[nodes.a]\nurl = \"{}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"products\"\n",
+        urls[0], urls[1]
+    ));
+    // The application's transaction holds a lock that `up` waits for.
+    let app = p.app(0).await;
+    app.batch_execute("BEGIN; LOCK TABLE products IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let config = p.dir.path().join("pgtwin.toml");
+    let up = std::thread::spawn(move || common::pgtwin(&config, &["up"]));
+    // Until `up` waits for that lock: it has checked the schema by then.
+    let waiting = || async {
+        p.admin[0]
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'products'::regclass",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let started = std::time::Instant::now();
+    while waiting().await == 0 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "up never waited for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app.batch_execute(
+        "CREATE SCHEMA pgtwin;
+         CREATE TABLE pgtwin.link (singleton boolean PRIMARY KEY DEFAULT true, needs_repair_since timestamptz, reason text);
+         CREATE FUNCTION pgtwin.grab() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN ALTER ROLE app SUPERUSER; RETURN NEW; END $$;
+         CREATE TRIGGER grab BEFORE INSERT ON pgtwin.link FOR EACH ROW EXECUTE FUNCTION pgtwin.grab();
+         COMMIT",
+    )
+    .await
+    .unwrap();
+    let run = up.join().unwrap();
+    assert_ne!(run.code, 0, "up adopted the schema:\n{}", run.stdout);
+    assert!(
+        run.stderr.contains("node a") && run.stderr.contains("schema \"pgtwin\" already exists"),
+        "{}",
+        run.stderr
+    );
+    let superuser: bool = p.admin[0]
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!superuser, "the application role became a superuser");
+    assert!(!p.installed(1).await, "node b was installed alone");
 }
 
 /// Default privileges set by a DBA for pgtwin's role grant nothing on pgtwin's objects: the

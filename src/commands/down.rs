@@ -22,6 +22,10 @@ pub async fn run(cfg: &Config, args: &DownArgs) -> Result<ExitCode> {
                 println!("-- ===== node {} =====\n", o.node);
                 print!("{}", render(&o.steps));
             }
+            None if o.dropped_changes > 0 => println!(
+                "node {}: pgtwin removed, with {} queued change(s) that never reached the peer (--force)",
+                o.node, o.dropped_changes
+            ),
             None => println!("node {}: pgtwin removed", o.node),
         }
     }

@@ -30,6 +30,8 @@ pub struct Install<'a> {
     pub sequences: &'a [SequenceChange],
     /// This database's OID: the capture functions do nothing in any other (a restored copy).
     pub database_oid: i64,
+    /// Whether schema pgtwin existed when `up` checked who owns what is in it.
+    pub schema_exists: bool,
 }
 
 /// Interleaving of one key sequence: node i of n hands out i, i+n, i+2n, ...
@@ -69,10 +71,22 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
         steps
             .push(Step::new("extension", "CREATE EXTENSION IF NOT EXISTS postgres_fdw").unhashed());
     }
-    steps.push(Step::new(
-        "schema",
-        format!("CREATE SCHEMA IF NOT EXISTS {schema};\nREVOKE ALL ON SCHEMA {schema} FROM PUBLIC"),
-    ));
+    // A schema that did not exist when `up` looked is created here, not adopted: one that another
+    // role created meanwhile (with objects of its own to run as the installer) fails the install.
+    steps.push(
+        Step::new(
+            "schema",
+            format!(
+                "CREATE SCHEMA {}{schema};\nREVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
+                if i.schema_exists {
+                    "IF NOT EXISTS "
+                } else {
+                    ""
+                }
+            ),
+        )
+        .unhashed(),
+    );
     steps.push(Step::new(
         "state tables",
         fill(&crate::state::migrations_sql(), &[]).trim(),
@@ -465,7 +479,8 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
             &key_list,
             &key,
             (&key, &key_text),
-            &source,
+            (&source, "o"),
+            &t.key,
             &chunking,
         )
     };
@@ -480,7 +495,8 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
                 &change::key_object(&t.key, "pgtwin_row"),
                 &change::key_text_of(&t.key, "pgtwin_row"),
             ),
-            &format!("{new} pgtwin_row"),
+            (&format!("{new} pgtwin_row"), "pgtwin_row"),
+            &t.key,
             &chunking,
         )
     };
@@ -1019,6 +1035,7 @@ mod tests {
             create_extension: true,
             stale_tables: &[QualName::new("public", "old")],
             database_oid: 16384,
+            schema_exists: false,
             sequences: &[SequenceChange {
                 sequence: QualName::new("public", "products_id_seq"),
                 original_increment: 1,
