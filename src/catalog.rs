@@ -144,6 +144,8 @@ pub struct NodeInfo {
     pub foreign_objects: Vec<String>,
     /// This database's OID: an install records it, and a copy (a dump restored elsewhere) has another.
     pub database_oid: i64,
+    /// The system identifier of this node's cluster (pg_control_system()).
+    pub system_identifier: i64,
     /// The version of pgtwin's state tables here (crate::state); None: not installed.
     pub state_version: Option<i32>,
     /// Settings (name, value) that would record the peer's password when `up` creates the user
@@ -172,7 +174,8 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
                     has_database_privilege(current_database(), 'CREATE'),
                     to_regclass($1) IS NOT NULL,
                     EXISTS (SELECT FROM pg_namespace WHERE nspname = $2),
-                    (SELECT oid FROM pg_database WHERE datname = current_database())::bigint",
+                    (SELECT oid FROM pg_database WHERE datname = current_database())::bigint,
+                    (SELECT system_identifier FROM pg_control_system())",
             &[&names::installation_table().to_string(), &names::SCHEMA],
         )
         .await
@@ -242,6 +245,7 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
         foreign_schema: row.get::<_, bool>(9) && (!has_state || !foreign_objects.is_empty()),
         foreign_objects,
         database_oid: row.get(10),
+        system_identifier: row.get(11),
         state_version,
         loud_recorders,
     })
@@ -650,11 +654,13 @@ pub async fn captured_tables(node: &str, db: &Client) -> Result<Vec<(QualName, V
 }
 
 impl NodeInfo {
-    /// The installation here was made in another database: this one is a copy (a restored dump).
+    /// The installation here was made in another database, or another cluster: this one is a copy
+    /// (a restored dump).
     pub fn is_copy(&self) -> bool {
-        self.installed
-            .as_ref()
-            .and_then(|i| i.database_oid)
-            .is_some_and(|oid| oid != self.database_oid)
+        self.installed.as_ref().is_some_and(|i| {
+            i.database_oid.is_some_and(|oid| oid != self.database_oid)
+                || i.system_identifier
+                    .is_some_and(|id| id != self.system_identifier)
+        })
     }
 }

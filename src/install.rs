@@ -221,6 +221,7 @@ pub async fn build(cfg: &Config, p: &Prepared) -> Result<[NodePlan; 2]> {
             stale_tables: &stale,
             sequences: &sequences[i],
             database_oid: n.info.database_oid,
+            system_identifier: n.info.system_identifier,
             schema_exists: n.info.schema_exists,
         });
         let hash = plan_hash(&steps);

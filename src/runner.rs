@@ -98,6 +98,13 @@ async fn connect_listening(
     // Replaying reads and writes pgtwin's tables as this role: never in a schema another role filled.
     let info = crate::catalog::node_info(&node.name, &db).await?;
     crate::state::refuse_newer(&node.name, &info)?;
+    // A copy's queue holds changes the live node queued, and replayed, long ago.
+    if info.is_copy() {
+        bail!(
+            "node {}: this database is a copy of one pgtwin was installed in (a restored dump): pgtwin run replays nothing from it; see pgtwin status there",
+            node.name
+        );
+    }
     if !info.foreign_objects.is_empty() {
         bail!(
             "node {}: role {} did not create what pgtwin would use there ({}): pgtwin run will not touch it",

@@ -16,11 +16,12 @@ use crate::sql::names;
 
 /// Numbered migrations; the last number is this binary's state version. Never edit one that shipped:
 /// add the next.
-const MIGRATIONS: [(i32, &str); 4] = [
+const MIGRATIONS: [(i32, &str); 5] = [
     (1, include_str!("sql/templates/state/1.sql")),
     (2, include_str!("sql/templates/state/2.sql")),
     (3, include_str!("sql/templates/state/3.sql")),
     (4, include_str!("sql/templates/state/4.sql")),
+    (5, include_str!("sql/templates/state/5.sql")),
 ];
 
 /// The state version this binary writes and reads.
@@ -280,13 +281,16 @@ pub struct Installed {
     pub tables: Vec<String>,
     /// The OID of the database `up` installed in (None: an install older than the record of it).
     pub database_oid: Option<i64>,
+    /// The system identifier of the cluster `up` installed in (None: an install older than the record).
+    pub system_identifier: Option<i64>,
 }
 
 /// The installation record `up` wrote on a node (None: not installed).
 pub async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>> {
     let sql = format!(
         "SELECT version, node, peer, plan_hash, created_extension, tables,
-                (to_jsonb(i) ->> 'database_oid')::bigint FROM {} i",
+                (to_jsonb(i) ->> 'database_oid')::bigint, (to_jsonb(i) ->> 'system_identifier')::bigint
+         FROM {} i",
         names::installation_table()
     );
     let row = db
@@ -301,6 +305,7 @@ pub async fn read_installed(node: &str, db: &Client) -> Result<Option<Installed>
         created_extension: r.get(4),
         tables: r.get(5),
         database_oid: r.get(6),
+        system_identifier: r.get(7),
     }))
 }
 

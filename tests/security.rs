@@ -208,57 +208,9 @@ async fn a_restored_copy_ships_nothing_and_says_so() {
         .batch_execute(&format!("CREATE DATABASE {copy} OWNER twin"))
         .await
         .unwrap();
-    let bin = pgtwin::localpg::find_bin_dir().unwrap();
-    let port = server.port.to_string();
-    let dump = std::process::Command::new(bin.join("pg_dump"))
-        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres", &p.db])
-        .output()
-        .unwrap();
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let mut restore = std::process::Command::new(bin.join("psql"))
-        .args([
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "postgres",
-            "-d",
-            &copy,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    restore
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&dump.stdout)
-        .unwrap();
-    assert!(restore.wait().unwrap().success());
+    restore(&p, server, &copy);
     let staging = server.connect(&copy).await.unwrap();
-    staging
-        .batch_execute("INSERT INTO products (name, price) VALUES ('staging only', 1)")
-        .await
-        .unwrap();
-    let queued: i64 = staging
-        .query_one("SELECT count(*) FROM pgtwin.queue", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(queued, 0);
-    assert!(
-        p.rows(1, "products").await.is_empty(),
-        "a staging insert reached the peer"
-    );
+    assert_ships_nothing(&p, &staging).await;
     // `status` with a config that points at the copy.
     let url = server.url("twin", Some(common::TWIN_PW), &copy);
     p.config_text(&format!(
@@ -273,6 +225,110 @@ async fn a_restored_copy_ships_nothing_and_says_so() {
             .contains("node a: this database is a copy of one pgtwin was installed in"),
         "{}",
         status.stdout
+    );
+}
+
+/// The same, restored into a fresh cluster under the same database OID (a fresh cluster gives its
+/// first database the same OID every time): the cluster tells the copy. Its queue, restored with it,
+/// is never replayed: `run` there refuses.
+#[tokio::test]
+async fn a_copy_in_another_cluster_under_the_same_oid_ships_nothing() {
+    let p = Pair::new().await;
+    p.both(PRODUCTS).await;
+    p.config("[[tables]]\nname = \"products\"");
+    p.pgtwin(&["up"]).ok();
+    let oid: u32 = p.admin[0]
+        .query_one(
+            "SELECT oid FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let staging_server =
+        pgtwin::localpg::LocalServer::start(&p.dir.path().join("staging"), &["fsync = off"])
+            .unwrap();
+    staging_server
+        .stop_when_process_ends(std::process::id())
+        .unwrap();
+    let root = staging_server.connect("postgres").await.unwrap();
+    root.batch_execute(&format!("CREATE ROLE twin LOGIN PASSWORD '{TWIN_PW}'"))
+        .await
+        .unwrap();
+    root.batch_execute(&format!(
+        "CREATE DATABASE {db} OWNER twin OID = {oid}",
+        db = p.db
+    ))
+    .await
+    .unwrap();
+    restore(&p, &staging_server, &p.db);
+    let staging = staging_server.connect(&p.db).await.unwrap();
+    assert_ships_nothing(&p, &staging).await;
+    let url = staging_server.url("twin", Some(TWIN_PW), &p.db);
+    p.config_text(&format!(
+        "[nodes.a]\nurl = \"{url}\"\n[nodes.b]\nurl = \"{}\"\n[[tables]]\nname = \"products\"\n",
+        p.url(1)
+    ));
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 2, "{}", status.stdout);
+    assert!(
+        status.stdout.contains("node a: this database is a copy"),
+        "{}",
+        status.stdout
+    );
+    p.pgtwin(&["run", "--once"])
+        .fails_with(&["node a", "is a copy", "replays nothing"]);
+    staging_server.stop(true).unwrap();
+}
+
+/// Restores a dump of node a's database into database `db` of `server`.
+fn restore(p: &Pair, server: &pgtwin::localpg::LocalServer, db: &str) {
+    let bin = pgtwin::localpg::find_bin_dir().unwrap();
+    let dump = std::process::Command::new(bin.join("pg_dump"))
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(common::servers().nodes[0].port.to_string())
+        .args(["-U", "postgres", &p.db])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let mut restore = std::process::Command::new(bin.join("psql"))
+        .args(["-q", "-h", "127.0.0.1", "-p"])
+        .arg(server.port.to_string())
+        .args(["-U", "postgres", "-d", db])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    restore
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&dump.stdout)
+        .unwrap();
+    assert!(restore.wait().unwrap().success());
+}
+
+/// A write on the copy is neither queued there nor shipped to node b.
+async fn assert_ships_nothing(p: &Pair, staging: &tokio_postgres::Client) {
+    staging
+        .batch_execute("INSERT INTO products (name, price) VALUES ('staging only', 1)")
+        .await
+        .unwrap();
+    let queued: i64 = staging
+        .query_one("SELECT count(*) FROM pgtwin.queue", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+    assert!(
+        p.rows(1, "products").await.is_empty(),
+        "a staging insert reached the peer"
     );
 }
 

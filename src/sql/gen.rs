@@ -28,8 +28,10 @@ pub struct Install<'a> {
     /// Tables that carry pgtwin triggers but are no longer in the config.
     pub stale_tables: &'a [QualName],
     pub sequences: &'a [SequenceChange],
-    /// This database's OID: the capture functions do nothing in any other (a restored copy).
+    /// This database's OID and its cluster's system identifier: the capture functions do nothing in
+    /// any other database (a restored copy).
     pub database_oid: i64,
+    pub system_identifier: i64,
     /// Whether schema pgtwin existed when `up` checked who owns what is in it.
     pub schema_exists: bool,
 }
@@ -252,7 +254,7 @@ pub fn record_step(
     Step::new(
         "installation record",
         format!(
-            "INSERT INTO {t} AS i VALUES (true, {}, {}, {}, {}, {created_extension}, ARRAY[{table_names}]::text[], now(),\n    (SELECT oid FROM pg_database WHERE datname = current_database()))\n    ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, node = EXCLUDED.node, peer = EXCLUDED.peer,\n    plan_hash = EXCLUDED.plan_hash, tables = EXCLUDED.tables, installed_at = EXCLUDED.installed_at,\n    created_extension = i.created_extension OR EXCLUDED.created_extension, database_oid = EXCLUDED.database_oid",
+            "INSERT INTO {t} AS i VALUES (true, {}, {}, {}, {}, {created_extension}, ARRAY[{table_names}]::text[], now(),\n    (SELECT oid FROM pg_database WHERE datname = current_database()), (SELECT system_identifier FROM pg_control_system()))\n    ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, node = EXCLUDED.node, peer = EXCLUDED.peer,\n    plan_hash = EXCLUDED.plan_hash, tables = EXCLUDED.tables, installed_at = EXCLUDED.installed_at,\n    created_extension = i.created_extension OR EXCLUDED.created_extension, database_oid = EXCLUDED.database_oid,\n    system_identifier = EXCLUDED.system_identifier",
             Literal(env!("CARGO_PKG_VERSION")),
             Literal(node),
             Literal(peer),
@@ -393,7 +395,7 @@ fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
         // the stored password or the queue; the function runs as the role that installed it.
         Step::new(
             format!("table {name}: capture function"),
-            function_sql(&capture, "", "trigger", &capture_body(t, i.options, i.database_oid), Security::Capture),
+            function_sql(&capture, "", "trigger", &capture_body(t, i), Security::Capture),
         ),
     ];
     let mut triggers = drop_capture_triggers(table);
@@ -458,7 +460,8 @@ fn function_sql(
     )
 }
 
-fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
+fn capture_body(t: &TableInfo, i: &Install) -> String {
+    let options = i.options;
     let new = Ident::new(names::NEW_ROWS);
     let old = Ident::new(names::OLD_ROWS);
     let keys = comma_list(&t.key);
@@ -520,7 +523,8 @@ fn capture_body(t: &TableInfo, options: &Options, database_oid: i64) -> String {
         &[
             ("always_queue", (options.mode == Mode::Async).to_string()),
             ("tag", tag.clone()),
-            ("database_oid", database_oid.to_string()),
+            ("database_oid", i.database_oid.to_string()),
+            ("system_identifier", i.system_identifier.to_string()),
             ("ship", names::ship_function(&t.synced_name).to_string()),
             ("send", send),
             ("columns_list", change::COLUMNS_SQL.to_string()),
@@ -1035,6 +1039,7 @@ mod tests {
             create_extension: true,
             stale_tables: &[QualName::new("public", "old")],
             database_oid: 16384,
+            system_identifier: 7_000_000_000_000_000_001,
             schema_exists: false,
             sequences: &[SequenceChange {
                 sequence: QualName::new("public", "products_id_seq"),

@@ -21,7 +21,8 @@ BEGIN
         RETURN NULL;
     END IF;
     -- A copy of this database (a dump restored elsewhere) is not a live link: it captures nothing.
-    IF (SELECT oid FROM pg_database WHERE datname = current_database()) <> {{database_oid}} THEN
+    IF (SELECT oid FROM pg_database WHERE datname = current_database()) <> {{database_oid}}
+       OR (SELECT system_identifier FROM pg_control_system()) <> {{system_identifier}} THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
