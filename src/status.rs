@@ -276,13 +276,20 @@ async fn node_status(
                     || k.next_value.rem_euclid(count) != position.rem_euclid(count)
                 {
                     Some(format!(
-                        "hands out ids outside node {}'s residue (next {}, step {})",
+                        "hands out ids outside node {}'s residue (next {}, step {}): run pgtwin up",
                         node.name, k.next_value, k.increment
+                    ))
+                } else if k.cycle {
+                    Some(format!("is CYCLE: after its end it would hand out the other node's ids: run ALTER SEQUENCE {} NO CYCLE; then pgtwin up", k.sequence))
+                } else if k.start.rem_euclid(count) != position.rem_euclid(count) {
+                    Some(format!(
+                        "restarts outside node {}'s residue (START {}): a RESTART or TRUNCATE ... RESTART IDENTITY would hand out the other node's ids: run pgtwin up",
+                        node.name, k.start
                     ))
                 } else if largest_key.is_some_and(|m| k.next_value <= m)
                     && still_behind(n.name(), &n.db, table, &k.sequence, largest_key).await
                 {
-                    Some(format!("is behind the largest id it handed out, {} (next {}): it would hand out ids again", largest_key.unwrap_or_default(), k.next_value))
+                    Some(format!("is behind the largest id it handed out, {} (next {}): it would hand out ids again: run pgtwin up", largest_key.unwrap_or_default(), k.next_value))
                 } else {
                     None
                 };
@@ -411,7 +418,7 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
                     add(
                         Severity::Degraded,
                         format!(
-                            "sequence {} of table {} on node {} {problem}: run pgtwin up",
+                            "sequence {} of table {} on node {} {problem}",
                             q.sequence, t.table, n.node
                         ),
                     );

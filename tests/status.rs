@@ -43,6 +43,56 @@ async fn no_false_alarm_when_one_node_inserts_more_and_a_setval_is_named() {
     assert_eq!(status(&p).0, 0);
 }
 
+/// A sequence that would hand out ids again or another node's ids later, though its next id is in its
+/// node's residue today, is named with what to run: set back below the largest id (a RESTART), made
+/// CYCLE, or given a START outside the residue.
+#[tokio::test]
+async fn sequences_that_would_collide_later_are_named() {
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO items (v) SELECT 'a' FROM generate_series(1, 10)")
+        .await
+        .unwrap();
+    let seq = "sequence \"public\".\"items_id_seq\" of table \"public\".\"items\" on node a";
+    let cases = [
+        (
+            "ALTER SEQUENCE items_id_seq RESTART",
+            "is behind the largest id it handed out",
+            "run pgtwin up",
+        ),
+        (
+            "ALTER SEQUENCE items_id_seq CYCLE",
+            "is CYCLE",
+            "run ALTER SEQUENCE \"public\".\"items_id_seq\" NO CYCLE; then pgtwin up",
+        ),
+        (
+            "ALTER SEQUENCE items_id_seq START WITH 1000000",
+            "restarts outside node a's residue (START 1000000)",
+            "run pgtwin up",
+        ),
+    ];
+    for (change, problem, advice) in cases {
+        let undo = p.pgtwin(&["status"]);
+        assert_eq!(undo.code, 0, "before {change}: {}", undo.stdout);
+        p.owner[0].batch_execute(change).await.unwrap();
+        let (code, text) = status(&p);
+        assert_eq!(code, 1, "{change}: {text}");
+        assert!(
+            text.contains(&format!("{seq} {problem}")) && text.contains(advice),
+            "{change}: {text}"
+        );
+        p.owner[0]
+            .batch_execute("ALTER SEQUENCE items_id_seq NO CYCLE")
+            .await
+            .unwrap();
+        p.pgtwin(&["up"]).ok();
+    }
+    assert_eq!(status(&p).0, 0, "up put every sequence right");
+}
+
 #[tokio::test]
 async fn changes_queued_with_no_runner_are_named_and_a_runner_clears_it() {
     let p = Pair::new().await;
