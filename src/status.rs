@@ -407,8 +407,8 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             add(
                 Severity::Down,
                 format!(
-                    "node {}: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; remove pgtwin's objects (and the peer's password) from it with DROP SCHEMA pgtwin CASCADE; DROP SERVER pgtwin_peer CASCADE; run there (not pgtwin down, which would also reach the live peer)",
-                    n.node
+                    "node {}: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; if it is node {} itself, restored from a dump of its own, run pgtwin up (it merges the tables and installs anew); if it is a copy elsewhere, remove pgtwin's objects (and the peer's password) from it with DROP SCHEMA pgtwin CASCADE; DROP SERVER pgtwin_peer CASCADE; run there (not pgtwin down, which would also reach the live peer)",
+                    n.node, n.node
                 ),
             );
         }

@@ -99,6 +99,55 @@ async fn restore_a_from_backup_after_first_id(p: &Pair) {
         .unwrap();
 }
 
+/// Node a is restored from last night's pg_dump of itself, into its database created anew: it is
+/// told from the live node (a new database OID), so it captures nothing, and `status` says to run
+/// `up`. `up` merges the rows b holds that the dump lacks, puts a's sequence above them, and a's next
+/// insert takes a new id and reaches b.
+#[tokio::test]
+async fn a_node_restored_from_a_dump_of_itself_is_installed_anew_by_up() {
+    let mut p = Pair::new().await;
+    p.both("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
+        .await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    assert_eq!(insert_default(&p, 0, 1).await, vec![1]);
+    // Last night's dump, into a scratch database; then the day's inserts.
+    let server = &common::servers().nodes[0];
+    let night = format!("{}_night", p.db);
+    p.admin[0]
+        .batch_execute(&format!("CREATE DATABASE {night} OWNER twin"))
+        .await
+        .unwrap();
+    common::copy_database(server, &p.db, server, &night);
+    assert_eq!(insert_default(&p, 0, 2).await, vec![3, 5]);
+    // The restore: node a's database created anew from the dump.
+    let root = server.connect("postgres").await.unwrap();
+    root.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)", db = p.db))
+        .await
+        .unwrap();
+    root.batch_execute(&format!("CREATE DATABASE {db} OWNER twin", db = p.db))
+        .await
+        .unwrap();
+    common::copy_database(server, &night, server, &p.db);
+    p.reconnect(0).await;
+    assert_eq!(p.rows(0, "items").await.len(), 1);
+
+    let status = p.pgtwin(&["status"]);
+    assert_eq!(status.code, 2, "{}", status.stdout);
+    assert!(
+        status.stdout.contains(
+            "node a: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; if it is node a itself, restored from a dump of its own, run pgtwin up"
+        ),
+        "{}",
+        status.stdout
+    );
+    p.pgtwin(&["up"]).ok();
+    assert_eq!(p.assert_same("items").await.len(), 3);
+    assert_eq!(insert_default(&p, 0, 1).await, vec![7]);
+    assert_eq!(p.assert_same("items").await.len(), 4);
+    assert_eq!(p.pgtwin(&["status"]).code, 0);
+}
+
 /// A node restored from a backup hands out ids again that the peer holds (other rows): `status` names
 /// it, its inserts of those ids fail instead of overwriting the peer's rows (sync mode) or are set
 /// aside with the reason (async), and `repair`, then `up`, settle it.

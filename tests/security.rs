@@ -208,7 +208,7 @@ async fn a_restored_copy_ships_nothing_and_says_so() {
         .batch_execute(&format!("CREATE DATABASE {copy} OWNER twin"))
         .await
         .unwrap();
-    restore(&p, server, &copy);
+    common::copy_database(&servers().nodes[0], &p.db, server, &copy);
     let staging = server.connect(&copy).await.unwrap();
     assert_ships_nothing(&p, &staging).await;
     // `status` with a config that points at the copy.
@@ -252,16 +252,18 @@ async fn a_copy_in_another_cluster_under_the_same_oid_ships_nothing() {
         .stop_when_process_ends(std::process::id())
         .unwrap();
     let root = staging_server.connect("postgres").await.unwrap();
-    root.batch_execute(&format!("CREATE ROLE twin LOGIN PASSWORD '{TWIN_PW}'"))
-        .await
-        .unwrap();
+    root.batch_execute(&format!(
+        "CREATE ROLE twin LOGIN PASSWORD '{TWIN_PW}'; CREATE ROLE app LOGIN"
+    ))
+    .await
+    .unwrap();
     root.batch_execute(&format!(
         "CREATE DATABASE {db} OWNER twin OID = {oid}",
         db = p.db
     ))
     .await
     .unwrap();
-    restore(&p, &staging_server, &p.db);
+    common::copy_database(&servers().nodes[0], &p.db, &staging_server, &p.db);
     let staging = staging_server.connect(&p.db).await.unwrap();
     assert_ships_nothing(&p, &staging).await;
     let url = staging_server.url("twin", Some(TWIN_PW), &p.db);
@@ -279,39 +281,6 @@ async fn a_copy_in_another_cluster_under_the_same_oid_ships_nothing() {
     p.pgtwin(&["run", "--once"])
         .fails_with(&["node a", "is a copy", "replays nothing"]);
     staging_server.stop(true).unwrap();
-}
-
-/// Restores a dump of node a's database into database `db` of `server`.
-fn restore(p: &Pair, server: &pgtwin::localpg::LocalServer, db: &str) {
-    let bin = pgtwin::localpg::find_bin_dir().unwrap();
-    let dump = std::process::Command::new(bin.join("pg_dump"))
-        .args(["-h", "127.0.0.1", "-p"])
-        .arg(common::servers().nodes[0].port.to_string())
-        .args(["-U", "postgres", &p.db])
-        .output()
-        .unwrap();
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let mut restore = std::process::Command::new(bin.join("psql"))
-        .args(["-q", "-h", "127.0.0.1", "-p"])
-        .arg(server.port.to_string())
-        .args(["-U", "postgres", "-d", db])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    restore
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&dump.stdout)
-        .unwrap();
-    assert!(restore.wait().unwrap().success());
 }
 
 /// A write on the copy is neither queued there nor shipped to node b.

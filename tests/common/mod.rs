@@ -77,6 +77,45 @@ pub fn servers() -> &'static Servers {
     })
 }
 
+/// Dumps database `db` of `from` with pg_dump and restores it into database `into` of `to` (which
+/// must exist), as a user would: the whole dump, pgtwin's objects and the peer's user mapping included.
+pub fn copy_database(from: &LocalServer, db: &str, to: &LocalServer, into: &str) {
+    let bin = pgtwin::localpg::find_bin_dir().unwrap();
+    let dump = Command::new(bin.join("pg_dump"))
+        .args(["-h", "127.0.0.1", "-p"])
+        .arg(from.port.to_string())
+        .args(["-U", "postgres", db])
+        .output()
+        .unwrap();
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let mut restore = Command::new(bin.join("psql"))
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+        .arg(to.port.to_string())
+        .args(["-U", "postgres", "-d", into])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    restore
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&dump.stdout)
+        .unwrap();
+    let out = restore.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether the servers' PostgreSQL has pgaudit (scripts/ensure-postgres installs it).
 pub fn has_pgaudit() -> bool {
     pgtwin::localpg::find_bin_dir()
