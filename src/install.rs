@@ -595,30 +595,54 @@ pub async fn down(cfg: &Config, dry_run: bool, force: bool) -> Result<Vec<DownOu
             );
         }
     }
+    // Every reachable node's tables are locked against writers first, so the largest keys read next
+    // (each sequence is left above them) are final: no insert lands between the reading and the
+    // removal.
+    let mut locked = Vec::new();
+    for (_, n) in &nodes {
+        locked.push(match n {
+            Ok(n) => lock_for_down(n, dry_run, force).await,
+            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        });
+    }
     let floors = sequence_floors(cfg, &nodes).await;
     let mut out = Vec::new();
     let mut opened = Vec::new();
-    for (name, n) in &nodes {
+    for ((name, n), locked) in nodes.iter().zip(locked) {
         let mut outcome = DownOutcome {
             node: name.clone(),
             steps: Vec::new(),
             error: None,
             dropped_changes: 0,
         };
-        let removed = match n {
+        let removed = match (n, locked) {
             // Without --force each node's transaction stays open until both are done.
-            Ok(n) => {
-                if force && !dry_run && n.info.installed.is_some() {
+            (Ok(n), Ok((info, captured))) => {
+                if force && !dry_run && info.installed.is_some() {
                     outcome.dropped_changes =
                         crate::state::queued_rows(name, &n.db).await.unwrap_or(0);
                 }
-                let removed = down_node(n, &floors, dry_run, force, &mut outcome.steps).await;
+                let removed = down_node(
+                    n,
+                    &info,
+                    &captured,
+                    &floors,
+                    dry_run,
+                    force,
+                    &mut outcome.steps,
+                )
+                .await;
                 if removed.is_ok() && !force && !dry_run {
                     opened.push(n);
                 }
                 removed
             }
-            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+            (Ok(n), Err(e)) => {
+                apply::rollback(&n.db).await;
+                Err(e)
+            }
+            (Err(_), Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(anyhow::anyhow!("{e:#}")),
         };
         if let Err(e) = removed {
             outcome.error = Some(format!("{e:#}"));
@@ -678,13 +702,14 @@ async fn sequence_floors(
     out
 }
 
-async fn down_node(
+/// Opens the node's transaction under pgtwin's lock and locks its captured tables against writers
+/// (those in flight have committed, and queued, by then); returns what is installed there and the
+/// captured tables.
+async fn lock_for_down(
     n: &Connected,
-    floors: &std::collections::HashMap<(String, QualName), i64>,
     dry_run: bool,
     force: bool,
-    steps: &mut Vec<Step>,
-) -> Result<()> {
+) -> Result<(crate::catalog::NodeInfo, Vec<QualName>)> {
     apply::begin(n.name(), &n.db).await?;
     // Re-read inside the lock: another run may have changed the node meanwhile.
     let info = catalog::node_info(n.name(), &n.db).await?;
@@ -696,14 +721,28 @@ async fn down_node(
         .into_iter()
         .map(|(t, _)| t)
         .collect();
-    // The check before `down` began was without locks: with the tables locked against writers (those
-    // in flight have committed, and queued), look once more, so nothing queued is dropped unseen.
-    if info.installed.is_some() && !force && !dry_run {
+    if !dry_run {
         for table in &captured {
             lock_table(n.name(), &n.db, table).await?;
         }
+    }
+    // The check before `down` began was without locks: look once more, so nothing queued is dropped
+    // unseen.
+    if info.installed.is_some() && !force && !dry_run {
         refuse_queued_for_down(n).await?;
     }
+    Ok((info, captured))
+}
+
+async fn down_node(
+    n: &Connected,
+    info: &crate::catalog::NodeInfo,
+    captured: &[QualName],
+    floors: &std::collections::HashMap<(String, QualName), i64>,
+    dry_run: bool,
+    force: bool,
+    steps: &mut Vec<Step>,
+) -> Result<()> {
     let sequences: Vec<gen::RestoredSequence> = if info.installed.is_some() {
         crate::state::recorded_sequences(n.name(), &n.db)
             .await?
@@ -723,7 +762,7 @@ async fn down_node(
         Some(i) if i.created_extension => other_fdw_servers(n.name(), &n.db).await? == 0,
         _ => false,
     };
-    *steps = gen::uninstall_steps(&captured, &sequences, drop_extension);
+    *steps = gen::uninstall_steps(captured, &sequences, drop_extension);
     if dry_run {
         apply::rollback(&n.db).await;
         return Ok(());

@@ -86,6 +86,59 @@ async fn after_down_default_ids_continue_above_both_nodes() {
     assert_eq!(a_after[1] - a_after[0], 1);
 }
 
+/// `down` while applications insert on both nodes with default ids, and go on after it: it completes
+/// on both, and every sequence it leaves is above the largest key either node held, so no insert,
+/// before, during or after `down`, ever meets a duplicate key. A writer may meet a failed statement
+/// (a lock timeout while `down` holds its tables), never a hang.
+#[tokio::test]
+async fn down_while_both_nodes_insert_leaves_every_sequence_above_both() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
+        .await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for i in 0..2 {
+        let c = p.owner_connection(i).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let (mut written, mut duplicates) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let insert = c.query_one("INSERT INTO items (v) VALUES ('busy') RETURNING id", &[]);
+                match tokio::time::timeout(std::time::Duration::from_secs(20), insert)
+                    .await
+                    .expect("an insert hung during down")
+                {
+                    Ok(_) => written += 1,
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+                    {
+                        duplicates.push(e.to_string())
+                    }
+                    Err(_) => {}
+                }
+            }
+            (written, duplicates)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    p.pgtwin(&["down"]).ok();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (i, w) in writers.into_iter().enumerate() {
+        let (written, duplicates) = w.await.unwrap();
+        assert!(written > 0, "node {}: nothing written", common::NODES[i]);
+        assert!(
+            duplicates.is_empty(),
+            "node {}: {duplicates:?}",
+            common::NODES[i]
+        );
+    }
+    assert!(!p.installed(0).await && !p.installed(1).await);
+    p.assert_clean().await;
+}
+
 /// Node a as a restore from a backup leaves it (the backup taken after its first insert): the rows it
 /// made since are gone and its sequence is back, while b still holds them. Run as pgtwin's own
 /// session, so nothing of it travels.
