@@ -7,8 +7,9 @@
 //! - **Lost writes**: a row whose INSERT was acknowledged exists on both nodes with the inserted
 //!   values, unless its DELETE was acknowledged (only the inserting writer updates or deletes it);
 //!   a row whose DELETE was acknowledged exists on neither; a hot row (updated by writers on both
-//!   nodes) holds one of the values an UPDATE of it was acknowledged with (which one is the last
-//!   writer's: by lock order while both nodes are up, by transaction time where one of them queued).
+//!   nodes) holds the value of an acknowledged UPDATE of it that no other acknowledged UPDATE of it
+//!   follows (one sent after the first was acknowledged must win: the last writer wins, by lock order
+//!   while both nodes are up, by transaction time where one of them queued).
 //! - **Unexpected errors**: any error but those faults cause (connections lost, servers shutting
 //!   down, lock and statement timeouts, deadlocks across the servers, serialization failures).
 //! - **Hangs**: a statement that took longer than HANG.
@@ -87,12 +88,21 @@ type Rows = BTreeMap<i64, (Option<i64>, Option<String>)>;
 struct Acks {
     inserted: BTreeMap<i64, i64>,
     deleted: BTreeSet<i64>,
-    hot: BTreeMap<i64, Vec<i64>>,
+    hot: BTreeMap<i64, Vec<HotWrite>>,
     transactions: u64,
     expected_errors: u64,
     unexpected: BTreeMap<String, u64>,
     hangs: u64,
     longest: Duration,
+}
+
+/// An acknowledged update of a hot row: its value (unique to it), when it was sent and when it was
+/// acknowledged (one clock for every writer).
+#[derive(Clone, Copy)]
+struct HotWrite {
+    value: i64,
+    sent: Instant,
+    acked: Instant,
 }
 
 /// A small deterministic generator (xorshift64*): each writer its own sequence.
@@ -196,7 +206,12 @@ async fn writer(
                     .await?
                     == 1
                 {
-                    acks.hot.entry(key).or_default().push(value);
+                    let acked = Instant::now();
+                    acks.hot.entry(key).or_default().push(HotWrite {
+                        value,
+                        sent: started,
+                        acked,
+                    });
                 }
             } else if pick < 90 {
                 // Five hot rows at once, in one order or the other.
@@ -213,8 +228,13 @@ async fn writer(
                     .iter()
                     .map(|r| r.get(0))
                     .collect();
+                let acked = Instant::now();
                 for k in keys {
-                    acks.hot.entry(k).or_default().push(value);
+                    acks.hot.entry(k).or_default().push(HotWrite {
+                        value,
+                        sent: started,
+                        acked,
+                    });
                 }
             } else if let Some(i) = (!own.is_empty()).then(|| rng.below(own.len() as u64) as usize) {
                 let key = own.swap_remove(i);
@@ -545,24 +565,71 @@ async fn soak(opts: &Options, servers: &[Arc<LocalServer>; 2]) -> Result<Report>
             }
         }
     }
-    // A hot row no update reached keeps its seed value.
-    let mut hot: BTreeMap<i64, BTreeSet<i64>> =
-        (1..=HOT_ROWS).map(|k| (-k, BTreeSet::new())).collect();
+    let mut hot: BTreeMap<i64, Vec<HotWrite>> = (1..=HOT_ROWS).map(|k| (-k, Vec::new())).collect();
     for (_, a) in &all {
-        for (k, values) in &a.hot {
-            hot.entry(*k).or_default().extend(values);
+        for (k, writes) in &a.hot {
+            hot.entry(*k).or_default().extend(writes);
         }
     }
-    for (k, values) in &hot {
+    report.lost_writes.extend(hot_row_losses(&hot, &tables));
+    Ok(report)
+}
+
+/// A hot row must hold the value of an acknowledged update that no other acknowledged update of it
+/// follows: one sent after that update was acknowledged began after it committed, on either node, and
+/// must win (the last writer wins). A hot row no update reached keeps its seed value, 0.
+fn hot_row_losses(hot: &BTreeMap<i64, Vec<HotWrite>>, tables: &[Rows]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, writes) in hot {
         for (t, name) in tables.iter().zip(["a", "b"]) {
             let got = t.get(k).and_then(|(v, _)| *v);
-            let seed = values.is_empty() && got == Some(0);
-            if !seed && !got.is_some_and(|g| values.contains(&g)) {
-                report.lost_writes.push(format!(
+            if writes.is_empty() && got == Some(0) {
+                continue;
+            }
+            let Some(kept) = writes.iter().find(|w| Some(w.value) == got) else {
+                out.push(format!(
                     "hot row {k} on node {name} holds {got:?}, a value no acknowledged update wrote"
+                ));
+                continue;
+            };
+            if let Some(later) = writes.iter().find(|w| w.sent > kept.acked) {
+                out.push(format!(
+                    "hot row {k} on node {name} holds {}, but update {} was sent after that one was acknowledged: the last writer lost",
+                    kept.value, later.value
                 ));
             }
         }
     }
-    Ok(report)
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hot_row_must_keep_the_last_acknowledged_write() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let write = |value, sent, acked| HotWrite {
+            value,
+            sent: at(sent),
+            acked: at(acked),
+        };
+        // Two overlapping updates (either may win), then one sent after both were acknowledged.
+        let hot = BTreeMap::from([(-1, vec![write(1, 0, 10), write(2, 5, 12), write(3, 20, 30)])]);
+        let holding = |v: i64| -> Rows { BTreeMap::from([(-1, (Some(v), None))]) };
+        assert!(hot_row_losses(&hot, &[holding(3), holding(3)]).is_empty());
+        let lost = hot_row_losses(&hot, &[holding(2), holding(3)]);
+        assert_eq!(lost.len(), 1);
+        assert!(lost[0].contains("node a holds 2, but update 3"), "{lost:?}");
+        assert!(
+            hot_row_losses(&hot, &[holding(9), holding(3)])[0].contains("no acknowledged update")
+        );
+        let untouched = BTreeMap::from([(-2, vec![])]);
+        let seed: Rows = BTreeMap::from([(-2, (Some(0), None))]);
+        assert!(hot_row_losses(&untouched, &[seed.clone(), seed]).is_empty());
+        let overlapping = BTreeMap::from([(-1, vec![write(1, 0, 10), write(2, 5, 12)])]);
+        assert!(hot_row_losses(&overlapping, &[holding(1), holding(1)]).is_empty());
+    }
 }
