@@ -10,7 +10,7 @@ use std::time::Duration;
 fn quick_benchmark_runs_and_syncs() {
     let mut bench = Command::new(env!("CARGO_BIN_EXE_pgtwin-bench"));
     bench.args(["--quick", "--rows", "500", "--singles", "40"]);
-    let out = common::run_with_timeout(bench, Duration::from_secs(300));
+    let out = common::run_with_timeout(bench, Duration::from_secs(400));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -31,4 +31,16 @@ fn quick_benchmark_runs_and_syncs() {
         assert_eq!(row.matches("s)").count(), 5, "{w} lacks a figure: {row}");
     }
     assert!(stdout.contains("all 100 found: yes"), "{stdout}");
+    // The load section, in both modes: the backlog of an outage drains while the writers go on.
+    for mode in ["async", "sync"] {
+        let section = stdout
+            .split(&format!("load, {mode} mode"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("load, {mode} mode missing:\n{stdout}"));
+        assert!(section.contains("backlog drained in"), "{mode}: {section}");
+        assert!(
+            section.contains("both nodes identical: yes"),
+            "{mode}: {section}"
+        );
+    }
 }

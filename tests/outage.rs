@@ -1017,3 +1017,75 @@ async fn a_change_the_peer_refuses_is_set_aside_and_never_blocks_the_others() {
     p.assert_same("items").await;
     p.pgtwin(&["status"]).ok();
 }
+
+/// Sync mode after an outage, with four writers at full speed on node a all along: while its queue
+/// holds anything, every write of a queues (a change must not overtake an older one). `pgtwin run`
+/// replays faster than they queue, so the queue empties and stays empty while the writers go on: they
+/// ship directly again.
+#[tokio::test]
+async fn sync_mode_ships_directly_again_once_the_queue_drains_under_load() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
+        .await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    set_peer_port(&p, 0, closed).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for _ in 0..4 {
+        let c = p.owner_connection(0).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut written = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.execute("INSERT INTO items (v) VALUES ('busy')", &[])
+                    .await
+                    .expect("a write failed");
+                written += 1;
+            }
+            written
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(p.queued(0).await > 100, "the outage queued little");
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    let runner = Runner::start(&p, &["run"]);
+    // Empty, and empty again a second later, with the writers still writing: direct shipping.
+    let started = Instant::now();
+    let mut empty_since: Option<Instant> = None;
+    loop {
+        let queued = p.queued(0).await;
+        match (queued, empty_since) {
+            (0, None) => empty_since = Some(Instant::now()),
+            (0, Some(t)) if t.elapsed() >= Duration::from_secs(1) => break,
+            (0, Some(_)) => {}
+            (_, _) => empty_since = None,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the queue never stayed empty under load ({queued} queued)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before: i64 = p.admin[1]
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after: i64 = p.admin[1]
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(after > before, "the writers stopped writing");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        assert!(w.await.unwrap() > 0);
+    }
+    assert_eq!(p.queued(0).await, 0);
+    p.assert_same("items").await;
+    runner.kill();
+}

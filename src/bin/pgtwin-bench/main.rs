@@ -17,6 +17,8 @@ use pgtwin::config::Config;
 use pgtwin::localpg::LocalServer;
 use tokio_postgres::{Client, NoTls};
 
+mod load;
+
 #[derive(Parser)]
 #[command(about = "Benchmark pgtwin's write path against the unsynced table")]
 struct Args {
@@ -38,6 +40,12 @@ struct Args {
     /// Which sections to run.
     #[arg(long, value_enum, default_value = "all")]
     only: Section,
+    /// Writers per node in the load section.
+    #[arg(long, default_value_t = 4)]
+    load_writers: usize,
+    /// Seconds of outage in the load section (the scenario: 300).
+    #[arg(long)]
+    outage_seconds: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +53,7 @@ enum Section {
     All,
     Writes,
     Data,
+    Load,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -695,11 +704,25 @@ async fn main() -> Result<()> {
     let data_rows = args
         .data_rows
         .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
-    if args.only != Section::Data {
+    if matches!(args.only, Section::All | Section::Writes) {
         write_section(&bench, reps).await?;
     }
-    if args.only != Section::Writes {
+    if matches!(args.only, Section::All | Section::Data) {
         data_section(&bench, reps, data_rows).await?;
+    }
+    if matches!(args.only, Section::All | Section::Load) {
+        let seconds =
+            |quick: u64, full: u64| Duration::from_secs(if args.quick { quick } else { full });
+        let plan = load::Plan {
+            writers_per_node: if args.quick { 1 } else { args.load_writers },
+            steady: seconds(2, 30),
+            outage: args
+                .outage_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(seconds(2, 60)),
+            drain_limit: seconds(60, 600),
+        };
+        load::load_section(&bench, &plan).await?;
     }
     Ok(())
 }
