@@ -226,6 +226,12 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("[nodes.{name}] url: {e}"))?;
             let conn = crate::libpq::resolve(&url, &env)
                 .map_err(|e| anyhow::anyhow!("[nodes.{name}] url: {e}"))?;
+            // A node's connection settings become its peer's foreign server options, which every
+            // role there can read (pg_foreign_server); only the user and password go to the user
+            // mapping, which is private.
+            if conn.params.contains_key("sslpassword") {
+                bail!("[nodes.{name}] url: sslpassword would be stored in the peer's foreign server options, which every role there can read: give pgtwin a client key without a passphrase instead");
+            }
             nodes.push(Node { name, conn });
         }
         let mut tables: Vec<Table> = Vec::new();
@@ -553,6 +559,16 @@ mod tests {
         ));
         assert!(
             e.contains("prefer is neither a node") && !e.contains("pw@"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_passphrase_is_refused_not_stored_where_every_role_reads_it() {
+        let e = err(&GOOD.replacen("5432/shop", "5432/shop?sslpassword=hunter2", 1));
+        assert!(
+            e.contains("sslpassword would be stored in the peer's foreign server options")
+                && !e.contains("hunter2"),
             "{e}"
         );
     }

@@ -133,16 +133,13 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
     // Recreating the server drops (CASCADE) the user mapping and the foreign tables that depend on it, so
     // a changed peer address or password takes effect everywhere at once.
     let server = names::server();
-    let create_server = |masked: bool| {
+    // Its options hold no secret (every role can read them; the config refuses sslpassword).
+    steps.push(Step::new(
+        "foreign server",
         format!(
             "DROP SERVER IF EXISTS {server} CASCADE;\nCREATE SERVER {server} FOREIGN DATA WRAPPER postgres_fdw\n    OPTIONS ({})",
-            server_options(i, masked)
-        )
-    };
-    steps.push(Step::with_secret(
-        "foreign server",
-        create_server(false),
-        create_server(true),
+            server_options(i)
+        ),
     ));
     // The login travels in settings, not in the statement text (see Step::with_settings); the DO block
     // is the same on every node and holds nothing from the config.
@@ -265,14 +262,11 @@ pub fn record_step(
     .unhashed()
 }
 
-/// libpq parameters whose values are secrets: shown masked, like the password.
-const SECRET_PARAMS: [&str; 1] = ["sslpassword"];
-
 /// libpq options for the connection from this node to its peer. `options` marks the session as pgtwin's
 /// (so the peer's triggers do not echo) and bounds its lock waits: a lock wait that crosses servers is a
 /// deadlock neither server can see (POSTGRES-NOTES 9). Connect timeout and keepalives bound the waits
 /// on a peer that does not answer.
-fn server_options(i: &Install, masked: bool) -> String {
+fn server_options(i: &Install) -> String {
     let c = i.peer_conn;
     let mut session = format!(
         "-c {}={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}s",
@@ -304,14 +298,10 @@ fn server_options(i: &Install, masked: bool) -> String {
         }
     }
     opts.push(("options".into(), session));
-    comma_list(opts.iter().map(|(k, v)| {
-        let value = if masked && SECRET_PARAMS.contains(&k.as_str()) {
-            "********"
-        } else {
-            v.as_str()
-        };
-        format!("{} {}", Ident::new(k.as_str()), Literal(value))
-    }))
+    comma_list(
+        opts.iter()
+            .map(|(k, v)| format!("{} {}", Ident::new(k.as_str()), Literal(v))),
+    )
 }
 
 fn table_steps(t: &TableInfo, i: &Install) -> Vec<Step> {
