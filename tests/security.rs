@@ -226,6 +226,26 @@ async fn a_restored_copy_ships_nothing_and_says_so() {
         "{}",
         status.stdout
     );
+    // The cleanup status names (and the README gives) leaves nothing of pgtwin, nor the password.
+    staging
+        .batch_execute("DROP SCHEMA pgtwin CASCADE; DROP SERVER pgtwin_peer CASCADE;")
+        .await
+        .unwrap();
+    let left: i64 = staging
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgtwin%')
+                  + (SELECT count(*) FROM pg_user_mappings WHERE srvname = 'pgtwin_peer')
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = 'pgtwin')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+    staging
+        .batch_execute("INSERT INTO products (name, price) VALUES ('after the cleanup', 2)")
+        .await
+        .unwrap();
 }
 
 /// The same, restored into a fresh cluster under the same database OID (a fresh cluster gives its
