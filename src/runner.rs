@@ -69,6 +69,9 @@ struct Listener {
     db: Client,
     /// Of pgtwin's state tables there (crate::state): an install not yet upgraded by `up` still replays.
     state_version: i32,
+    /// Sync mode: the node's writers queue while its queue holds anything, so its last entries are
+    /// replayed with the queue closed to new ones (read_batch), and its writers ship directly again.
+    closes_queue: bool,
 }
 
 async fn connect_listening(
@@ -120,6 +123,7 @@ async fn connect_listening(
         name: node.name.clone(),
         db,
         state_version: info.state_version.unwrap_or(crate::state::UNRECORDED),
+        closes_queue: cfg.options.mode == crate::config::Mode::Sync,
     })
 }
 
@@ -248,12 +252,27 @@ async fn read_batch(
     last: i64,
     applied_earlier: &[i64],
 ) -> Result<(Vec<Entry>, bool)> {
-    let sql = format!(
-        "BEGIN; {}; {}",
-        state::forget_entries_sql(applied_earlier),
+    let begin = format!("BEGIN; {}", state::forget_entries_sql(applied_earlier));
+    // Sync mode under load: writers queue as fast as they write while the queue holds anything, so a
+    // queue drained batch by batch may never empty. Once what is left fits in one batch, the queue is
+    // locked against new entries (each writer's flush takes a lock this one excludes before it looks
+    // at the queue), the rest is read and replayed, and the writers, after that short wait, find the
+    // queue empty and ship directly.
+    let read = if from.closes_queue && queue_is_short(from, &begin).await? {
+        format!(
+            "{}; {}",
+            state::close_queue_sql(),
+            state::read_entries_sql(i64::MAX, ENTRIES_PER_TRANSACTION)
+        )
+    } else if from.closes_queue {
         state::read_entries_sql(last, ENTRIES_PER_TRANSACTION)
-    );
-    let mut entries = read_entries(from, &sql).await?;
+    } else {
+        format!(
+            "{begin}; {}",
+            state::read_entries_sql(last, ENTRIES_PER_TRANSACTION)
+        )
+    };
+    let mut entries = read_entries(from, &read).await?;
     let full = entries.len() as i64 >= ENTRIES_PER_TRANSACTION;
     // Read as they were, the head's transactions are whole; entries taken in beyond the head may
     // belong to further transactions.
@@ -273,6 +292,21 @@ async fn read_batch(
         entries.extend(more);
     }
     Ok((entries, full))
+}
+
+/// Opens the batch's transaction (`begin`) and tells whether the queue holds at most one batch.
+async fn queue_is_short(from: &Listener, begin: &str) -> Result<bool> {
+    let messages = from
+        .db
+        .simple_query(&format!(
+            "{begin}; {}",
+            state::queue_holds_at_most_sql(ENTRIES_PER_TRANSACTION)
+        ))
+        .await
+        .map_err(on_node(&from.name, "reading the queue"))?;
+    Ok(messages
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(r) if r.get(0) == Some("t"))))
 }
 
 async fn read_entries(from: &Listener, sql: &str) -> Result<Vec<Entry>> {

@@ -608,6 +608,22 @@ pub fn rest_of_transactions_sql(after: i64, xids: &[&str]) -> String {
 
 const ENTRY_COLUMNS: &str = "seq, table_tag, rows, batch, changed_at, xid";
 
+/// Whether the queue holds at most `n` entries (reading no more than n + 1).
+pub fn queue_holds_at_most_sql(n: i64) -> String {
+    format!(
+        "SELECT count(*) <= {n} FROM (SELECT FROM {} LIMIT {n} + 1) q",
+        names::queue_table(),
+        n = Literal(&n.to_string())
+    )
+}
+
+/// Keeps new entries out of the queue until this transaction ends: every insert into it, and the sync
+/// flush before it looks whether the queue is empty (flush.sql), takes a lock this one excludes. SHARE,
+/// not stronger: a change arriving from the peer still reads the queue FOR SHARE to weigh it.
+pub fn close_queue_sql() -> String {
+    format!("LOCK TABLE {} IN SHARE MODE", names::queue_table())
+}
+
 /// On the peer, first in a replay transaction: forgets the records of entries the origin deleted,
 /// and marks (and locks) the origin's progress row.
 pub fn replay_start_sql(origin: &str, forgotten: &[i64]) -> String {

@@ -1018,12 +1018,13 @@ async fn a_change_the_peer_refuses_is_set_aside_and_never_blocks_the_others() {
     p.pgtwin(&["status"]).ok();
 }
 
-/// Sync mode after an outage, with four writers at full speed on node a all along: while its queue
-/// holds anything, every write of a queues (a change must not overtake an older one). `pgtwin run`
-/// replays faster than they queue, so the queue empties and stays empty while the writers go on: they
-/// ship directly again.
+/// Sync mode after an outage of both links, with four writers at full speed on each node all along:
+/// while a queue holds anything, every write of its node queues (a change must not overtake an older
+/// one), so a queue drained batch by batch keeps a few entries as long as the writers write. `pgtwin
+/// run` replays the last batch with the queue closed to new entries: both queues empty and stay empty
+/// while the writers go on, which ship directly again.
 #[tokio::test]
-async fn sync_mode_ships_directly_again_once_the_queue_drains_under_load() {
+async fn sync_mode_ships_directly_again_once_the_queues_drain_under_load() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
     p.both("CREATE TABLE items (id bigserial PRIMARY KEY, v text)")
@@ -1031,61 +1032,73 @@ async fn sync_mode_ships_directly_again_once_the_queue_drains_under_load() {
     p.config("[[tables]]\nname = \"items\"");
     p.pgtwin(&["up"]).ok();
     let closed = pgtwin::localpg::free_port().unwrap();
-    set_peer_port(&p, 0, closed).await;
+    for i in 0..2 {
+        set_peer_port(&p, i, closed).await;
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
-    for _ in 0..4 {
-        let c = p.owner_connection(0).await;
-        let stop = stop.clone();
-        writers.push(tokio::spawn(async move {
-            let mut written = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                c.execute("INSERT INTO items (v) VALUES ('busy')", &[])
-                    .await
-                    .expect("a write failed");
-                written += 1;
-            }
-            written
-        }));
+    for i in 0..2 {
+        for _ in 0..4 {
+            let c = p.owner_connection(i).await;
+            let stop = stop.clone();
+            writers.push(tokio::spawn(async move {
+                let mut written = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.execute("INSERT INTO items (v) VALUES ('busy')", &[])
+                        .await
+                        .expect("a write failed");
+                    written += 1;
+                }
+                written
+            }));
+        }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(p.queued(0).await > 100, "the outage queued little");
-    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    assert!(
+        p.queued(0).await > 100 && p.queued(1).await > 100,
+        "the outage queued little"
+    );
+    for i in 0..2 {
+        set_peer_port(&p, i, common::servers().nodes[1 - i].port).await;
+    }
     let runner = Runner::start(&p, &["run"]);
-    // Empty, and empty again a second later, with the writers still writing: direct shipping.
+    // Both empty, and empty again a second later, with the writers still writing: direct shipping.
     let started = Instant::now();
     let mut empty_since: Option<Instant> = None;
     loop {
-        let queued = p.queued(0).await;
+        let queued = [p.queued(0).await, p.queued(1).await];
         match (queued, empty_since) {
-            (0, None) => empty_since = Some(Instant::now()),
-            (0, Some(t)) if t.elapsed() >= Duration::from_secs(1) => break,
-            (0, Some(_)) => {}
-            (_, _) => empty_since = None,
+            ([0, 0], None) => empty_since = Some(Instant::now()),
+            ([0, 0], Some(t)) if t.elapsed() >= Duration::from_secs(1) => break,
+            ([0, 0], Some(_)) => {}
+            _ => empty_since = None,
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "the queue never stayed empty under load ({queued} queued)"
+            "the queues never stayed empty under load ({queued:?} queued)"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let before: i64 = p.admin[1]
-        .query_one("SELECT count(*) FROM items", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let count = |i: usize| {
+        let c = &p.admin[i];
+        async move {
+            c.query_one("SELECT count(*) FROM items", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let before = [count(0).await, count(1).await];
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let after: i64 = p.admin[1]
-        .query_one("SELECT count(*) FROM items", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(after > before, "the writers stopped writing");
+    assert!(
+        count(0).await > before[0] && count(1).await > before[1],
+        "the writers stopped"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         assert!(w.await.unwrap() > 0);
     }
-    assert_eq!(p.queued(0).await, 0);
+    assert_eq!([p.queued(0).await, p.queued(1).await], [0, 0]);
     p.assert_same("items").await;
     runner.kill();
 }

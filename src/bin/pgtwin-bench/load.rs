@@ -19,6 +19,7 @@ pub struct Plan {
     pub steady: Duration,
     pub outage: Duration,
     pub drain_limit: Duration,
+    pub modes: Vec<&'static str>,
 }
 
 /// What one mode's run measured.
@@ -258,7 +259,7 @@ pub async fn load_section(bench: &Bench, plan: &Plan) -> Result<()> {
         plan.outage.as_secs(),
         plan.drain_limit.as_secs()
     );
-    for mode in ["async", "sync"] {
+    for &mode in &plan.modes {
         eprintln!("  load, {mode} mode");
         let r = run_mode(bench, mode, plan).await?;
         println!(

@@ -46,6 +46,9 @@ struct Args {
     /// Seconds of outage in the load section (the scenario: 300).
     #[arg(long)]
     outage_seconds: Option<u64>,
+    /// The modes the load section runs: async, sync, or both.
+    #[arg(long, default_value = "both")]
+    load_mode: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -677,6 +680,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // The runners the benchmark starts in-process log their warnings (a replay that failed and is
+    // retried) to stderr, so that a stall reads as what it is.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .init();
     let (reps, rows, singles) = if args.quick {
         (1, 2_000, 200)
     } else {
@@ -721,6 +731,11 @@ async fn main() -> Result<()> {
                 .map(Duration::from_secs)
                 .unwrap_or(seconds(2, 60)),
             drain_limit: seconds(60, 600),
+            modes: match args.load_mode.as_str() {
+                "async" => vec!["async"],
+                "sync" => vec!["sync"],
+                _ => vec!["async", "sync"],
+            },
         };
         load::load_section(&bench, &plan).await?;
     }

@@ -29,6 +29,10 @@ BEGIN
     --   same key;
     -- * in a SERIALIZABLE transaction: PostgreSQL may still cancel it after this point, and after
     --   postgres_fdw has committed on the peer; the queue commits, or vanishes, with it.
+    -- The lock every insert into the queue takes, taken before looking: while `pgtwin run` replays the
+    -- queue's last entries with it closed (crate::state::close_queue_sql), this waits, then finds the
+    -- queue empty and ships directly, so that a queue drained under load empties for good.
+    LOCK TABLE {{queue}} IN ROW EXCLUSIVE MODE;
     pgtwin_queue := current_setting('transaction_isolation') = 'serializable' OR EXISTS (SELECT FROM {{queue}});
     -- The transaction's chunks in order, then an empty row that ends the last run.
     FOR r IN SELECT table_tag, batch, rows, keys FROM (
