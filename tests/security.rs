@@ -8,6 +8,22 @@ use common::{servers, Pair, TWIN_PW};
 const PRODUCTS: &str = "CREATE TABLE products (id bigserial PRIMARY KEY, name text, price int);
     GRANT SELECT, INSERT, UPDATE, DELETE ON products TO app; GRANT USAGE ON SEQUENCE products_id_seq TO app";
 
+/// Schema `pgtwin` as an application role would prepare it to be adopted: a table pgtwin writes, with a
+/// trigger that would make the role a superuser when the installer writes it.
+const GRABBING_SCHEMA: &str = "CREATE SCHEMA pgtwin;
+    CREATE TABLE pgtwin.link (singleton boolean PRIMARY KEY DEFAULT true, needs_repair_since timestamptz, reason text);
+    CREATE FUNCTION pgtwin.grab() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN ALTER ROLE app SUPERUSER; RETURN NEW; END $$;
+    CREATE TRIGGER grab BEFORE INSERT ON pgtwin.link FOR EACH ROW EXECUTE FUNCTION pgtwin.grab();";
+
+async fn app_is_superuser(p: &Pair) -> bool {
+    p.admin[0]
+        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// An application role that may create schemas prepares `pgtwin` with a trigger of its own: `up`
 /// (run by a superuser) refuses, naming what it found, and runs none of it.
 #[tokio::test]
@@ -20,14 +36,9 @@ async fn a_schema_prepared_by_another_role_is_refused_not_adopted() {
         .await
         .unwrap();
     let app = p.app(0).await;
-    app.batch_execute(
-        "CREATE SCHEMA pgtwin;
-         CREATE TABLE pgtwin.installation (singleton boolean);
-         CREATE TABLE pgtwin.link (singleton boolean PRIMARY KEY DEFAULT true, needs_repair_since timestamptz, reason text);
-         CREATE FUNCTION pgtwin.grab() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN ALTER ROLE app SUPERUSER; RETURN NEW; END $$;
-         CREATE TRIGGER grab BEFORE INSERT ON pgtwin.link FOR EACH ROW EXECUTE FUNCTION pgtwin.grab();",
-    )
+    app.batch_execute(&format!(
+        "{GRABBING_SCHEMA} CREATE TABLE pgtwin.installation (singleton boolean);"
+    ))
     .await
     .unwrap();
     // `up` as the superuser of node a.
@@ -47,12 +58,10 @@ async fn a_schema_prepared_by_another_role_is_refused_not_adopted() {
         ],
         &["node b", "must log in to node a with a password"],
     ]);
-    let superuser: bool = p.admin[0]
-        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!superuser, "the application role became a superuser");
+    assert!(
+        !app_is_superuser(&p).await,
+        "the application role became a superuser"
+    );
 }
 
 /// The same role creates `pgtwin`, with its trigger, while `up` (run by a superuser) waits for the
@@ -99,16 +108,9 @@ async fn a_schema_created_while_up_runs_is_not_adopted() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    app.batch_execute(
-        "CREATE SCHEMA pgtwin;
-         CREATE TABLE pgtwin.link (singleton boolean PRIMARY KEY DEFAULT true, needs_repair_since timestamptz, reason text);
-         CREATE FUNCTION pgtwin.grab() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN ALTER ROLE app SUPERUSER; RETURN NEW; END $$;
-         CREATE TRIGGER grab BEFORE INSERT ON pgtwin.link FOR EACH ROW EXECUTE FUNCTION pgtwin.grab();
-         COMMIT",
-    )
-    .await
-    .unwrap();
+    app.batch_execute(&format!("{GRABBING_SCHEMA} COMMIT"))
+        .await
+        .unwrap();
     let run = up.join().unwrap();
     assert_ne!(run.code, 0, "up adopted the schema:\n{}", run.stdout);
     assert!(
@@ -116,12 +118,10 @@ async fn a_schema_created_while_up_runs_is_not_adopted() {
         "{}",
         run.stderr
     );
-    let superuser: bool = p.admin[0]
-        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'app'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!superuser, "the application role became a superuser");
+    assert!(
+        !app_is_superuser(&p).await,
+        "the application role became a superuser"
+    );
     assert!(!p.installed(1).await, "node b was installed alone");
 }
 
