@@ -112,17 +112,6 @@ async fn depth(c: &tokio_postgres::Client) -> i64 {
     }
 }
 
-/// Points node i's link at `port` (a closed one cuts it).
-async fn set_link(bench: &Bench, node: usize, db: &str, port: u16) -> Result<()> {
-    connect(&bench.servers[node], db)
-        .await?
-        .batch_execute(&format!(
-            "ALTER SERVER pgtwin_peer OPTIONS (SET port '{port}')"
-        ))
-        .await?;
-    Ok(())
-}
-
 async fn run_mode(bench: &Bench, mode: &'static str, plan: &Plan) -> Result<Report> {
     let db = format!("bench_load_{mode}");
     bench.fresh_databases(&db, super::TABLE).await?;
@@ -175,7 +164,7 @@ async fn run_mode(bench: &Bench, mode: &'static str, plan: &Plan) -> Result<Repo
     let closed = pgtwin::localpg::free_port()?;
     if mode == "sync" {
         for node in 0..2 {
-            set_link(bench, node, &db, closed).await?;
+            bench.set_link(node, &db, closed).await?;
         }
     }
     if let Some(r) = runner.take() {
@@ -192,7 +181,9 @@ async fn run_mode(bench: &Bench, mode: &'static str, plan: &Plan) -> Result<Repo
     // The runner (and the links) back, the writers still writing: until both queues are empty.
     if mode == "sync" {
         for node in 0..2 {
-            set_link(bench, node, &db, bench.servers[1 - node].port).await?;
+            bench
+                .set_link(node, &db, bench.servers[1 - node].port)
+                .await?;
         }
     }
     let runner_cfg = cfg.clone();

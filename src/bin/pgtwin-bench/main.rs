@@ -241,6 +241,18 @@ async fn connect(server: &LocalServer, db: &str) -> Result<Client> {
 }
 
 impl Bench {
+    /// Points node i's link at `port`: a closed one cuts it (every change of node i queues), the
+    /// peer's port restores it.
+    async fn set_link(&self, node: usize, db: &str, port: u16) -> Result<()> {
+        connect(&self.servers[node], db)
+            .await?
+            .batch_execute(&format!(
+                "ALTER SERVER pgtwin_peer OPTIONS (SET port '{port}')"
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// A new database of this name on both servers, with the table created.
     async fn fresh_databases(&self, db: &str, table: &str) -> Result<()> {
         for s in &self.servers {
@@ -276,12 +288,7 @@ impl Bench {
         if variant == Variant::Queueing {
             // The peer is away: node a's link points at a closed port, so every change queues.
             let closed = pgtwin::localpg::free_port()?;
-            connect(&self.servers[0], &db)
-                .await?
-                .batch_execute(&format!(
-                    "ALTER SERVER pgtwin_peer OPTIONS (SET port '{closed}')"
-                ))
-                .await?;
+            self.set_link(0, &db, closed).await?;
         }
         Ok(db)
     }
@@ -480,24 +487,13 @@ impl Bench {
         );
         if matches!(variant, Variant::Async | Variant::Queueing) {
             if variant == Variant::Queueing {
-                connect(a, &db)
-                    .await?
-                    .batch_execute(&format!(
-                        "ALTER SERVER pgtwin_peer OPTIONS (SET port '{}')",
-                        self.servers[1].port
-                    ))
-                    .await?;
+                self.set_link(0, &db, self.servers[1].port).await?;
             }
             out.insert(Workload::DrainRate, self.drain_rate(&db, variant).await?);
             if variant == Variant::Queueing {
                 let closed = pgtwin::localpg::free_port()?;
                 // Still queueing: the drained queue is empty, so cut the link and queue one change first.
-                connect(a, &db)
-                    .await?
-                    .batch_execute(&format!(
-                        "ALTER SERVER pgtwin_peer OPTIONS (SET port '{closed}')"
-                    ))
-                    .await?;
+                self.set_link(0, &db, closed).await?;
                 c.batch_execute("INSERT INTO items (name) VALUES ('queue again')")
                     .await?;
             }
@@ -541,13 +537,7 @@ impl Bench {
         if matches!(variant, Variant::Async | Variant::Queueing) {
             if variant == Variant::Queueing {
                 // The peer is back.
-                connect(a, &db)
-                    .await?
-                    .batch_execute(&format!(
-                        "ALTER SERVER pgtwin_peer OPTIONS (SET port '{}')",
-                        self.servers[1].port
-                    ))
-                    .await?;
+                self.set_link(0, &db, self.servers[1].port).await?;
             }
             pgtwin::runner::run_once(&self.config(&db, variant)?).await?;
         }
