@@ -191,6 +191,7 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
                 &names::APPLY_TRIGGER,
                 &names::FLUSH_TRIGGER,
                 &names::SERVER,
+                &names::QUEUE_FORGOTTEN_TRIGGER,
             ],
         )
         .await
@@ -252,8 +253,9 @@ pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
 }
 
 /// pgtwin's schema and what is in it, where not owned by the connecting role; triggers on its
-/// relations other than its own (the inbox trigger $2, the flush trigger $3); and a foreign server of
-/// pgtwin's name ($4) that another role owns (`up` drops and recreates it). The schema name is $1.
+/// relations other than its own (the inbox trigger $2, the flush trigger $3, the queue-forgotten
+/// trigger $5); and a foreign server of pgtwin's name ($4) that another role owns (`up` drops and
+/// recreates it). The schema name is $1.
 const FOREIGN_OBJECTS_SQL: &str = "
     WITH me AS (SELECT oid FROM pg_roles WHERE rolname = current_user),
          s AS (SELECT oid, nspowner FROM pg_namespace WHERE nspname = $1)
@@ -272,6 +274,7 @@ const FOREIGN_OBJECTS_SQL: &str = "
       FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid, s
      WHERE c.relnamespace = s.oid AND NOT g.tgisinternal AND (g.tgname <> $2 OR c.relkind <> 'v')
        AND (g.tgname <> $3 OR c.relname <> 'pending' OR c.relkind <> 'r')
+       AND (g.tgname <> $5 OR c.relname <> 'queue' OR c.relkind <> 'r')
     UNION ALL
     SELECT 'foreign server ' || quote_ident(f.srvname) FROM pg_foreign_server f
      WHERE f.srvname = $4 AND f.srvowner <> (SELECT oid FROM me)

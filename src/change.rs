@@ -132,7 +132,8 @@ pub struct Chunking<'a> {
 /// row's key, as JSON, named in the error for a row too large to travel; `key_text` one for the key as
 /// comparable text (`key_text_of`). A statement of up to KEYED_ROWS rows records its keys with each
 /// chunk, so that a change arriving from the peer finds the queued changes of its keys through an
-/// index, whatever the length of the queue.
+/// index, whatever the length of the queue; a chunk of a larger statement records none (NULL, which
+/// the conflict resolution reads as "read the chunk"), however few rows it holds.
 pub fn chunks_query(
     op: u8,
     columns: &str,
@@ -153,7 +154,7 @@ pub fn chunks_query(
     // would be evaluated for each of its three uses. The row's key as JSON is built only for a row
     // refused as too large (from the key columns passed along under the source's alias).
     format!(
-        "SELECT {prefix} || {columns} || {mark} || string_agg(pgtwin_r, ',') || ']}}', count(*)::integer, CASE WHEN count(*) <= {KEYED_ROWS} THEN array_agg(pgtwin_kt) END\n            \
+        "SELECT {prefix} || {columns} || {mark} || string_agg(pgtwin_r, ',') || ']}}', count(*)::integer, CASE WHEN count(pgtwin_kt) = count(*) THEN array_agg(pgtwin_kt) END\n            \
          FROM (SELECT CASE WHEN octet_length(pgtwin_r) > {max} THEN {refuse}({table}, ({key})::text, octet_length(pgtwin_r)) ELSE pgtwin_r END AS pgtwin_r, pgtwin_kt,\n                         \
          (sum(octet_length(pgtwin_r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS pgtwin_chunk_no\n                  \
          FROM (SELECT ({row})::text AS pgtwin_r, {keys},\n                               \

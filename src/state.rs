@@ -16,12 +16,13 @@ use crate::sql::names;
 
 /// Numbered migrations; the last number is this binary's state version. Never edit one that shipped:
 /// add the next.
-const MIGRATIONS: [(i32, &str); 5] = [
+const MIGRATIONS: [(i32, &str); 6] = [
     (1, include_str!("sql/templates/state/1.sql")),
     (2, include_str!("sql/templates/state/2.sql")),
     (3, include_str!("sql/templates/state/3.sql")),
     (4, include_str!("sql/templates/state/4.sql")),
     (5, include_str!("sql/templates/state/5.sql")),
+    (6, include_str!("sql/templates/state/6.sql")),
 ];
 
 /// The state version this binary writes and reads.

@@ -1102,3 +1102,211 @@ async fn sync_mode_ships_directly_again_once_the_queues_drain_under_load() {
     p.assert_same("items").await;
     runner.kill();
 }
+
+/// Whether node i's record of each key's newest queued change (pgtwin.queue_latest) says exactly what
+/// its queue holds: every key a queued chunk records, with the newest entry holding it.
+async fn queue_latest_is_exact(p: &Pair, i: usize) -> Vec<String> {
+    p.admin[i]
+        .query(
+            "WITH derived AS (SELECT table_tag, k AS key, max(seq) AS seq FROM pgtwin.queue, unnest(keys) k GROUP BY 1, 2),
+                  recorded AS (SELECT table_tag, key, seq FROM pgtwin.queue_latest)
+             SELECT format('%s %s %s', 'not recorded', key, seq) FROM (SELECT * FROM derived EXCEPT SELECT * FROM recorded) d
+             UNION ALL
+             SELECT format('%s %s %s', 'recorded wrongly', key, seq) FROM (SELECT * FROM recorded EXCEPT SELECT * FROM derived) r",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A story of an outage: both applications keep hammering the same few rows (a stock counter, a
+/// status) while the link is down, each node queueing hundreds of versions of each. Every arriving
+/// version is weighed against the newest queued one of its key (pgtwin.queue_latest, kept by the
+/// enqueue and by every deletion), and the last writer wins on both nodes. The nodes' tables differ
+/// in column order.
+#[tokio::test]
+async fn a_hot_row_hammered_on_both_nodes_while_apart_ends_with_its_last_writer() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.owner[0].batch_execute(ITEMS).await.unwrap();
+    p.owner[1]
+        .batch_execute("CREATE TABLE items (n int, v text, id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    p.both("INSERT INTO items (id, v, n) SELECT g, 'seed', g FROM generate_series(1, 200) g")
+        .await;
+    // Chunks of 80 rows: the bulk statement below travels as one of 80 and one of 20.
+    p.config("[[tables]]\nname = \"items\"\n[options]\nbatch_size = 80");
+    p.pgtwin(&["up"]).ok();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    set_peer_port(&p, 0, closed).await;
+    set_peer_port(&p, 1, closed).await;
+    let (a, b) = (&p.owner[0], &p.owner[1]);
+    // Rows 1 and 2 are hot: each node writes them 150 times, turn about; b writes row 1 last, a row 2.
+    for i in 0..150 {
+        a.batch_execute(&format!(
+            "UPDATE items SET v = 'a {i}', n = n + 1 WHERE id = 1; UPDATE items SET v = 'a {i}' WHERE id = 2"
+        ))
+        .await
+        .unwrap();
+        b.batch_execute(&format!(
+            "UPDATE items SET v = 'b {i}', n = n + 1 WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+        if i < 149 {
+            b.batch_execute(&format!("UPDATE items SET v = 'b {i}' WHERE id = 2"))
+                .await
+                .unwrap();
+        }
+    }
+    a.batch_execute("UPDATE items SET v = 'a last, wins' WHERE id = 2")
+        .await
+        .unwrap();
+    // Row 3: b changes it, then a deletes and inserts it again later: a's queued insert must overwrite
+    // b's row on b.
+    b.batch_execute("UPDATE items SET v = 'b early' WHERE id = 3")
+        .await
+        .unwrap();
+    a.batch_execute(
+        "DELETE FROM items WHERE id = 3; INSERT INTO items VALUES (3, 'a again, wins', 0)",
+    )
+    .await
+    .unwrap();
+    // A bulk statement on b (its chunks, even the short last one, record no keys) meets later changes
+    // of its rows on a, and a multi-row insert on a meets nothing.
+    b.batch_execute("UPDATE items SET v = 'bulk on b' WHERE id > 100")
+        .await
+        .unwrap();
+    a.batch_execute("UPDATE items SET v = 'a after the bulk, wins' WHERE id IN (150, 190)")
+        .await
+        .unwrap();
+    a.batch_execute(
+        "INSERT INTO items (id, v, n) SELECT g, 'many on a', 0 FROM generate_series(1000, 1009) g",
+    )
+    .await
+    .unwrap();
+    assert!(p.queued(0).await > 300 && p.queued(1).await > 300);
+    for i in 0..2 {
+        assert_eq!(queue_latest_is_exact(&p, i).await, Vec::<String>::new());
+    }
+
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    set_peer_port(&p, 1, common::servers().nodes[0].port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!((p.queued(0).await, p.queued(1).await), (0, 0));
+    let rows = p.assert_same("(SELECT id, v, n FROM items)").await;
+    let v = |id: i32| {
+        rows.iter()
+            .find(|r| r.starts_with(&format!("({id},")))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(v(1).contains("b 149"), "{rows:?}");
+    assert!(v(2).contains("a last, wins"), "{rows:?}");
+    assert!(v(3).contains("a again, wins"), "{rows:?}");
+    assert!(v(150).contains("a after the bulk, wins"), "{rows:?}");
+    assert!(v(190).contains("a after the bulk, wins"), "{rows:?}");
+    assert!(v(101).contains("bulk on b"), "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r.contains("many on a")).count(), 10);
+    for admin in &p.admin {
+        let left: i64 = admin
+            .query_one("SELECT count(*) FROM pgtwin.queue_latest", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "an empty queue has no newest change");
+    }
+}
+
+/// The newest queue entry holding `key` on node a, as pgtwin.queue_latest records it.
+async fn newest_queued(p: &Pair, key: &str) -> Option<i64> {
+    p.admin[0]
+        .query_opt(
+            "SELECT seq FROM pgtwin.queue_latest WHERE key = $1",
+            &[&key],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+/// Whoever deletes from the queue (a replay, a set-aside, a conflict lost, `down --force`), each key's
+/// record names the newest entry still holding it, or goes with the last one.
+#[tokio::test]
+async fn the_newest_queued_change_of_a_key_follows_every_deletion_from_the_queue() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.both("INSERT INTO items SELECT g, 'seed', g FROM generate_series(1, 3) g")
+        .await;
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    set_peer_port(&p, 0, pgtwin::localpg::free_port().unwrap()).await;
+    let a = &p.owner[0];
+    for i in 0..3 {
+        a.batch_execute(&format!("UPDATE items SET v = 'v{i}' WHERE id IN (1, 2)"))
+            .await
+            .unwrap();
+    }
+    a.batch_execute("UPDATE items SET v = 'only 1' WHERE id = 1")
+        .await
+        .unwrap();
+    let seqs: Vec<i64> = p.admin[0]
+        .query("SELECT seq FROM pgtwin.queue ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(seqs.len(), 4);
+    assert_eq!(
+        (
+            newest_queued(&p, "[1]").await,
+            newest_queued(&p, "[2]").await
+        ),
+        (Some(seqs[3]), Some(seqs[2]))
+    );
+    // The newest entries go first (as a replay that took a later transaction whole may do): each key
+    // falls back to the newest entry left.
+    p.admin[0]
+        .batch_execute(&format!(
+            "DELETE FROM pgtwin.queue WHERE seq IN ({}, {})",
+            seqs[3], seqs[2]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            newest_queued(&p, "[1]").await,
+            newest_queued(&p, "[2]").await
+        ),
+        (Some(seqs[1]), Some(seqs[1]))
+    );
+    assert_eq!(queue_latest_is_exact(&p, 0).await, Vec::<String>::new());
+    p.admin[0]
+        .batch_execute(&format!("DELETE FROM pgtwin.queue WHERE seq = {}", seqs[0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            newest_queued(&p, "[1]").await,
+            newest_queued(&p, "[2]").await
+        ),
+        (Some(seqs[1]), Some(seqs[1]))
+    );
+    p.admin[0]
+        .batch_execute("DELETE FROM pgtwin.queue")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            newest_queued(&p, "[1]").await,
+            newest_queued(&p, "[2]").await
+        ),
+        (None, None)
+    );
+}

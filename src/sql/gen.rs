@@ -15,6 +15,7 @@ const SHIP_TEMPLATE: &str = include_str!("templates/ship.sql");
 const FLUSH_TEMPLATE: &str = include_str!("templates/flush.sql");
 const APPLY_TEMPLATE: &str = include_str!("templates/apply.sql");
 const RESOLVE_TEMPLATE: &str = include_str!("templates/resolve.sql");
+const FORGOTTEN_TEMPLATE: &str = include_str!("templates/forgotten.sql");
 
 /// Everything that decides what `up` installs on one node.
 pub struct Install<'a> {
@@ -109,6 +110,22 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
                 ),
                 Security::Invoker,
             )
+        ),
+    ));
+    steps.push(Step::new(
+        "queue forgotten trigger",
+        format!(
+            "{};\nDROP TRIGGER IF EXISTS {trigger} ON {queue};\nCREATE TRIGGER {trigger} AFTER DELETE ON {queue}\n    REFERENCING OLD TABLE AS pgtwin_gone FOR EACH STATEMENT EXECUTE FUNCTION {forgotten}()",
+            function_sql(
+                &names::queue_forgotten_function(),
+                "",
+                "trigger",
+                &fill(FORGOTTEN_TEMPLATE, &[]),
+                Security::Invoker,
+            ),
+            trigger = Ident::new(names::QUEUE_FORGOTTEN_TRIGGER),
+            queue = names::queue_table(),
+            forgotten = names::queue_forgotten_function(),
         ),
     ));
     steps.push(Step::new(
@@ -824,6 +841,7 @@ fn common_names() -> Vec<(&'static str, String)> {
         ("installation", names::installation_table().to_string()),
         ("sequences", names::sequences_table().to_string()),
         ("queue", names::queue_table().to_string()),
+        ("queue_latest", names::queue_latest_table().to_string()),
         ("pending", names::pending_table().to_string()),
         (
             "app_path_setting",

@@ -126,6 +126,18 @@ pub fn queue_table() -> QualName {
     in_schema("queue".into())
 }
 
+/// The newest queued change of each key the queue's small chunks record (state migration 6).
+pub fn queue_latest_table() -> QualName {
+    in_schema("queue_latest".into())
+}
+
+/// The trigger function that keeps `queue_latest` true when entries leave the queue.
+pub fn queue_forgotten_function() -> QualName {
+    in_schema("queue_forgotten".into())
+}
+
+pub const QUEUE_FORGOTTEN_TRIGGER: &str = "pgtwin_queue_forgotten";
+
 /// A transaction's changes until it commits (sync mode).
 pub fn pending_table() -> QualName {
     in_schema("pending".into())

@@ -104,13 +104,14 @@ enum Workload {
     W6UpdateP99,
     DrainRate,
     TwoQueuesRate,
+    TwoQueuesHotRate,
     LagP50,
     LagP99,
     QueueDepthMax,
 }
 
 impl Workload {
-    const ALL: [Workload; 16] = [
+    const ALL: [Workload; 17] = [
         Workload::W1InsertTps,
         Workload::W1LiveTps,
         Workload::W2Insert4Tps,
@@ -124,6 +125,7 @@ impl Workload {
         Workload::W6UpdateP99,
         Workload::DrainRate,
         Workload::TwoQueuesRate,
+        Workload::TwoQueuesHotRate,
         Workload::LagP50,
         Workload::LagP99,
         Workload::QueueDepthMax,
@@ -144,6 +146,7 @@ impl Workload {
             Workload::W6UpdateP99 => "W6 latency p99 (time)",
             Workload::DrainRate => "drain by run, vs INSERT..SELECT on peer",
             Workload::TwoQueuesRate => "replay of two queues, 1-row txns, 10% contested",
+            Workload::TwoQueuesHotRate => "the same, half of them on 5 hot rows",
             Workload::LagP50 => "lag at 200 writes/s, p50",
             Workload::LagP99 => "lag at 200 writes/s, p99",
             Workload::QueueDepthMax => "queue depth, most seen with run live",
@@ -179,14 +182,18 @@ impl Workload {
     fn is_absolute(self) -> bool {
         matches!(
             self,
-            Workload::LagP50 | Workload::LagP99 | Workload::QueueDepthMax | Workload::TwoQueuesRate
+            Workload::LagP50
+                | Workload::LagP99
+                | Workload::QueueDepthMax
+                | Workload::TwoQueuesRate
+                | Workload::TwoQueuesHotRate
         )
     }
 
     fn unit(self, v: f64) -> String {
         if self == Workload::QueueDepthMax {
             format!("{v:.0} entries")
-        } else if self == Workload::TwoQueuesRate {
+        } else if matches!(self, Workload::TwoQueuesRate | Workload::TwoQueuesHotRate) {
             format!("{v:.0} changes/s")
         } else if self.is_throughput() {
             format!("{v:.0}/s")
@@ -542,7 +549,14 @@ impl Bench {
             pgtwin::runner::run_once(&self.config(&db, variant)?).await?;
         }
         if variant == Variant::Async {
-            out.insert(Workload::TwoQueuesRate, self.two_queues(&db).await?);
+            out.insert(
+                Workload::TwoQueuesRate,
+                self.two_queues(&db, Contention::SPREAD).await?,
+            );
+            out.insert(
+                Workload::TwoQueuesHotRate,
+                self.two_queues(&db, Contention::HOT).await?,
+            );
         }
         let identical = match variant {
             Variant::Unsynced => true,
@@ -557,10 +571,10 @@ impl Bench {
     }
 
     /// Both nodes write apart (async mode, no runner): `singles` single-row transactions each, new rows
-    /// and updates, a tenth of them of rows the other node updates too. Then `run --once` drains both
+    /// and updates of rows the other node updates too (`contention`). Then `run --once` drains both
     /// queues, weighing every arriving change against the other queue. Returns the changes applied per
     /// second.
-    async fn two_queues(&self, db: &str) -> Result<f64> {
+    async fn two_queues(&self, db: &str, contention: Contention) -> Result<f64> {
         let (a, b) = (
             connect(&self.servers[0], db).await?,
             connect(&self.servers[1], db).await?,
@@ -573,10 +587,11 @@ impl Bench {
             .collect();
         for (i, c) in [&a, &b].into_iter().enumerate() {
             for n in 0..self.singles {
-                if n % 10 == 0 {
+                if n % contention.every == 0 {
+                    let id = ids[n / contention.every % contention.rows];
                     c.execute(
                         "UPDATE items SET price = $2 WHERE id = $1",
-                        &[&ids[n / 10 % ids.len()], &(i as i32)],
+                        &[&id, &(i as i32)],
                     )
                     .await?;
                 } else {
@@ -608,6 +623,25 @@ impl Bench {
             .get(0);
         Ok(a == b)
     }
+}
+
+/// Which of two_queues' transactions update a row the other node updates too: every `every`th, of
+/// `rows` rows in turn.
+#[derive(Clone, Copy)]
+struct Contention {
+    every: usize,
+    rows: usize,
+}
+
+impl Contention {
+    /// A tenth, spread over 100 rows.
+    const SPREAD: Contention = Contention {
+        every: 10,
+        rows: 100,
+    };
+    /// Half, on 5 rows: each queues hundreds of versions of them, and every version arriving is
+    /// weighed against the other queue's (the cost must not grow with their number).
+    const HOT: Contention = Contention { every: 2, rows: 5 };
 }
 
 /// Waits, at most `limit`, until node a's queue is empty (a runner drains it).

@@ -2,6 +2,7 @@
 -- is marked as needing repair instead of growing without bound.
 DECLARE
     oldest timestamptz;
+    queued bigint;
 BEGIN
     IF (SELECT needs_repair_since FROM {{link}}) IS NOT NULL THEN
         RETURN;
@@ -12,7 +13,17 @@ BEGIN
             reason = format('the queue for the peer held changes older than %s seconds', {{max_age_s}});
         RETURN;
     END IF;
-    INSERT INTO {{queue}} (table_tag, rows, batch, keys) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch, pgtwin_keys);
+    INSERT INTO {{queue}} (table_tag, rows, batch, keys) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch, pgtwin_keys)
+        RETURNING seq INTO queued;
+    -- This entry is now the newest queued change of each of its keys (state migration 6).
+    IF pgtwin_keys IS NOT NULL THEN
+        INSERT INTO {{queue_latest}} AS l (table_tag, key, seq, changed_at, inserts)
+        SELECT DISTINCT pgtwin_tag, k, queued, transaction_timestamp(), left(pgtwin_batch, 1) = 'I'
+        FROM unnest(pgtwin_keys) k
+        ON CONFLICT (table_tag, key) DO UPDATE
+            SET seq = EXCLUDED.seq, changed_at = greatest(l.changed_at, EXCLUDED.changed_at),
+                inserts = l.inserts OR EXCLUDED.inserts;
+    END IF;
     -- Wake `pgtwin run` when the queue was empty. Not on every entry: NOTIFY serializes the commits of
     -- all notifying transactions (a database-wide lock held through the commit's WAL flush), and while
     -- entries wait the runner is draining anyway (it re-checks shortly after each drain).

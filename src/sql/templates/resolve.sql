@@ -4,30 +4,36 @@
 -- (NULL when none did). Keys compare by their JSON text: both nodes write it with the same functions
 -- and settings (docs/change-format.md).
 DECLARE
+    pgtwin_keys text[];
+    pgtwin_latest bigint[];
+    pgtwin_locked bigint[] := '{}';
+    pgtwin_unkeyed bigint[];
     pgtwin_local_won text[];
     pgtwin_remote_won text[];
-    pgtwin_candidates bigint[];
+    pgtwin_inserted text[];
+    pgtwin_touched bigint[];
+    pgtwin_emptied bigint[];
 BEGIN
-    -- Only the queued chunks that hold an arriving key are weighed, and locked FOR SHARE: a replay of
-    -- one of them in progress (`pgtwin run` holds them FOR UPDATE) is waited for; once it commits
-    -- they are gone, and an entry already applied on the peer must not win here. A small chunk is
-    -- found through the index on the keys it records (so the cost does not grow with the queue); a
-    -- bulk one, which records none, by reading it.
-    WITH incoming AS (
-        SELECT array_agg({{incoming_key}}) AS keys FROM json_array_elements(pgtwin_rows) b
-    )
-    SELECT coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_candidates FROM (
-        SELECT q.seq FROM {{queue}} q, incoming i
-        WHERE q.keys && i.keys AND q.table_tag = {{tag}}
-        FOR SHARE OF q
-    ) keyed;
-    SELECT pgtwin_candidates || coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_candidates FROM (
+    SELECT array_agg({{incoming_key}}) INTO pgtwin_keys FROM json_array_elements(pgtwin_rows) b;
+    -- The newest queued change of each arriving key, from queue_latest: one lookup per key, however
+    -- many changes of it wait. Its entry is locked FOR SHARE: a replay of it in progress (`pgtwin run`
+    -- holds it FOR UPDATE) is waited for; once that commits the entry is gone, and an entry already
+    -- applied on the peer must not win here, so the record, mended by then, is read again.
+    LOOP
+        SELECT coalesce(array_agg(seq), '{}') INTO pgtwin_latest
+        FROM {{queue_latest}} WHERE table_tag = {{tag}} AND key = ANY (pgtwin_keys);
+        EXIT WHEN pgtwin_latest <@ pgtwin_locked;
+        PERFORM FROM {{queue}} WHERE seq = ANY (pgtwin_latest) FOR SHARE;
+        pgtwin_locked := pgtwin_locked || pgtwin_latest;
+    END LOOP;
+    -- A bulk chunk records no keys: the queued ones holding an arriving key are found by reading them.
+    SELECT coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_unkeyed FROM (
         SELECT q.seq FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
         WHERE q.keys IS NULL AND q.table_tag = {{tag}} AND left(q.batch, 1) IN ('I', 'U', 'D')
-          AND {{local_key}} IN (SELECT {{incoming_key}} FROM json_array_elements(pgtwin_rows) b)
+          AND {{local_key}} = ANY (pgtwin_keys)
         FOR SHARE OF q
     ) unkeyed;
-    IF cardinality(pgtwin_candidates) = 0 THEN
+    IF cardinality(pgtwin_latest) = 0 AND cardinality(pgtwin_unkeyed) = 0 THEN
         RETURN pgtwin_rows;
     END IF;
     -- A chunk `pgtwin run` joined from several queue entries has lost their separate times.
@@ -37,13 +43,21 @@ BEGIN
     END IF;
     WITH incoming AS (
         SELECT {{incoming_key}} AS k, b AS c FROM json_array_elements(pgtwin_rows) b
-    ), candidates AS (
-        SELECT q.seq, q.batch, q.changed_at FROM {{queue}} q WHERE q.seq = ANY (pgtwin_candidates)
+    ), queued AS (
+        -- Each key's newest keyed change, with the latest time among its queued changes.
+        SELECT l.key AS k, l.changed_at AS at, l.seq,
+               (SELECT json_build_object('op', left(q.batch, 1), 'row', p)::text
+                FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
+                WHERE {{local_key}} = l.key LIMIT 1) AS version
+        FROM {{queue_latest}} l JOIN {{queue}} q ON q.seq = l.seq
+        WHERE l.table_tag = {{tag}} AND l.key = ANY (pgtwin_keys)
+        UNION ALL
+        SELECT {{local_key}}, q.changed_at, q.seq, json_build_object('op', left(q.batch, 1), 'row', p)::text
+        FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
+        WHERE q.seq = ANY (pgtwin_unkeyed)
     ), pending AS (
-        SELECT {{local_key}} AS k, max(q.changed_at) AS at,
-               (array_agg(json_build_object('op', left(q.batch, 1), 'row', p)::text ORDER BY q.seq DESC))[1] AS latest
-        FROM candidates q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
-        GROUP BY 1
+        SELECT k, max(at) AS at, (array_agg(version ORDER BY seq DESC))[1] AS latest
+        FROM queued GROUP BY k
     ), decided AS (
         SELECT i.k, i.c, p.latest, (p.at > pgtwin_at OR (p.at = pgtwin_at AND {{local_wins_ties}})) AS local_wins
         FROM incoming i JOIN pending p USING (k)
@@ -58,25 +72,43 @@ BEGIN
     FROM decided;
     IF cardinality(pgtwin_local_won) > 0 THEN
         -- This node's changes of those keys won; the peer holds the losing rows, so an insert among
-        -- them must overwrite there, not be taken for a key handed out twice.
+        -- them must overwrite there, not be taken for a key handed out twice. Keyed inserts are looked
+        -- for once per key (queue_latest remembers that none is left).
+        SELECT coalesce(array_agg(key), '{}') INTO pgtwin_inserted FROM {{queue_latest}}
+        WHERE table_tag = {{tag}} AND key = ANY (pgtwin_local_won) AND inserts;
+        IF cardinality(pgtwin_inserted) > 0 THEN
+            UPDATE {{queue}} q SET batch = 'U' || substr(q.batch, 2)
+            WHERE q.keys && pgtwin_inserted AND q.table_tag = {{tag}} AND left(q.batch, 1) = 'I';
+            UPDATE {{queue_latest}} SET inserts = false WHERE table_tag = {{tag}} AND key = ANY (pgtwin_inserted);
+        END IF;
         UPDATE {{queue}} q SET batch = 'U' || substr(q.batch, 2)
-        WHERE q.seq = ANY (pgtwin_candidates) AND left(q.batch, 1) = 'I'
-            AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
-                        WHERE {{local_key}} = ANY (pgtwin_local_won));
+        WHERE q.seq = ANY (pgtwin_unkeyed) AND left(q.batch, 1) = 'I'
+          AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
+                      WHERE {{local_key}} = ANY (pgtwin_local_won));
     END IF;
     IF cardinality(pgtwin_remote_won) > 0 THEN
-        -- Rewritten in the canonical chunk form, so `pgtwin run` may still join it with its neighbours.
-        UPDATE {{queue}} q SET batch = left(q.batch, 1) || '{"columns":' || ((substr(q.batch, 2)::json)->'columns')::text
-                || ',"rows":' || coalesce(kept.rows::text, '[]') || '}',
-            rows = coalesce(kept.n, 0)
-        FROM {{queue}} q2 CROSS JOIN LATERAL (
-            SELECT json_agg(p) AS rows, count(*)::int AS n
-            FROM json_array_elements((substr(q2.batch, 2)::json)->'rows') p
-            WHERE NOT {{local_key}} = ANY (pgtwin_remote_won)) kept
-        WHERE q2.seq = q.seq AND q.seq = ANY (pgtwin_candidates)
-            AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
-                        WHERE {{local_key}} = ANY (pgtwin_remote_won));
-        DELETE FROM {{queue}} WHERE seq = ANY (pgtwin_candidates) AND rows = 0;
+        -- Every queued change of those keys goes, found through the index on the keys (once: they are
+        -- gone after). Rewritten in the canonical chunk form, so `pgtwin run` may still join it with
+        -- its neighbours; an entry left with no row is deleted.
+        SELECT pgtwin_unkeyed || coalesce(array_agg(seq), '{}') INTO pgtwin_touched
+        FROM {{queue}} q WHERE q.keys && pgtwin_remote_won AND q.table_tag = {{tag}};
+        WITH stripped AS (
+            UPDATE {{queue}} q SET batch = left(q.batch, 1) || '{"columns":' || ((substr(q.batch, 2)::json)->'columns')::text
+                    || ',"rows":' || coalesce(kept.rows::text, '[]') || '}',
+                rows = coalesce(kept.n, 0),
+                keys = CASE WHEN q.keys IS NOT NULL THEN ARRAY(SELECT k FROM unnest(q.keys) k WHERE NOT k = ANY (pgtwin_remote_won)) END
+            FROM {{queue}} q2 CROSS JOIN LATERAL (
+                SELECT json_agg(p) AS rows, count(*)::int AS n
+                FROM json_array_elements((substr(q2.batch, 2)::json)->'rows') p
+                WHERE NOT {{local_key}} = ANY (pgtwin_remote_won)) kept
+            WHERE q2.seq = q.seq AND q.seq = ANY (pgtwin_touched)
+                AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
+                            WHERE {{local_key}} = ANY (pgtwin_remote_won))
+            RETURNING q.seq, q.rows
+        )
+        SELECT coalesce(array_agg(seq) FILTER (WHERE rows = 0), '{}') INTO pgtwin_emptied FROM stripped;
+        DELETE FROM {{queue_latest}} WHERE table_tag = {{tag}} AND key = ANY (pgtwin_remote_won);
+        DELETE FROM {{queue}} WHERE seq = ANY (pgtwin_emptied);
     END IF;
     RETURN (SELECT json_agg(b) FROM json_array_elements(pgtwin_rows) b WHERE NOT {{incoming_key}} = ANY (pgtwin_local_won));
 END
