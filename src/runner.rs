@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 
 use crate::change;
@@ -463,8 +462,8 @@ fn by_transaction(entries: &[Entry]) -> Vec<Vec<Entry>> {
 }
 
 /// One transaction on `to`: deletes the records of `forgotten` entries (gone from the origin's queue),
-/// applies the entries through the inbox, records them as applied, commits. Two round trips and one
-/// per chunk.
+/// applies the entries through the inbox, records them as applied, commits. One round trip for each
+/// CHUNK_BYTES of changes.
 async fn apply_entries(
     from: &Listener,
     to: &Listener,
@@ -475,48 +474,47 @@ async fn apply_entries(
     // The progress row is locked: should a second runner reach this pair, it waits here. A joined
     // chunk that meets a key queued on the peer is refused there (its entries lost their separate
     // times) and the batch goes again entry by entry (apply_batch).
-    let start = format!("BEGIN; {}", state::replay_start_sql(&from.name, forgotten));
-    to.db.batch_execute(&start).await?;
     let chunks = if join {
         join_entries(entries.to_vec())
     } else {
         entries.iter().map(|e| (e.clone(), false)).collect()
     };
-    let mut done = Drained::default();
-    for (chunk, joined) in chunks {
-        // The time of the change travels with it (set in the WHERE clause, which runs before the
-        // INSTEAD OF trigger): the peer compares it with its own queued changes of the same keys.
-        // Typed parameters: one round trip, no separate prepare.
-        let sql = format!(
-            "UPDATE {} SET {} = $1 WHERE set_config({}, $2, true) IS NOT NULL \
-             AND set_config({}, $3, true) IS NOT NULL",
+    // The time of the change travels with it (set in the WHERE clause, which runs before the INSTEAD
+    // OF trigger): the peer compares it with its own queued changes of the same keys. The whole
+    // transaction goes as one multi-statement message, cut where it holds CHUNK_BYTES: the peer runs
+    // the statements in order and stops at the first that fails, whose error is the one returned.
+    let mut message = format!(
+        "BEGIN; {};\n",
+        state::replay_start_sql(&from.name, forgotten)
+    );
+    for (chunk, joined) in &chunks {
+        message.push_str(&format!(
+            "UPDATE {} SET {} = {} WHERE set_config({}, {}, true) IS NOT NULL AND set_config({}, {}, true) IS NOT NULL;\n",
             names::inbox_of_tag(&chunk.tag),
             Ident::new(names::BATCH_COLUMN),
+            Literal(&chunk.batch),
             Literal(names::REPLAY_AT_SETTING),
+            Literal(&chunk.changed_at),
             Literal(names::REPLAY_JOINED_SETTING),
-        );
-        let joined = if joined { "on" } else { "off" };
-        to.db
-            .execute_typed(
-                &sql,
-                &[
-                    (&chunk.batch, Type::TEXT),
-                    (&chunk.changed_at, Type::TEXT),
-                    (&joined, Type::TEXT),
-                ],
-            )
-            .await?;
+            Literal(if *joined { "on" } else { "off" }),
+        ));
+        if message.len() as i64 >= change::CHUNK_BYTES {
+            to.db.simple_query(&message).await?;
+            message.clear();
+        }
+    }
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    message.push_str(&format!(
+        "{}; COMMIT",
+        state::record_replayed_sql(&from.name, &seqs)
+    ));
+    to.db.simple_query(&message).await?;
+    let mut done = Drained::default();
+    for (chunk, _) in &chunks {
         done.entries += 1;
         done.rows += chunk.rows;
         done.count(&chunk.tag, chunk.rows);
     }
-    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-    to.db
-        .batch_execute(&format!(
-            "{}; COMMIT",
-            state::record_replayed_sql(&from.name, &seqs)
-        ))
-        .await?;
     Ok(done)
 }
 
