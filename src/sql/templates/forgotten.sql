@@ -1,9 +1,11 @@
 -- Statement trigger after a deletion from the queue (replayed, set aside, lost a conflict, emptied):
--- the keys whose newest queued change left get the newest of those still queued, if any (one index
--- lookup per key: replay goes in order, so usually none is left). Keeps queue_latest exact for
--- whoever deletes, now or in a later version.
+-- the keys whose newest queued change left get the newest of those still queued, if any. Keeps
+-- queue_latest exact for whoever deletes, now or in a later version.
 DECLARE
     r record;
+    -- Only an entry older than the one that left can still hold its key: replay deletes the oldest
+    -- entries, so usually none is, and no key is looked up again.
+    pgtwin_oldest bigint := (SELECT min(seq) FROM {{queue}});
 BEGIN
     -- Per table, the keys and entries that left, as arrays: probed through the index whatever the
     -- planner guesses of a transition table. A record names an entry holding its key, so a key and an
@@ -14,7 +16,7 @@ BEGIN
         WITH gone AS (
             DELETE FROM {{queue_latest}} l
             WHERE l.table_tag = r.table_tag AND l.key = ANY (r.keys) AND l.seq = ANY (r.seqs)
-            RETURNING l.key
+            RETURNING l.key, l.seq
         )
         INSERT INTO {{queue_latest}} (table_tag, key, seq, changed_at, inserts)
         SELECT r.table_tag, g.key, left_behind.seq, left_behind.changed_at, left_behind.inserts
@@ -23,7 +25,7 @@ BEGIN
             SELECT max(q.seq + 0) AS seq, max(q.changed_at) AS changed_at, bool_or(left(q.batch, 1) = 'I') AS inserts
             FROM {{queue}} q WHERE q.keys @> ARRAY[g.key] AND q.table_tag = r.table_tag
         ) left_behind
-        WHERE left_behind.seq IS NOT NULL;
+        WHERE g.seq > pgtwin_oldest AND left_behind.seq IS NOT NULL;
     END LOOP;
     RETURN NULL;
 END
