@@ -252,7 +252,8 @@ pub fn install_steps(i: &Install) -> Vec<Step> {
     steps
 }
 
-/// The installation record, written last: its presence means the node's install completed.
+/// The installation record, written last: its presence means the node's install completed. Its columns
+/// are named: migrations add columns, so their order is the history of the installation.
 pub fn record_step(
     node: &str,
     peer: &str,
@@ -268,7 +269,7 @@ pub fn record_step(
     Step::new(
         "installation record",
         format!(
-            "INSERT INTO {t} AS i VALUES (true, {}, {}, {}, {}, {created_extension}, ARRAY[{table_names}]::text[], now(),\n    (SELECT oid FROM pg_database WHERE datname = current_database()), (SELECT system_identifier FROM pg_control_system()))\n    ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, node = EXCLUDED.node, peer = EXCLUDED.peer,\n    plan_hash = EXCLUDED.plan_hash, tables = EXCLUDED.tables, installed_at = EXCLUDED.installed_at,\n    created_extension = i.created_extension OR EXCLUDED.created_extension, database_oid = EXCLUDED.database_oid,\n    system_identifier = EXCLUDED.system_identifier",
+            "INSERT INTO {t} AS i (singleton, version, node, peer, plan_hash, created_extension, tables, installed_at, database_oid, system_identifier)\n    VALUES (true, {}, {}, {}, {}, {created_extension}, ARRAY[{table_names}]::text[], now(),\n    (SELECT oid FROM pg_database WHERE datname = current_database()), (SELECT system_identifier FROM pg_control_system()))\n    ON CONFLICT (singleton) DO UPDATE SET version = EXCLUDED.version, node = EXCLUDED.node, peer = EXCLUDED.peer,\n    plan_hash = EXCLUDED.plan_hash, tables = EXCLUDED.tables, installed_at = EXCLUDED.installed_at,\n    created_extension = i.created_extension OR EXCLUDED.created_extension, database_oid = EXCLUDED.database_oid,\n    system_identifier = EXCLUDED.system_identifier",
             Literal(env!("CARGO_PKG_VERSION")),
             Literal(node),
             Literal(peer),
