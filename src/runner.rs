@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
 
 use crate::change;
@@ -462,7 +463,7 @@ fn by_transaction(entries: &[Entry]) -> Vec<Vec<Entry>> {
 }
 
 /// One transaction on `to`: deletes the records of `forgotten` entries (gone from the origin's queue),
-/// applies the entries through the inbox, records them as applied, commits. One round trip for each
+/// applies the entries through the inbox, records them as applied, commits: one round trip, or one per
 /// CHUNK_BYTES of changes.
 async fn apply_entries(
     from: &Listener,
@@ -480,35 +481,47 @@ async fn apply_entries(
         entries.iter().map(|e| (e.clone(), false)).collect()
     };
     // The time of the change travels with it (set in the WHERE clause, which runs before the INSTEAD
-    // OF trigger): the peer compares it with its own queued changes of the same keys. The whole
-    // transaction goes as one multi-statement message, cut where it holds CHUNK_BYTES: the peer runs
-    // the statements in order and stops at the first that fails, whose error is the one returned.
-    let mut message = format!(
-        "BEGIN; {};\n",
-        state::replay_start_sql(&from.name, forgotten)
-    );
-    for (chunk, joined) in &chunks {
-        message.push_str(&format!(
-            "UPDATE {} SET {} = {} WHERE set_config({}, {}, true) IS NOT NULL AND set_config({}, {}, true) IS NOT NULL;\n",
-            names::inbox_of_tag(&chunk.tag),
+    // OF trigger): the peer compares it with its own queued changes of the same keys. Typed
+    // parameters: no separate prepare, and an error's log line holds the statement, not the rows.
+    let apply = |tag: &str| {
+        format!(
+            "UPDATE {} SET {} = $1 WHERE set_config({}, $2, true) IS NOT NULL \
+             AND set_config({}, $3, true) IS NOT NULL",
+            names::inbox_of_tag(tag),
             Ident::new(names::BATCH_COLUMN),
-            Literal(&chunk.batch),
             Literal(names::REPLAY_AT_SETTING),
-            Literal(&chunk.changed_at),
             Literal(names::REPLAY_JOINED_SETTING),
-            Literal(if *joined { "on" } else { "off" }),
-        ));
-        if message.len() as i64 >= change::CHUNK_BYTES {
-            to.db.simple_query(&message).await?;
-            message.clear();
+        )
+    };
+    let statements: Vec<(String, &Entry, &str)> = chunks
+        .iter()
+        .map(|(chunk, joined)| (apply(&chunk.tag), chunk, if *joined { "on" } else { "off" }))
+        .collect();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    let (begin, end) = (
+        format!("BEGIN; {}", state::replay_start_sql(&from.name, forgotten)),
+        format!("{}; COMMIT", state::record_replayed_sql(&from.name, &seqs)),
+    );
+    // The whole transaction in one round trip, or one per CHUNK_BYTES of changes.
+    let mut group: Vec<Statement<'_>> = vec![Box::pin(to.db.batch_execute(&begin))];
+    let mut bytes = 0;
+    for (sql, chunk, joined) in &statements {
+        bytes += chunk.batch.len();
+        group.push(Box::pin(async move {
+            let params: [(&(dyn ToSql + Sync), Type); 3] = [
+                (&chunk.batch, Type::TEXT),
+                (&chunk.changed_at, Type::TEXT),
+                (joined, Type::TEXT),
+            ];
+            to.db.execute_typed(sql, &params).await.map(|_| ())
+        }));
+        if bytes as i64 >= change::CHUNK_BYTES {
+            pipelined(std::mem::take(&mut group)).await?;
+            bytes = 0;
         }
     }
-    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-    message.push_str(&format!(
-        "{}; COMMIT",
-        state::record_replayed_sql(&from.name, &seqs)
-    ));
-    to.db.simple_query(&message).await?;
+    group.push(Box::pin(to.db.batch_execute(&end)));
+    pipelined(group).await?;
     let mut done = Drained::default();
     for (chunk, _) in &chunks {
         done.entries += 1;
@@ -516,6 +529,37 @@ async fn apply_entries(
         done.count(&chunk.tag, chunk.rows);
     }
     Ok(done)
+}
+
+/// A statement sent to the peer, to be awaited later.
+type Statement<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'a>,
+>;
+
+/// Runs statements pipelined: each is polled once, in order, before any is awaited (tokio-postgres
+/// sends a statement when its future is first polled), so they reach the server in this order and in
+/// one round trip; then each is awaited in turn. The server runs them in order; after one fails, those
+/// of the same transaction fail as "transaction aborted", so the first error is the one returned.
+async fn pipelined(statements: Vec<Statement<'_>>) -> Result<(), tokio_postgres::Error> {
+    let mut statements: Vec<_> = statements
+        .into_iter()
+        .map(|s| Box::pin(futures_util::future::maybe_done(s)))
+        .collect();
+    futures_util::future::poll_fn(|cx| {
+        for s in &mut statements {
+            let _ = std::future::Future::poll(s.as_mut(), cx);
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let mut first_error = None;
+    for s in &mut statements {
+        s.as_mut().await;
+        if let Some(Err(e)) = s.as_mut().take_output() {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// One queue entry: a chunk of changes of one table (crate::change).

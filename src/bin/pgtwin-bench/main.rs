@@ -608,7 +608,7 @@ impl Bench {
         for (i, c) in [&a, &b].into_iter().enumerate() {
             for n in 0..self.singles * contention.length {
                 if n % contention.every == 0 {
-                    let id = ids[n / contention.every % contention.rows];
+                    let id = ids[n / contention.every % contention.rows.min(ids.len())];
                     c.execute(
                         "UPDATE items SET price = $2 WHERE id = $1",
                         &[&id, &(i as i32)],

@@ -15,14 +15,14 @@ BEGIN
     END IF;
     INSERT INTO {{queue}} (table_tag, rows, batch, keys) VALUES (pgtwin_tag, pgtwin_rows, pgtwin_batch, pgtwin_keys)
         RETURNING seq INTO queued;
-    -- This entry is now the newest queued change of each of its keys (state migration 6).
+    -- This entry is now the newest queued change of each of its keys (state migration 6), recorded in
+    -- key order, as every writer does, so that two writers never wait on each other in a circle here.
     IF pgtwin_keys IS NOT NULL THEN
-        INSERT INTO {{queue_latest}} AS l (table_tag, key, seq, changed_at, inserts)
-        SELECT DISTINCT pgtwin_tag, k, queued, transaction_timestamp(), left(pgtwin_batch, 1) = 'I'
-        FROM unnest(pgtwin_keys) k
+        INSERT INTO {{queue_latest}} AS l (table_tag, key, seq, inserts)
+        SELECT DISTINCT pgtwin_tag, k, queued, left(pgtwin_batch, 1) = 'I'
+        FROM unnest(pgtwin_keys) k ORDER BY 2
         ON CONFLICT (table_tag, key) DO UPDATE
-            SET seq = EXCLUDED.seq, changed_at = greatest(l.changed_at, EXCLUDED.changed_at),
-                inserts = l.inserts OR EXCLUDED.inserts;
+            SET seq = greatest(l.seq, EXCLUDED.seq), inserts = l.inserts OR EXCLUDED.inserts;
     END IF;
     -- Wake `pgtwin run` when the queue was empty. Not on every entry: NOTIFY serializes the commits of
     -- all notifying transactions (a database-wide lock held through the commit's WAL flush), and while

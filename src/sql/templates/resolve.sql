@@ -1,13 +1,19 @@
 -- Last writer wins, per key, between a chunk arriving from the peer (changed at pgtwin_at) and the
--- changes of the same keys still waiting in the local queue. Records each conflict; drops the local
--- changes that lost from the queue (so they never reach the peer); returns the arriving rows that won
--- (NULL when none did). Keys compare by their JSON text: both nodes write it with the same functions
--- and settings (docs/change-format.md).
+-- newest change of the same key still waiting in the local queue (changed at its transaction's
+-- start). Records each conflict; drops the local changes that lost from the queue (so they never
+-- reach the peer); returns the arriving rows that won (NULL when none did). Keys compare by their
+-- JSON text: both nodes write it with the same functions and settings (docs/change-format.md).
 DECLARE
     pgtwin_keys text[];
+    -- The queued entries that hold the arriving keys' newest changes, as queue_latest records them.
     pgtwin_latest bigint[];
-    pgtwin_locked bigint[] := '{}';
+    -- Arriving keys without a record naming a queued entry that holds them, and the entries holding
+    -- them, found through the index on the queue's keys (usually none: the key is not queued).
+    pgtwin_unrecorded text[];
+    pgtwin_found bigint[];
+    -- Queued bulk chunks (which record no keys) holding an arriving key, found by reading them.
     pgtwin_unkeyed bigint[];
+    pgtwin_locked bigint[] := '{}';
     pgtwin_local_won text[];
     pgtwin_remote_won text[];
     pgtwin_inserted text[];
@@ -15,25 +21,29 @@ DECLARE
     pgtwin_emptied bigint[];
 BEGIN
     SELECT array_agg({{incoming_key}}) INTO pgtwin_keys FROM json_array_elements(pgtwin_rows) b;
-    -- The newest queued change of each arriving key, from queue_latest: one lookup per key, however
-    -- many changes of it wait. Its entry is locked FOR SHARE: a replay of it in progress (`pgtwin run`
-    -- holds it FOR UPDATE) is waited for; once that commits the entry is gone, and an entry already
-    -- applied on the peer must not win here, so the record, mended by then, is read again.
+    -- The entries that weigh are locked FOR SHARE: a replay of one in progress (`pgtwin run` holds
+    -- them FOR UPDATE) is waited for; once it commits the entry is gone, and an entry already applied
+    -- on the peer must not win here, so the records are read again until none moved.
     LOOP
-        SELECT coalesce(array_agg(seq), '{}') INTO pgtwin_latest
-        FROM {{queue_latest}} WHERE table_tag = {{tag}} AND key = ANY (pgtwin_keys);
-        EXIT WHEN pgtwin_latest <@ pgtwin_locked;
-        PERFORM FROM {{queue}} WHERE seq = ANY (pgtwin_latest) FOR SHARE;
-        pgtwin_locked := pgtwin_locked || pgtwin_latest;
+        SELECT coalesce(array_agg(k) FILTER (WHERE q.seq IS NULL), '{}'),
+               coalesce(array_agg(q.seq) FILTER (WHERE q.seq IS NOT NULL), '{}')
+        INTO pgtwin_unrecorded, pgtwin_latest
+        FROM unnest(pgtwin_keys) k
+        LEFT JOIN {{queue_latest}} l ON l.table_tag = {{tag}} AND l.key = k
+        LEFT JOIN {{queue}} q ON q.seq = l.seq AND l.key = ANY (q.keys);
+        SELECT coalesce(array_agg(q.seq), '{}') INTO pgtwin_found
+        FROM {{queue}} q WHERE q.keys && pgtwin_unrecorded AND q.table_tag = {{tag}};
+        EXIT WHEN pgtwin_latest || pgtwin_found <@ pgtwin_locked;
+        PERFORM FROM {{queue}} WHERE seq = ANY (pgtwin_latest || pgtwin_found) ORDER BY seq FOR SHARE;
+        pgtwin_locked := pgtwin_locked || pgtwin_latest || pgtwin_found;
     END LOOP;
-    -- A bulk chunk records no keys: the queued ones holding an arriving key are found by reading them.
     SELECT coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_unkeyed FROM (
         SELECT q.seq FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
         WHERE q.keys IS NULL AND q.table_tag = {{tag}} AND left(q.batch, 1) IN ('I', 'U', 'D')
           AND {{local_key}} = ANY (pgtwin_keys)
         FOR SHARE OF q
     ) unkeyed;
-    IF cardinality(pgtwin_latest) = 0 AND cardinality(pgtwin_unkeyed) = 0 THEN
+    IF cardinality(pgtwin_latest) = 0 AND cardinality(pgtwin_found) = 0 AND cardinality(pgtwin_unkeyed) = 0 THEN
         RETURN pgtwin_rows;
     END IF;
     -- A chunk `pgtwin run` joined from several queue entries has lost their separate times.
@@ -44,19 +54,20 @@ BEGIN
     WITH incoming AS (
         SELECT {{incoming_key}} AS k, b AS c FROM json_array_elements(pgtwin_rows) b
     ), queued AS (
-        -- Each key's newest keyed change, with the latest time among its queued changes.
-        SELECT l.key AS k, l.changed_at AS at, l.seq,
+        -- A recorded key's newest change: one entry, read for that key's row.
+        SELECT l.key AS k, q.changed_at AS at, q.seq,
                (SELECT json_build_object('op', left(q.batch, 1), 'row', p)::text
                 FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
                 WHERE {{local_key}} = l.key LIMIT 1) AS version
         FROM {{queue_latest}} l JOIN {{queue}} q ON q.seq = l.seq
-        WHERE l.table_tag = {{tag}} AND l.key = ANY (pgtwin_keys)
+        WHERE l.table_tag = {{tag}} AND l.key = ANY (pgtwin_keys) AND q.seq = ANY (pgtwin_latest)
         UNION ALL
+        -- The other keys' queued changes, each entry read.
         SELECT {{local_key}}, q.changed_at, q.seq, json_build_object('op', left(q.batch, 1), 'row', p)::text
         FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
-        WHERE q.seq = ANY (pgtwin_unkeyed)
+        WHERE q.seq = ANY (pgtwin_found || pgtwin_unkeyed)
     ), pending AS (
-        SELECT k, max(at) AS at, (array_agg(version ORDER BY seq DESC))[1] AS latest
+        SELECT k, (array_agg(at ORDER BY seq DESC))[1] AS at, (array_agg(version ORDER BY seq DESC))[1] AS latest
         FROM queued GROUP BY k
     ), decided AS (
         SELECT i.k, i.c, p.latest, (p.at > pgtwin_at OR (p.at = pgtwin_at AND {{local_wins_ties}})) AS local_wins
@@ -72,14 +83,17 @@ BEGIN
     FROM decided;
     IF cardinality(pgtwin_local_won) > 0 THEN
         -- This node's changes of those keys won; the peer holds the losing rows, so an insert among
-        -- them must overwrite there, not be taken for a key handed out twice. Keyed inserts are looked
-        -- for once per key (queue_latest remembers that none is left).
-        SELECT coalesce(array_agg(key), '{}') INTO pgtwin_inserted FROM {{queue_latest}}
-        WHERE table_tag = {{tag}} AND key = ANY (pgtwin_local_won) AND inserts;
+        -- them must overwrite there, not be taken for a key handed out twice. A recorded key's inserts
+        -- are looked for while its record says one may wait (then it says none does).
+        SELECT coalesce(array_agg(key), '{}') || ARRAY(SELECT unnest(pgtwin_local_won) INTERSECT SELECT unnest(pgtwin_unrecorded))
+        INTO pgtwin_inserted FROM {{queue_latest}}
+        WHERE table_tag = {{tag}} AND key = ANY (pgtwin_local_won) AND inserts AND seq = ANY (pgtwin_latest);
         IF cardinality(pgtwin_inserted) > 0 THEN
             UPDATE {{queue}} q SET batch = 'U' || substr(q.batch, 2)
             WHERE q.keys && pgtwin_inserted AND q.table_tag = {{tag}} AND left(q.batch, 1) = 'I';
-            UPDATE {{queue_latest}} SET inserts = false WHERE table_tag = {{tag}} AND key = ANY (pgtwin_inserted);
+            -- Not a record a local writer has moved on meanwhile: its own insert may wait.
+            UPDATE {{queue_latest}} SET inserts = false
+            WHERE table_tag = {{tag}} AND key = ANY (pgtwin_inserted) AND seq = ANY (pgtwin_latest);
         END IF;
         UPDATE {{queue}} q SET batch = 'U' || substr(q.batch, 2)
         WHERE q.seq = ANY (pgtwin_unkeyed) AND left(q.batch, 1) = 'I'
@@ -88,10 +102,13 @@ BEGIN
     END IF;
     IF cardinality(pgtwin_remote_won) > 0 THEN
         -- Every queued change of those keys goes, found through the index on the keys (once: they are
-        -- gone after). Rewritten in the canonical chunk form, so `pgtwin run` may still join it with
-        -- its neighbours; an entry left with no row is deleted.
+        -- gone after). The entries are locked first, in order, so that the rewrite below reads them as
+        -- they are: two arrivals stripping different keys from one entry take turns. Rewritten in the
+        -- canonical chunk form, so `pgtwin run` may still join it with its neighbours; an entry left
+        -- with no row is deleted.
         SELECT pgtwin_unkeyed || coalesce(array_agg(seq), '{}') INTO pgtwin_touched
         FROM {{queue}} q WHERE q.keys && pgtwin_remote_won AND q.table_tag = {{tag}};
+        PERFORM FROM {{queue}} WHERE seq = ANY (pgtwin_touched) ORDER BY seq FOR UPDATE;
         WITH stripped AS (
             UPDATE {{queue}} q SET batch = left(q.batch, 1) || '{"columns":' || ((substr(q.batch, 2)::json)->'columns')::text
                     || ',"rows":' || coalesce(kept.rows::text, '[]') || '}',
@@ -107,7 +124,10 @@ BEGIN
             RETURNING q.seq, q.rows
         )
         SELECT coalesce(array_agg(seq) FILTER (WHERE rows = 0), '{}') INTO pgtwin_emptied FROM stripped;
-        DELETE FROM {{queue_latest}} WHERE table_tag = {{tag}} AND key = ANY (pgtwin_remote_won);
+        -- Their records name entries that no longer hold them (a record a local writer has moved on
+        -- meanwhile names its own newer change, and stays).
+        DELETE FROM {{queue_latest}}
+        WHERE table_tag = {{tag}} AND key = ANY (pgtwin_remote_won) AND seq = ANY (pgtwin_touched);
         DELETE FROM {{queue}} WHERE seq = ANY (pgtwin_emptied);
     END IF;
     RETURN (SELECT json_agg(b) FROM json_array_elements(pgtwin_rows) b WHERE NOT {{incoming_key}} = ANY (pgtwin_local_won));
