@@ -461,7 +461,7 @@ fn ci_runs_the_readme_quick_start_commands_exactly() {
         .iter()
         .map(|l| l.split('#').next().unwrap().trim())
         .collect();
-    assert_eq!(commands, ["scripts/demo", "scripts/test"]);
+    assert_eq!(commands, ["./scripts/demo", "./scripts/test"]);
     // Each line as the README writes it, comment included, is a line of its own that CI runs, in
     // the same order.
     let ci_lines: Vec<&str> = ci
