@@ -1267,8 +1267,12 @@ async fn newest_queued(p: &Pair, key: &str) -> Option<i64> {
 async fn a_key_whose_newest_queued_change_left_is_still_weighed_against_its_older_ones() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
-    p.both(ITEMS).await;
-    p.both("INSERT INTO items SELECT g, 'seed', g FROM generate_series(1, 3) g")
+    p.owner[0].batch_execute(ITEMS).await.unwrap();
+    p.owner[1]
+        .batch_execute("CREATE TABLE items (n int, note text, v text, id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    p.both("INSERT INTO items (id, v, n) SELECT g, 'seed', g FROM generate_series(1, 3) g")
         .await;
     p.config("[[tables]]\nname = \"items\"");
     p.pgtwin(&["up"]).ok();

@@ -51,7 +51,7 @@ pub fn servers() -> &'static Servers {
                 let mut settings = vec!["fsync = off", "max_connections = 300", preload];
                 settings.extend(tls.iter().map(String::as_str));
                 let s = LocalServer::start(&dir.path().join(name), &settings)
-                    .expect("start test server (are PostgreSQL server binaries installed? run scripts/test)");
+                    .expect("start test server (are PostgreSQL server binaries installed? run ./scripts/test)");
                 s.stop_when_process_ends(std::process::id()).unwrap();
                 s
             };

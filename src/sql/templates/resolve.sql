@@ -13,7 +13,8 @@ DECLARE
     pgtwin_found bigint[];
     -- Queued bulk chunks (which record no keys) holding an arriving key, found by reading them.
     pgtwin_unkeyed bigint[];
-    pgtwin_locked bigint[] := '{}';
+    pgtwin_wanted bigint[];
+    pgtwin_held bigint;
     pgtwin_local_won text[];
     pgtwin_remote_won text[];
     pgtwin_inserted text[];
@@ -23,7 +24,7 @@ BEGIN
     SELECT array_agg({{incoming_key}}) INTO pgtwin_keys FROM json_array_elements(pgtwin_rows) b;
     -- The entries that weigh are locked FOR SHARE: a replay of one in progress (`pgtwin run` holds
     -- them FOR UPDATE) is waited for; once it commits the entry is gone, and an entry already applied
-    -- on the peer must not win here, so the records are read again until none moved.
+    -- on the peer must not win here, so the records are read again if one moved.
     LOOP
         SELECT coalesce(array_agg(k) FILTER (WHERE q.seq IS NULL), '{}'),
                coalesce(array_agg(q.seq) FILTER (WHERE q.seq IS NOT NULL), '{}')
@@ -33,9 +34,12 @@ BEGIN
         LEFT JOIN {{queue}} q ON q.seq = l.seq AND l.key = ANY (q.keys);
         SELECT coalesce(array_agg(q.seq), '{}') INTO pgtwin_found
         FROM {{queue}} q WHERE q.keys && pgtwin_unrecorded AND q.table_tag = {{tag}};
-        EXIT WHEN pgtwin_latest || pgtwin_found <@ pgtwin_locked;
-        PERFORM FROM {{queue}} WHERE seq = ANY (pgtwin_latest || pgtwin_found) ORDER BY seq FOR SHARE;
-        pgtwin_locked := pgtwin_locked || pgtwin_latest || pgtwin_found;
+        pgtwin_wanted := ARRAY(SELECT DISTINCT unnest(pgtwin_latest || pgtwin_found));
+        EXIT WHEN cardinality(pgtwin_wanted) = 0;
+        PERFORM FROM {{queue}} WHERE seq = ANY (pgtwin_wanted) ORDER BY seq FOR SHARE;
+        GET DIAGNOSTICS pgtwin_held = ROW_COUNT;
+        -- All still there: nothing moved while this waited.
+        EXIT WHEN pgtwin_held = cardinality(pgtwin_wanted);
     END LOOP;
     SELECT coalesce(array_agg(DISTINCT seq), '{}') INTO pgtwin_unkeyed FROM (
         SELECT q.seq FROM {{queue}} q, json_array_elements((substr(q.batch, 2)::json)->'rows') p
@@ -61,6 +65,7 @@ BEGIN
                 WHERE {{local_key}} = l.key LIMIT 1) AS version
         FROM {{queue_latest}} l JOIN {{queue}} q ON q.seq = l.seq
         WHERE l.table_tag = {{tag}} AND l.key = ANY (pgtwin_keys) AND q.seq = ANY (pgtwin_latest)
+          AND l.key = ANY (q.keys)
         UNION ALL
         -- The other keys' queued changes, each entry read.
         SELECT {{local_key}}, q.changed_at, q.seq, json_build_object('op', left(q.batch, 1), 'row', p)::text
