@@ -30,13 +30,13 @@ pub struct Column {
     /// of user-defined types, whose binary form embeds type OIDs that differ from node to node.
     #[serde(skip)]
     pub binary_ok: bool,
-    /// Whether the type's own hash function tells every two different values apart (as text would),
-    /// and hashes the same on both nodes: ints, text, timestamps, uuid, jsonb... but not floats (-0 = 0),
-    /// numeric and jsonb (1.0 = 1.00), interval ('1 day' = '24 hours'), enums (hashed by OID, which
-    /// differs per node), nor text under a nondeterministic collation (hashed case- or accent-folded).
-    /// `check` hashes such columns directly and the others by their text, which is much slower.
+    /// How `check` hashes the column by its type's own hash function, when that function tells every two
+    /// different values apart (as text would) and hashes the same on both nodes: ints, text, timestamps,
+    /// uuid (TypedHash)... but not floats (-0 = 0), numeric and jsonb (1.0 = 1.00), interval ('1 day' = '24 hours'),
+    /// enums (hashed by OID, which differs per node), nor text under a nondeterministic collation (hashed
+    /// case- or accent-folded). `None`: hashed by its text, which is slower.
     #[serde(skip)]
-    pub exact_hash: bool,
+    pub typed_hash: Option<TypedHash>,
     /// The column's default expression, as the node prints it.
     pub default: Option<String>,
 }
@@ -153,13 +153,49 @@ pub struct NodeInfo {
     pub loud_recorders: Vec<(String, String)>,
 }
 
-/// Built-in types whose hash is exact and node-independent (see Column::exact_hash), and their arrays:
-/// bool, bytea, int8, int2, int4, text, varchar, date, time, timestamp, timestamptz, uuid. (Not jsonb:
-/// its hash treats the numbers 1.0 and 1.00 as one.)
-const EXACT_HASH_TYPES: [u32; 24] = [
-    16, 17, 20, 21, 23, 25, 1043, 1082, 1083, 1114, 1184, 2950, // the types
-    1000, 1001, 1016, 1005, 1007, 1009, 1015, 1182, 1183, 1115, 1185, 2951, // their arrays
-];
+/// A built-in type whose own hash, as `check` calls it, tells every two values apart and is the same on
+/// both nodes (see Column::typed_hash). Not jsonb: its hash treats the numbers 1.0 and 1.00 as one. Not
+/// arrays: `hash_array_extended` leaves out their bounds, and ignores its seed for an empty one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TypedHash {
+    Bool,
+    Bytea,
+    Int2,
+    Int4,
+    Int8,
+    /// text and varchar.
+    Text,
+    Date,
+    Time,
+    Timestamp,
+    TimestampTz,
+    Uuid,
+}
+
+impl TypedHash {
+    const TYPES: [(u32, TypedHash); 12] = [
+        (16, TypedHash::Bool),
+        (17, TypedHash::Bytea),
+        (20, TypedHash::Int8),
+        (21, TypedHash::Int2),
+        (23, TypedHash::Int4),
+        (25, TypedHash::Text),
+        (1043, TypedHash::Text),
+        (1082, TypedHash::Date),
+        (1083, TypedHash::Time),
+        (1114, TypedHash::Timestamp),
+        (1184, TypedHash::TimestampTz),
+        (2950, TypedHash::Uuid),
+    ];
+
+    fn oids() -> Vec<u32> {
+        Self::TYPES.iter().map(|(oid, _)| *oid).collect()
+    }
+
+    fn of(oid: u32) -> Option<TypedHash> {
+        Self::TYPES.iter().find(|(o, _)| *o == oid).map(|(_, h)| *h)
+    }
+}
 
 pub async fn node_info(node: &str, db: &Client) -> Result<NodeInfo> {
     let row = db
@@ -356,14 +392,15 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
                     (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e
                       WHERE e.enumtypid = a.atttypid),
                     NOT (t.typtype = 'c' OR (t.typcategory = 'A' AND t.typelem >= 16384)),
-                    a.atttypid = ANY ($2::oid[])
-                      AND coalesce((SELECT co.collisdeterministic FROM pg_collation co WHERE co.oid = a.attcollation), true),
+                    CASE WHEN a.atttypid = ANY ($2::oid[])
+                      AND coalesce((SELECT co.collisdeterministic FROM pg_collation co WHERE co.oid = a.attcollation), true)
+                    THEN a.atttypid END,
                     pg_get_expr(d.adbin, d.adrelid)
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.attgenerated = ''
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
              ORDER BY a.attnum",
-            &[&oid, &EXACT_HASH_TYPES.to_vec()],
+            &[&oid, &TypedHash::oids()],
         )
         .await
         .map_err(on_node(node, "reading columns"))?
@@ -377,7 +414,7 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
             generated: r.get(3),
             enum_labels: r.get(4),
             binary_ok: r.get(5),
-            exact_hash: r.get(6),
+            typed_hash: r.get::<_, Option<u32>>(6).and_then(TypedHash::of),
             default: r.get(7),
         })
         .collect::<Vec<_>>();

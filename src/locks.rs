@@ -5,7 +5,8 @@
 //! pgtwin's schema where only its role reads them, one per purpose; and since `pg_locks` shows every
 //! role the keys held, a role could learn one and hold it once released: a key found held by a
 //! session of another role is replaced by a new one at once, and the lock taken under that. Before
-//! pgtwin is installed (no key table yet) the lock has a fixed key.
+//! pgtwin is installed (no key table yet) the lock has a fixed key; a first install goes on without
+//! it when another role holds it (see try_take).
 
 use anyhow::{anyhow, Result};
 use tokio_postgres::Client;
@@ -132,6 +133,15 @@ pub async fn try_take(node: &str, db: &Client, purpose: Purpose) -> Result<Optio
             // Released meanwhile: try again.
             None => continue,
             Some((role, pid)) => {
+                if key == purpose.fixed_key() && purpose == Purpose::Install {
+                    // pgtwin has no keys here yet: this is a first install. It needs no advisory
+                    // lock to exclude another: the first creates schema pgtwin in its transaction,
+                    // and a second one waits for that to commit, then fails.
+                    tracing::warn!(
+                        "node {node}: role {role} (pid {pid}) holds the lock key pgtwin uses before it is installed; installing without it"
+                    );
+                    return Ok(Some(key));
+                }
                 if replaced || key == purpose.fixed_key() {
                     return Err(anyhow!(
                         "node {node}: role {role} (pid {pid}) holds pgtwin's {} lock, which is not pgtwin's: end that session (SELECT pg_terminate_backend({pid}))",

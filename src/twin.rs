@@ -227,7 +227,7 @@ pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<Tab
         for (out, (col, peer)) in synced.iter_mut().zip([(ca, cb), (cb, ca)]) {
             out.push(Column {
                 binary_ok: col.binary_ok && same_type,
-                exact_hash: col.exact_hash && same_type,
+                typed_hash: col.typed_hash.filter(|_| same_type),
                 peer_name: peer.name.clone(),
                 ..col.clone()
             });

@@ -13,10 +13,10 @@ use std::time::Duration;
 use anyhow::Result;
 use futures_util::{pin_mut, TryStreamExt};
 
-use crate::catalog::TableInfo;
+use crate::catalog::{TableInfo, TypedHash};
 use crate::data::{content_columns, key_text, Side};
 use crate::db::on_node;
-use crate::sql::ident::{comma_list, Ident};
+use crate::sql::ident::Ident;
 
 /// Keys (as `ROW(key)::text`) that differ between node 0 and node 1.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -160,24 +160,83 @@ impl Buckets {
     }
 }
 
-/// A 64-bit hash of the columns, as one hash of the whole: the types' own hash for the columns where it
-/// is exact (Column::exact_hash), and the text form of the rest, in one record. One hash, not two
-/// combined: a bucket XORs its rows' hashes, and parts hashed apart would cancel between rows (two rows
-/// that changed the same text-hashed value alike, or swapped it).
+/// A 64-bit hash of the columns, folded one column at a time: each column's hash function is seeded
+/// with the hash of the columns before it, the key first. A value's part of the row hash thus depends on
+/// its row's key and on every other column, so a bucket's XOR of row hashes cannot cancel out between
+/// rows (two rows changed alike, values swapped between rows). Calling each type's hash function directly
+/// is also faster than hashing a record of the row.
 fn hash_expr(t: &TableInfo, cols: &[&Ident], seed: i64, alias: Option<&str>) -> String {
-    let (typed, as_text): (Vec<&Ident>, Vec<&Ident>) = cols
-        .iter()
-        .copied()
-        .partition(|c| t.column(c).is_some_and(|col| col.exact_hash));
     let prefix = alias.map_or(String::new(), |a| format!("{a}."));
-    let mut fields: Vec<String> = typed.iter().map(|c| format!("{prefix}{c}")).collect();
-    if !as_text.is_empty() {
-        fields.push(format!(
-            "ROW({})::text",
-            comma_list(as_text.iter().map(|c| format!("{prefix}{c}")))
-        ));
+    cols.iter().fold(seed.to_string(), |seed, c| {
+        let column = t.column(c);
+        let nullable = column.is_none_or(|col| !col.not_null);
+        column_hash(
+            &format!("{prefix}{c}"),
+            column.and_then(|col| col.typed_hash),
+            nullable,
+            &seed,
+        )
+    })
+}
+
+/// One column's hash step: the hash of the column's value, seeded with `seed` (the columns before it).
+/// A type whose own hash tells values apart (TypedHash) is hashed by it, called directly where SQL can
+/// call it for that type, and through a one-element array otherwise (`hash_array_extended` calls the
+/// element type's). The hash functions of 64-bit types fold them to 32 bits first, so that 1 and 2^32
+/// would hash alike: a bigint's upper half goes into the seed, and the time types are hashed by their
+/// binary form. Any other type is hashed by its text.
+///
+/// A NULL hashes as a placeholder of its type (0, '') with the seed's lowest bit flipped, so that it
+/// differs from the placeholder itself. For any other value that flip and the `coalesce` change
+/// nothing: a node whose column is NOT NULL leaves them out and still agrees with a node whose column is
+/// nullable.
+fn column_hash(column: &str, typed: Option<TypedHash>, nullable: bool, seed: &str) -> String {
+    let placeholder = match typed {
+        Some(TypedHash::Bool) => "false",
+        Some(TypedHash::Bytea) => "''::bytea",
+        Some(TypedHash::Int2) => "0::smallint",
+        Some(TypedHash::Int4 | TypedHash::Int8) => "0",
+        Some(TypedHash::Text) | None => "''",
+        Some(TypedHash::Date) => "'epoch'::date",
+        Some(TypedHash::Time) => "'00:00'::time",
+        Some(TypedHash::Timestamp) => "'epoch'::timestamp",
+        Some(TypedHash::TimestampTz) => "'epoch'::timestamptz",
+        Some(TypedHash::Uuid) => "'00000000-0000-0000-0000-000000000000'::uuid",
+    };
+    // By its bytes: text under a case-insensitive collation would hash case-folded.
+    let as_text = if typed.is_none() {
+        format!("{column}::text COLLATE \"C\"")
+    } else {
+        column.to_string()
+    };
+    let (v, s) = if nullable {
+        (
+            format!("coalesce({as_text}, {placeholder})"),
+            format!("({seed} # ({column} IS NULL)::int::bigint)"),
+        )
+    } else {
+        (as_text, seed.to_string())
+    };
+    match typed {
+        Some(TypedHash::Bool) => format!("hashint4extended({v}::int, {s})"),
+        Some(TypedHash::Int2) => format!("hashint2extended({v}, {s})"),
+        Some(TypedHash::Int4) => format!("hashint4extended({v}, {s})"),
+        Some(TypedHash::Int8) => {
+            format!("hashint8extended({v}, hashint4extended(({v} >> 32)::int, {s}))")
+        }
+        Some(TypedHash::Text) | None => format!("hashtextextended({v}, {s})"),
+        Some(TypedHash::Uuid) => format!("uuid_hash_extended({v}, {s})"),
+        Some(TypedHash::Bytea | TypedHash::Date) => {
+            format!("hash_array_extended(ARRAY[{v}], {s})")
+        }
+        Some(TypedHash::Time) => format!("hash_array_extended(ARRAY[time_send({v})], {s})"),
+        Some(TypedHash::Timestamp) => {
+            format!("hash_array_extended(ARRAY[timestamp_send({v})], {s})")
+        }
+        Some(TypedHash::TimestampTz) => {
+            format!("hash_array_extended(ARRAY[timestamptz_send({v})], {s})")
+        }
     }
-    format!("hash_record_extended(ROW({}), {seed})", fields.join(", "))
 }
 
 /// Compares the table on both nodes.
@@ -358,7 +417,7 @@ mod tests {
     use super::*;
 
     fn table() -> TableInfo {
-        let column = |name: &str, exact_hash: bool| crate::catalog::Column {
+        let column = |name: &str, typed_hash: Option<TypedHash>| crate::catalog::Column {
             name: Ident::new(name),
             synced_as: Ident::new(name),
             peer_name: Ident::new(name),
@@ -367,13 +426,17 @@ mod tests {
             generated: false,
             enum_labels: None,
             binary_ok: true,
-            exact_hash,
+            typed_hash,
             default: None,
         };
         TableInfo {
             name: crate::sql::ident::QualName::new("public", "t"),
             synced_name: crate::sql::ident::QualName::new("public", "t"),
-            columns: vec![column("id", true), column("a", true), column("b", false)],
+            columns: vec![
+                column("id", Some(TypedHash::Int4)),
+                column("a", Some(TypedHash::Int4)),
+                column("b", None),
+            ],
             key: vec![Ident::new("id")],
             key_sequences: vec![],
             all_columns: vec![],
@@ -413,19 +476,40 @@ mod tests {
         let b = Buckets::Hash { mask: 1023 };
         let (sql, p1, _) = b.rows_of(&table(), &[7]);
         assert!(
-            sql.contains(r#"t WHERE (hash_record_extended(ROW("id"), 0) & 1023) = ANY($1)"#),
+            sql.contains(r#"t WHERE (hashint4extended("id", 0) & 1023) = ANY($1)"#),
             "{sql}"
         );
         assert_eq!(p1, vec![7]);
     }
 
     #[test]
-    fn a_row_hash_is_one_hash_of_every_column() {
-        let t = table();
+    fn a_row_hash_folds_every_column_into_the_next_ones_seed() {
+        let mut t = table();
+        t.columns[1].not_null = false;
         let cols: Vec<&Ident> = t.columns.iter().map(|c| &c.name).collect();
         assert_eq!(
             hash_expr(&t, &cols, 1, Some("t")),
-            r#"hash_record_extended(ROW(t."id", t."a", ROW(t."b")::text), 1)"#
+            concat!(
+                r#"hashtextextended(t."b"::text COLLATE "C", "#,
+                r#"hashint4extended(coalesce(t."a", 0), (hashint4extended(t."id", 1) # (t."a" IS NULL)::int::bigint)))"#
+            )
+        );
+    }
+
+    #[test]
+    fn sixty_four_bit_types_are_hashed_whole_and_others_through_an_array() {
+        let h = |typed, nullable| column_hash("c", Some(typed), nullable, "7");
+        assert_eq!(
+            h(TypedHash::Int8, false),
+            "hashint8extended(c, hashint4extended((c >> 32)::int, 7))"
+        );
+        assert_eq!(
+            h(TypedHash::TimestampTz, false),
+            "hash_array_extended(ARRAY[timestamptz_send(c)], 7)"
+        );
+        assert_eq!(
+            h(TypedHash::Date, true),
+            "hash_array_extended(ARRAY[coalesce(c, 'epoch'::date)], (7 # (c IS NULL)::int::bigint))"
         );
     }
 }

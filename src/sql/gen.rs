@@ -976,7 +976,7 @@ mod tests {
             generated: false,
             enum_labels: None,
             binary_ok: true,
-            exact_hash: true,
+            typed_hash: None,
             default: None,
         }
     }
