@@ -59,6 +59,8 @@ enum Section {
     Load,
     /// Async lag alone (the writes section measures it too, among the rest).
     Lag,
+    /// Single-row INSERTs in async mode with `pgtwin run` live, against the unsynced table, alone.
+    Live,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -788,6 +790,9 @@ async fn main() -> Result<()> {
     if args.only == Section::Lag {
         lag_section(&bench, reps).await?;
     }
+    if args.only == Section::Live {
+        live_section(&bench, reps).await?;
+    }
     if matches!(args.only, Section::All | Section::Load) {
         let seconds =
             |quick: u64, full: u64| Duration::from_secs(if args.quick { quick } else { full });
@@ -831,6 +836,40 @@ async fn lag_section(bench: &Bench, reps: usize) -> Result<()> {
         "async lag at 200 writes/s, medians of {reps}: p50 {:.2} ms, p99 {:.2} ms",
         median(p50s) * 1e3,
         median(p99s) * 1e3
+    );
+    Ok(())
+}
+
+/// W1 with `pgtwin run` replaying beside it, against W1 on the unsynced table, interleaved.
+async fn live_section(bench: &Bench, reps: usize) -> Result<()> {
+    let mut ratios = Vec::new();
+    for rep in 0..reps {
+        let db = bench.prepare(Variant::Unsynced, rep).await?;
+        let c = connect(&bench.servers[0], &db).await?;
+        let (unsynced, _) = single_inserts(&c, bench.singles, "unsynced").await?;
+        let db = bench.prepare(Variant::Async, rep).await?;
+        let cfg = bench.config(&db, Variant::Async)?;
+        let runner = tokio::spawn(async move { pgtwin::runner::run_forever(&cfg).await });
+        let c = connect(&bench.servers[0], &db).await?;
+        single_inserts(&c, 10, "warm up").await?;
+        drained(&c, Duration::from_secs(60)).await?;
+        let (live, _) = single_inserts(&c, bench.singles, "live").await?;
+        drained(&c, Duration::from_secs(60)).await?;
+        runner.abort();
+        eprintln!(
+            "  repetition {}/{reps}: {:.2} ({live:.0}/s against {unsynced:.0}/s)",
+            rep + 1,
+            live / unsynced
+        );
+        ratios.push(live / unsynced);
+    }
+    let (lo, hi) = (
+        ratios.iter().copied().fold(f64::MAX, f64::min),
+        ratios.iter().copied().fold(f64::MIN, f64::max),
+    );
+    println!(
+        "W1 with pgtwin run live (async), medians of {reps}: {:.2} ({lo:.2} to {hi:.2})",
+        median(ratios)
     );
     Ok(())
 }
