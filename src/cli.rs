@@ -119,6 +119,10 @@ pub struct UpArgs {
     /// newer by each table's newest_by, with "newest"). Overrides prefer in pgtwin.toml; not kept.
     #[arg(long, value_name = "NODE|newest")]
     pub prefer: Option<String>,
+    /// For this run only: make the other node's tables an exact copy of NODE's, deleting the rows NODE
+    /// lacks (after a node was restored from a backup or a dump: mirror the live one).
+    #[arg(long, value_name = "NODE", conflicts_with = "prefer")]
+    pub mirror: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -187,6 +187,9 @@ pub struct Config {
     pub nodes: [Node; 2],
     pub tables: Vec<Table>,
     pub options: Options,
+    /// For one `up` (`up --mirror`): the merge makes the other node an exact copy of the preferred one,
+    /// deleting its extra rows. Never from the file.
+    pub mirror: bool,
 }
 
 impl Config {
@@ -365,6 +368,7 @@ impl Config {
             nodes: [a, b],
             tables,
             options: raw.options,
+            mirror: false,
         })
     }
 
@@ -378,7 +382,7 @@ impl Config {
         };
         Some(Policy {
             winner,
-            mirror: false,
+            mirror: self.mirror,
         })
     }
 
@@ -389,6 +393,22 @@ impl Config {
         for t in &mut cfg.tables {
             t.prefer = Some(prefer.to_string());
         }
+        Ok(cfg)
+    }
+
+    /// This config for one `up` that makes the other node's tables an exact copy of `node`'s (`up
+    /// --mirror`): after a node was restored from a backup or a dump, the live one is the truth, and rows
+    /// deleted since the backup must not come back as a union would bring them.
+    pub fn mirroring(&self, node: &str) -> Result<Config> {
+        if !self.nodes.iter().any(|n| n.name == node) {
+            bail!(
+                "--mirror is not a node: name {} or {}",
+                self.nodes[0].name,
+                self.nodes[1].name
+            );
+        }
+        let mut cfg = self.preferring(node)?;
+        cfg.mirror = true;
         Ok(cfg)
     }
 

@@ -133,10 +133,13 @@ pub async fn try_take(node: &str, db: &Client, purpose: Purpose) -> Result<Optio
             // Released meanwhile: try again.
             None => continue,
             Some((role, pid)) => {
-                if key == purpose.fixed_key() && purpose == Purpose::Install {
-                    // pgtwin has no keys here yet: this is a first install. It needs no advisory
-                    // lock to exclude another: the first creates schema pgtwin in its transaction,
-                    // and a second one waits for that to commit, then fails.
+                if key == purpose.fixed_key()
+                    && purpose == Purpose::Install
+                    && !schema_exists(node, db).await?
+                {
+                    // A first install. It needs no advisory lock to exclude another: each `up` locks
+                    // every synced table before its first step, and the second, whose plan was made
+                    // before the first committed, then fails at creating schema pgtwin.
                     tracing::warn!(
                         "node {node}: role {role} (pid {pid}) holds the lock key pgtwin uses before it is installed; installing without it"
                     );
@@ -157,6 +160,14 @@ pub async fn try_take(node: &str, db: &Client, purpose: Purpose) -> Result<Optio
             }
         }
     }
+}
+
+async fn schema_exists(node: &str, db: &Client) -> Result<bool> {
+    Ok(db
+        .query_one("SELECT to_regnamespace($1) IS NOT NULL", &[&names::SCHEMA])
+        .await
+        .map_err(on_node(node, "reading the catalog"))?
+        .get(0))
 }
 
 /// Releases a session lock taken under `key` (the runner's; a transaction's goes with it).

@@ -404,11 +404,17 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             continue;
         }
         if n.copy {
+            let peer_name = nodes
+                .iter()
+                .find(|m| m.node != n.node)
+                .map_or("the other node", |m| m.node.as_str());
             add(
                 Severity::Down,
                 format!(
-                    "node {}: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; if it is node {} itself, restored from a dump of its own, run pgtwin up (it merges the tables and installs anew); if it is a copy elsewhere, remove pgtwin's objects (and the peer's password) from it with DROP SCHEMA pgtwin CASCADE; DROP SERVER pgtwin_peer CASCADE; run there (not pgtwin down, which would also reach the live peer)",
-                    n.node, n.node
+                    "node {}: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; if it is node {} itself, restored from a dump of its own, run pgtwin up --mirror {} (it makes its tables a copy of the live node's, so rows deleted since the dump stay deleted, and installs anew); if it is a copy elsewhere, remove pgtwin's objects (and the peer's password) from it with DROP SCHEMA pgtwin CASCADE; DROP SERVER pgtwin_peer CASCADE; run there (not pgtwin down, which would also reach the live peer)",
+                    n.node,
+                    n.node,
+                    peer_name
                 ),
             );
         }
@@ -495,7 +501,7 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             add(
                 Severity::Degraded,
                 format!(
-                    "node {}: sequence {} of {} hands out ids node {} already holds (next {}, node {} holds {}): was node {} restored from a backup? its inserts of those ids fail until you run pgtwin repair --prefer {}, then pgtwin up",
+                    "node {}: sequence {} of {} hands out ids node {} already holds (next {}, node {} holds {}): was node {} restored from a backup? its inserts of those ids fail until you run pgtwin repair --mirror {} (rows deleted since the backup must not come back), then pgtwin up",
                     r.node, r.sequence, r.table, r.peer, r.next_value, r.peer, r.peer_largest, r.node, r.peer
                 ),
             );

@@ -154,8 +154,9 @@ async fn restore_a_from_backup_after_first_id(p: &Pair) {
 
 /// Node a is restored from last night's pg_dump of itself, into its database created anew: it is
 /// told from the live node (a new database OID), so it captures nothing, and `status` says to run
-/// `up`. `up` merges the rows b holds that the dump lacks, puts a's sequence above them, and a's next
-/// insert takes a new id and reaches b.
+/// `up --mirror b`. That makes a's table a copy of b's (the day's inserts arrive, and the row deleted
+/// during the day, which the dump still holds, stays deleted: a plain merge, a union, would bring it
+/// back), puts a's sequence above them, and a's next insert takes a new id and reaches b.
 #[tokio::test]
 async fn a_node_restored_from_a_dump_of_itself_is_installed_anew_by_up() {
     let mut p = Pair::new().await;
@@ -173,6 +174,11 @@ async fn a_node_restored_from_a_dump_of_itself_is_installed_anew_by_up() {
         .unwrap();
     common::copy_database(server, &p.db, server, &night);
     assert_eq!(insert_default(&p, 0, 2).await, vec![3, 5]);
+    p.owner[0]
+        .batch_execute("DELETE FROM items WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("items").await.len(), 2);
     // The restore: node a's database created anew from the dump.
     let root = server.connect("postgres").await.unwrap();
     root.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)", db = p.db))
@@ -189,21 +195,24 @@ async fn a_node_restored_from_a_dump_of_itself_is_installed_anew_by_up() {
     assert_eq!(status.code, 2, "{}", status.stdout);
     assert!(
         status.stdout.contains(
-            "node a: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; if it is node a itself, restored from a dump of its own, run pgtwin up"
+            "node a: this database is a copy of one pgtwin was installed in (a restored dump): it captures and ships nothing; if it is node a itself, restored from a dump of its own, run pgtwin up --mirror b"
         ),
         "{}",
         status.stdout
     );
-    p.pgtwin(&["up"]).ok();
-    assert_eq!(p.assert_same("items").await.len(), 3);
+    p.pgtwin(&["up", "--mirror", "nobody"])
+        .fails_with(&["--mirror is not a node: name a or b"]);
+    p.pgtwin(&["up", "--mirror", "b"]).ok();
+    assert_eq!(p.assert_same("items").await, vec!["(3,x)", "(5,x)"]);
     assert_eq!(insert_default(&p, 0, 1).await, vec![7]);
-    assert_eq!(p.assert_same("items").await.len(), 4);
+    assert_eq!(p.assert_same("items").await.len(), 3);
     assert_eq!(p.pgtwin(&["status"]).code, 0);
 }
 
 /// A node restored from a backup hands out ids again that the peer holds (other rows): `status` names
 /// it, its inserts of those ids fail instead of overwriting the peer's rows (sync mode) or are set
-/// aside with the reason (async), and `repair`, then `up`, settle it.
+/// aside with the reason (async), and `repair --mirror b`, then `up`, settle it, without bringing back
+/// the row deleted since the backup.
 #[tokio::test]
 async fn a_node_restored_from_a_backup_cannot_overwrite_the_peers_newer_rows() {
     for mode in ["sync", "async"] {
@@ -216,7 +225,20 @@ async fn a_node_restored_from_a_backup_cannot_overwrite_the_peers_newer_rows() {
         p.pgtwin(&["up"]).ok();
         assert_eq!(insert_default(&p, 0, 3).await, vec![1, 3, 5]);
         p.pgtwin(&["run", "--once"]).ok();
+        p.owner[1]
+            .batch_execute("DELETE FROM items WHERE id = 1")
+            .await
+            .unwrap();
+        p.pgtwin(&["run", "--once"]).ok();
+        assert_eq!(p.assert_same("items").await.len(), 2, "{mode}");
+        // The backup still holds row 1.
         restore_a_from_backup_after_first_id(&p).await;
+        p.owner[0]
+            .batch_execute(
+                "BEGIN; SET LOCAL pgtwin.origin = 'restore'; INSERT INTO items VALUES (1, 'x'); COMMIT",
+            )
+            .await
+            .unwrap();
 
         let status = p.pgtwin(&["status"]);
         assert_eq!(status.code, 1, "{mode}: {}", status.stdout);
@@ -254,17 +276,22 @@ async fn a_node_restored_from_a_backup_cannot_overwrite_the_peers_newer_rows() {
         }
         assert_eq!(
             p.rows(1, "items").await,
-            vec!["(1,x)", "(3,x)", "(5,x)"],
+            vec!["(3,x)", "(5,x)"],
             "{mode}: b's rows are untouched"
         );
 
-        p.pgtwin(&["repair", "--prefer", "b"]).ok();
+        p.pgtwin(&["repair", "--mirror", "b"]).ok();
         p.pgtwin(&["up"]).ok();
         let status = p.pgtwin(&["status"]);
         assert_eq!(status.code, 0, "{mode}: {}", status.stdout);
+        assert_eq!(
+            p.assert_same("items").await,
+            vec!["(3,x)", "(5,x)"],
+            "{mode}"
+        );
         let next = insert_default(&p, 0, 1).await;
         assert!(next[0] > 5, "{mode}: {next:?}");
         p.pgtwin(&["run", "--once"]).ok();
-        assert_eq!(p.assert_same("items").await.len(), 4, "{mode}");
+        assert_eq!(p.assert_same("items").await.len(), 3, "{mode}");
     }
 }

@@ -327,39 +327,43 @@ async fn check_is_not_fooled_by_paired_or_swapped_changes_or_collations() {
 
 /// Values that the types' own hash functions, as a record hash calls them, cannot tell apart: a bigint
 /// 1 and 2^32, and timestamps and times 2^32 + 1 microseconds apart (PostgreSQL folds 64-bit values to
-/// 32 bits before hashing them), and an array and the same elements with other bounds. And NULL against
-/// each type's placeholder value. The two nodes are built differently (columns in another order, a
+/// 32 bits before hashing them), an array and the same elements with other bounds, and a bpchar with
+/// and without a trailing space (a `::text` cast drops it). And NULL against each type's placeholder
+/// value. The two nodes are built differently (columns in another order, a
 /// dropped column's gap, NOT NULL on one side only), and equal rows still read equal.
 #[tokio::test]
 async fn check_tells_apart_values_that_hash_functions_fold_together() {
     let p = Pair::new().await;
+    p.both("CREATE TYPE pt AS (x int, y int)").await;
     p.owner[0]
         .batch_execute(
             "CREATE TABLE readings (id bigint PRIMARY KEY, total bigint NOT NULL, at timestamp,
                 seen timestamptz NOT NULL, tod time, day date, flag boolean, ref uuid, blob bytea,
-                tags int[], note varchar(20))",
+                tags int[], note varchar(20), spot pt NOT NULL, code bpchar)",
         )
         .await
         .unwrap();
     p.owner[1]
         .batch_execute(
-            "CREATE TABLE readings (note varchar(20), gone int, tags int[], blob bytea, ref uuid,
-                flag boolean, day date, tod time, seen timestamptz, at timestamp, total bigint,
-                id bigint PRIMARY KEY);
+            "CREATE TABLE readings (code bpchar, note varchar(20), gone int, tags int[], blob bytea,
+                ref uuid, flag boolean, day date, tod time, seen timestamptz, at timestamp,
+                spot pt, total bigint, id bigint PRIMARY KEY);
              ALTER TABLE readings DROP COLUMN gone",
         )
         .await
         .unwrap();
+    // A composite whose fields are all NULL IS NULL to SQL, yet is a value (NOT NULL on node a).
     p.both(
-        "INSERT INTO readings (id, total, at, seen, tod, day, flag, ref, blob, tags, note)
-         SELECT g, 1, '2000-01-01', '2000-01-01 00:00+00', '00:00', NULL, NULL, NULL, NULL, '{1,2}', NULL
+        "INSERT INTO readings (id, total, at, seen, tod, day, flag, ref, blob, tags, note, spot, code)
+         SELECT g, 1, '2000-01-01', '2000-01-01 00:00+00', '00:00', NULL, NULL, NULL, NULL, '{1,2}',
+                NULL, '(,)', 'a'
          FROM generate_series(1, 200) g",
     )
     .await;
     p.config("[[tables]]\nname = \"readings\"");
-    // The NOT NULL that node b lacks is reported as drift; the rows still compare equal.
+    // The NOT NULLs node b lacks are reported as drift; the rows still compare equal.
     let r = json(p.pgtwin(&["check", "--json"]));
-    assert_eq!(r["schema_drift"].as_array().map(Vec::len), Some(2), "{r}");
+    assert_eq!(r["schema_drift"].as_array().map(Vec::len), Some(3), "{r}");
     assert_eq!(r["tables"][0]["rows"], serde_json::json!([200, 200]), "{r}");
     assert_eq!(
         r["tables"][0]["keys"],
@@ -377,14 +381,17 @@ async fn check_tells_apart_values_that_hash_functions_fold_together() {
              UPDATE readings SET ref = '00000000-0000-0000-0000-000000000000' WHERE id = 7;
              UPDATE readings SET day = 'epoch' WHERE id = 8;
              UPDATE readings SET flag = false WHERE id = 9;
-             UPDATE readings SET blob = '' WHERE id = 10;",
+             UPDATE readings SET blob = '' WHERE id = 10;
+             UPDATE readings SET code = 'a ' WHERE id = 11;",
         )
         .await
         .unwrap();
     let r = json(p.pgtwin(&["check", "--json"]));
     assert_eq!(
         r["tables"][0]["keys"]["different"],
-        serde_json::json!(["(1)", "(10)", "(2)", "(3)", "(4)", "(5)", "(6)", "(7)", "(8)", "(9)"]),
+        serde_json::json!([
+            "(1)", "(10)", "(11)", "(2)", "(3)", "(4)", "(5)", "(6)", "(7)", "(8)", "(9)"
+        ]),
         "{r}"
     );
 }

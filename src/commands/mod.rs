@@ -41,9 +41,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     let cfg = Config::load(&cli.config)?;
     match cli.command {
         Command::Plan(a) => plan::run(&cfg, a.json).await,
-        Command::Up(a) => match &a.prefer {
-            None => up::run(&cfg, a.json, a.dry_run).await,
-            Some(prefer) => up::run(&cfg.preferring(prefer)?, a.json, a.dry_run).await,
+        Command::Up(a) => match (&a.prefer, &a.mirror) {
+            (Some(prefer), _) => up::run(&cfg.preferring(prefer)?, a.json, a.dry_run).await,
+            (_, Some(mirror)) => up::run(&cfg.mirroring(mirror)?, a.json, a.dry_run).await,
+            (None, None) => up::run(&cfg, a.json, a.dry_run).await,
         },
         Command::Down(a) => down::run(&cfg, &a).await,
         Command::Conflicts(a) => conflicts::run(&cfg, &a).await,

@@ -160,20 +160,22 @@ impl Buckets {
     }
 }
 
-/// A 64-bit hash of the columns, folded one column at a time: each column's hash function is seeded
-/// with the hash of the columns before it, the key first. A value's part of the row hash thus depends on
-/// its row's key and on every other column, so a bucket's XOR of row hashes cannot cancel out between
-/// rows (two rows changed alike, values swapped between rows). Calling each type's hash function directly
-/// is also faster than hashing a record of the row.
+/// A 64-bit hash of the columns, folded one column at a time, in the columns' order (the same on both
+/// nodes): each column's hash function is seeded with the hash of the columns before it. A value's part
+/// of the row hash thus depends on every other column of its row, the key included, so a bucket's XOR
+/// of row hashes cannot cancel out between rows (two rows changed alike, values swapped between rows).
+/// Calling each type's hash function directly is also faster than hashing a record of the row.
 fn hash_expr(t: &TableInfo, cols: &[&Ident], seed: i64, alias: Option<&str>) -> String {
     let prefix = alias.map_or(String::new(), |a| format!("{a}."));
     cols.iter().fold(seed.to_string(), |seed, c| {
         let column = t.column(c);
-        let nullable = column.is_none_or(|col| !col.not_null);
+        // Only a key column is sure to hold no NULL: a NOT NULL constraint added NOT VALID
+        // (PostgreSQL 18) leaves older NULLs in place.
+        let never_null = t.key.contains(c) && column.is_some_and(|col| col.not_null);
         column_hash(
             &format!("{prefix}{c}"),
             column.and_then(|col| col.typed_hash),
-            nullable,
+            !never_null,
             &seed,
         )
     })
@@ -184,38 +186,41 @@ fn hash_expr(t: &TableInfo, cols: &[&Ident], seed: i64, alias: Option<&str>) -> 
 /// call it for that type, and through a one-element array otherwise (`hash_array_extended` calls the
 /// element type's). The hash functions of 64-bit types fold them to 32 bits first, so that 1 and 2^32
 /// would hash alike: a bigint's upper half goes into the seed, and the time types are hashed by their
-/// binary form. Any other type is hashed by its text.
+/// binary form. Any other type is hashed by its printed form, as its output function writes it (a
+/// `::text` cast would drop a char(n)'s trailing spaces).
 ///
-/// A NULL hashes as a placeholder of its type (0, '') with the seed's lowest bit flipped, so that it
-/// differs from the placeholder itself. For any other value that flip and the `coalesce` change
-/// nothing: a node whose column is NOT NULL leaves them out and still agrees with a node whose column is
-/// nullable.
+/// A NULL hashes as a placeholder value ('' for the printed form, 0, the epoch...) with the seed's
+/// lowest bit flipped, so that it differs from the placeholder itself. For any other value that flip
+/// and the `coalesce` change nothing, so a node that leaves them out for a column (a key column, NOT
+/// NULL there) still agrees with a node that does not. A composite value whose fields are all NULL is
+/// not NULL itself (`num_nulls`, unlike `IS NULL`, tells them apart).
 fn column_hash(column: &str, typed: Option<TypedHash>, nullable: bool, seed: &str) -> String {
     let placeholder = match typed {
         Some(TypedHash::Bool) => "false",
         Some(TypedHash::Bytea) => "''::bytea",
         Some(TypedHash::Int2) => "0::smallint",
         Some(TypedHash::Int4 | TypedHash::Int8) => "0",
-        Some(TypedHash::Text) | None => "''",
+        Some(TypedHash::Text) => "''",
         Some(TypedHash::Date) => "'epoch'::date",
         Some(TypedHash::Time) => "'00:00'::time",
         Some(TypedHash::Timestamp) => "'epoch'::timestamp",
         Some(TypedHash::TimestampTz) => "'epoch'::timestamptz",
         Some(TypedHash::Uuid) => "'00000000-0000-0000-0000-000000000000'::uuid",
+        // concat() prints NULL as ''.
+        None => "",
     };
-    // By its bytes: text under a case-insensitive collation would hash case-folded.
-    let as_text = if typed.is_none() {
-        format!("{column}::text COLLATE \"C\"")
-    } else {
-        column.to_string()
-    };
-    let (v, s) = if nullable {
-        (
-            format!("coalesce({as_text}, {placeholder})"),
+    let (v, s) = match (typed, nullable) {
+        // By its bytes: text under a case-insensitive collation would hash case-folded.
+        (None, false) => (format!("concat({column}) COLLATE \"C\""), seed.to_string()),
+        (None, true) => (
+            format!("concat({column}) COLLATE \"C\""),
+            format!("({seed} # num_nulls({column})::bigint)"),
+        ),
+        (Some(_), false) => (column.to_string(), seed.to_string()),
+        (Some(_), true) => (
+            format!("coalesce({column}, {placeholder})"),
             format!("({seed} # ({column} IS NULL)::int::bigint)"),
-        )
-    } else {
-        (as_text, seed.to_string())
+        ),
     };
     match typed {
         Some(TypedHash::Bool) => format!("hashint4extended({v}::int, {s})"),
@@ -484,14 +489,13 @@ mod tests {
 
     #[test]
     fn a_row_hash_folds_every_column_into_the_next_ones_seed() {
-        let mut t = table();
-        t.columns[1].not_null = false;
+        let t = table();
         let cols: Vec<&Ident> = t.columns.iter().map(|c| &c.name).collect();
         assert_eq!(
             hash_expr(&t, &cols, 1, Some("t")),
             concat!(
-                r#"hashtextextended(t."b"::text COLLATE "C", "#,
-                r#"hashint4extended(coalesce(t."a", 0), (hashint4extended(t."id", 1) # (t."a" IS NULL)::int::bigint)))"#
+                r#"hashtextextended(concat(t."b") COLLATE "C", (hashint4extended(coalesce(t."a", 0), "#,
+                r#"(hashint4extended(t."id", 1) # (t."a" IS NULL)::int::bigint)) # num_nulls(t."b")::bigint))"#
             )
         );
     }
