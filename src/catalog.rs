@@ -21,6 +21,7 @@ pub struct Column {
     pub peer_name: Ident,
     #[serde(rename = "type")]
     pub ty: SqlType,
+    /// Holds no NULL: NOT NULL, and valid (PostgreSQL 18 can add one NOT VALID over older NULLs).
     pub not_null: bool,
     /// `GENERATED ALWAYS AS (...) STORED`: computed on each node, never shipped.
     pub generated: bool,
@@ -388,7 +389,9 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
     }
     let columns = db
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> '',
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                    a.attnotnull AND coalesce((to_jsonb(a) ->> 'attnotnullvalid')::bool, true),
+                    a.attgenerated <> '',
                     (SELECT array_agg(e.enumlabel::text ORDER BY e.enumsortorder) FROM pg_enum e
                       WHERE e.enumtypid = a.atttypid),
                     NOT (t.typtype = 'c' OR (t.typcategory = 'A' AND t.typelem >= 16384)),

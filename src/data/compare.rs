@@ -169,13 +169,10 @@ fn hash_expr(t: &TableInfo, cols: &[&Ident], seed: i64, alias: Option<&str>) -> 
     let prefix = alias.map_or(String::new(), |a| format!("{a}."));
     cols.iter().fold(seed.to_string(), |seed, c| {
         let column = t.column(c);
-        // Only a key column is sure to hold no NULL: a NOT NULL constraint added NOT VALID
-        // (PostgreSQL 18) leaves older NULLs in place.
-        let never_null = t.key.contains(c) && column.is_some_and(|col| col.not_null);
         column_hash(
             &format!("{prefix}{c}"),
             column.and_then(|col| col.typed_hash),
-            !never_null,
+            column.is_none_or(|col| !col.not_null),
             &seed,
         )
     })
@@ -191,8 +188,8 @@ fn hash_expr(t: &TableInfo, cols: &[&Ident], seed: i64, alias: Option<&str>) -> 
 ///
 /// A NULL hashes as a placeholder value ('' for the printed form, 0, the epoch...) with the seed's
 /// lowest bit flipped, so that it differs from the placeholder itself. For any other value that flip
-/// and the `coalesce` change nothing, so a node that leaves them out for a column (a key column, NOT
-/// NULL there) still agrees with a node that does not. A composite value whose fields are all NULL is
+/// and the `coalesce` change nothing, so a node that leaves them out for a column it holds NOT NULL
+/// still agrees with a node that does not. A composite value whose fields are all NULL is
 /// not NULL itself (`num_nulls`, unlike `IS NULL`, tells them apart).
 fn column_hash(column: &str, typed: Option<TypedHash>, nullable: bool, seed: &str) -> String {
     let placeholder = match typed {
@@ -489,7 +486,9 @@ mod tests {
 
     #[test]
     fn a_row_hash_folds_every_column_into_the_next_ones_seed() {
-        let t = table();
+        let mut t = table();
+        t.columns[1].not_null = false;
+        t.columns[2].not_null = false;
         let cols: Vec<&Ident> = t.columns.iter().map(|c| &c.name).collect();
         assert_eq!(
             hash_expr(&t, &cols, 1, Some("t")),
