@@ -149,13 +149,15 @@ async fn default_privileges_open_nothing_of_pgtwin() {
         .query(
             "SELECT c.oid::regclass::text FROM pg_class c
               WHERE c.relnamespace = 'pgtwin'::regnamespace
-                AND (has_table_privilege('app', c.oid, 'SELECT') OR has_table_privilege('app', c.oid, 'INSERT')
-                     OR has_table_privilege('app', c.oid, 'UPDATE'))
+                AND (c.relkind = 'S' AND has_sequence_privilege('app', c.oid, 'USAGE, SELECT, UPDATE')
+                     OR c.relkind <> 'S' AND (has_table_privilege('app', c.oid,
+                            'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+                        OR has_any_column_privilege('app', c.oid, 'SELECT, INSERT, UPDATE, REFERENCES')))
              UNION ALL
              SELECT p.oid::regprocedure::text FROM pg_proc p
               WHERE p.pronamespace = 'pgtwin'::regnamespace AND has_function_privilege('app', p.oid, 'EXECUTE')
              UNION ALL
-             SELECT 'schema' WHERE has_schema_privilege('app', 'pgtwin', 'USAGE')",
+             SELECT 'schema' WHERE has_schema_privilege('app', 'pgtwin', 'USAGE, CREATE')",
             &[],
         )
         .await
@@ -192,6 +194,25 @@ async fn an_application_cannot_opt_its_writes_out_of_the_sync() {
     .unwrap();
     assert_eq!(p.assert_same("products").await.len(), 1);
     assert!(p.rows(1, "products").await[0].ends_with(",2)"));
+    // The same setting given at connection time (libpq's PGOPTIONS, here the URL's options).
+    let (with_options, connection) = tokio_postgres::connect(
+        &format!("{}?options=-c%20pgtwin.origin%3Db", p.app_url(0)),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let origin: String = with_options
+        .query_one("SELECT current_setting('pgtwin.origin')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(origin, "b");
+    with_options
+        .batch_execute("INSERT INTO products (name, price) VALUES ('through options', 3)")
+        .await
+        .unwrap();
+    assert_eq!(p.assert_same("products").await.len(), 2);
 }
 
 /// A dump of a synced database restored elsewhere (a staging copy) is not a live link: its writes
@@ -417,6 +438,14 @@ async fn an_application_holding_pgtwins_lock_keys_blocks_nothing() {
         .unwrap_err();
     let message = denied.as_db_error().unwrap().message();
     assert!(message.contains("permission denied"), "{message}");
+    // `down` too, under the install key the application holds now.
+    run.kill();
+    let install = lock_key(&p, 0, "install").await;
+    app.execute("SELECT pg_advisory_lock($1)", &[&install])
+        .await
+        .unwrap();
+    p.pgtwin(&["down"]).ok();
+    p.assert_clean().await;
 }
 
 /// pg_stat_statements with `track = 'all'` and pgaudit logging DDL record nested statements, as the
