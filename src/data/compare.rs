@@ -192,32 +192,25 @@ fn hash_expr(t: &TableInfo, cols: &[&Ident], seed: i64, alias: Option<&str>) -> 
 /// still agrees with a node that does not. A composite value whose fields are all NULL is
 /// not NULL itself (`num_nulls`, unlike `IS NULL`, tells them apart).
 fn column_hash(column: &str, typed: Option<TypedHash>, nullable: bool, seed: &str) -> String {
-    let placeholder = match typed {
-        Some(TypedHash::Bool) => "false",
-        Some(TypedHash::Bytea) => "''::bytea",
-        Some(TypedHash::Int2) => "0::smallint",
-        Some(TypedHash::Int4 | TypedHash::Int8) => "0",
-        Some(TypedHash::Text) => "''",
-        Some(TypedHash::Date) => "'epoch'::date",
-        Some(TypedHash::Time) => "'00:00'::time",
-        Some(TypedHash::Timestamp) => "'epoch'::timestamp",
-        Some(TypedHash::TimestampTz) => "'epoch'::timestamptz",
-        Some(TypedHash::Uuid) => "'00000000-0000-0000-0000-000000000000'::uuid",
-        // concat() prints NULL as ''.
-        None => "",
+    let flipped_if_null = |is_null: String| {
+        if nullable {
+            format!("({seed} # {is_null})")
+        } else {
+            seed.to_string()
+        }
     };
-    let (v, s) = match (typed, nullable) {
-        // By its bytes: text under a case-insensitive collation would hash case-folded.
-        (None, false) => (format!("concat({column}) COLLATE \"C\""), seed.to_string()),
-        (None, true) => (
+    let (v, s) = match typed {
+        // By its bytes: text under a case-insensitive collation would hash case-folded. concat()
+        // prints NULL as ''.
+        None => (
             format!("concat({column}) COLLATE \"C\""),
-            format!("({seed} # num_nulls({column})::bigint)"),
+            flipped_if_null(format!("num_nulls({column})::bigint")),
         ),
-        (Some(_), false) => (column.to_string(), seed.to_string()),
-        (Some(_), true) => (
-            format!("coalesce({column}, {placeholder})"),
-            format!("({seed} # ({column} IS NULL)::int::bigint)"),
+        Some(h) if nullable => (
+            format!("coalesce({column}, {})", placeholder(h)),
+            flipped_if_null(format!("({column} IS NULL)::int::bigint")),
         ),
+        Some(_) => (column.to_string(), seed.to_string()),
     };
     match typed {
         Some(TypedHash::Bool) => format!("hashint4extended({v}::int, {s})"),
@@ -238,6 +231,22 @@ fn column_hash(column: &str, typed: Option<TypedHash>, nullable: bool, seed: &st
         Some(TypedHash::TimestampTz) => {
             format!("hash_array_extended(ARRAY[timestamptz_send({v})], {s})")
         }
+    }
+}
+
+/// The value a NULL of the type hashes as (with the seed's lowest bit flipped: see column_hash).
+fn placeholder(typed: TypedHash) -> &'static str {
+    match typed {
+        TypedHash::Bool => "false",
+        TypedHash::Bytea => "''::bytea",
+        TypedHash::Int2 => "0::smallint",
+        TypedHash::Int4 | TypedHash::Int8 => "0",
+        TypedHash::Text => "''",
+        TypedHash::Date => "'epoch'::date",
+        TypedHash::Time => "'00:00'::time",
+        TypedHash::Timestamp => "'epoch'::timestamp",
+        TypedHash::TimestampTz => "'epoch'::timestamptz",
+        TypedHash::Uuid => "'00000000-0000-0000-0000-000000000000'::uuid",
     }
 }
 

@@ -594,9 +594,8 @@ impl Bench {
             _ => self.identical(&db).await?,
         };
         if variant == Variant::Async {
-            // A steady stream into a fresh database: measured in this one right after the bulk
-            // workloads (whose dead rows the servers are still vacuuming), p50 read 8 ms, against
-            // 1.8 ms in a fresh one.
+            // A steady stream into a fresh database: measured in this one, right after the bulk
+            // workloads, p50 read 8 ms, against 1.8 ms in a fresh one.
             let fresh = self
                 .prepare_named(Variant::Async, format!("bench_lag_{rep}"))
                 .await?;
