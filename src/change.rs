@@ -20,8 +20,14 @@ use crate::sql::ident::{comma_list, Ident, Literal};
 /// Rows an INSERT added: the peer refuses one whose key it holds with other values (that key was
 /// handed out twice: a node restored from a backup), where an upsert would overwrite its row.
 pub const INSERT: u8 = b'I';
-/// Rows an UPDATE wrote (or, before that op existed, any new rows): the peer writes them whatever it has.
+/// Rows an UPDATE wrote (or, before that op existed, any new rows). A row that carries `BEFORE` is
+/// written only over that version: the peer refuses it where it holds the key with other values, or
+/// not at all (that row changed there since: a node restored from a backup writes over rows from
+/// before it). A row without it is written whatever the peer has.
 pub const UPSERT: u8 = b'U';
+/// The member of an upsert's row holding the row the UPDATE replaced on the origin (every column, by
+/// name). Last in the row's object. The name is reserved: no user column starts with `pgtwin_`.
+pub const BEFORE: &str = "pgtwin_before";
 pub const DELETE: u8 = b'D';
 /// A whole chunk of its own: the table is truncated; followed by a JSON list of table tags, those
 /// tables are truncated in one statement (a TRUNCATE of several tables, which foreign keys between
@@ -105,6 +111,26 @@ pub fn append(first: &mut String, second: &str) -> bool {
 pub fn join(first: &str, second: &str) -> Option<String> {
     let mut joined = first.to_string();
     append(&mut joined, second).then_some(joined)
+}
+
+/// The rows of an UPDATE that kept every key, each as `row_to_json` of its new version with `BEFORE`
+/// (its old version) appended: a source for `chunks_query`, aliased `alias`, with the key columns and
+/// the row's text (`pgtwin_json`). Transition tables do not pair old and new rows: they are paired by
+/// key (a hash join: the planner knows their sizes).
+pub fn updated_rows_source(new: &str, old: &str, key: &[Ident], alias: &str) -> String {
+    let keys = comma_list(key.iter().map(|k| format!("pgtwin_n.{k}")));
+    let pairs = key
+        .iter()
+        .map(|k| format!("pgtwin_n.{k} = pgtwin_o.{k}"))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    // The aliases are reserved (no user column starts with pgtwin_): a column named like a bare
+    // alias would be taken for it.
+    format!(
+        "(SELECT {keys}, left(row_to_json(pgtwin_n)::text, -1) || {} || row_to_json(pgtwin_o)::text || '}}' AS pgtwin_json\n                         \
+         FROM {new} pgtwin_n JOIN {old} pgtwin_o ON {pairs}) {alias}",
+        Literal(&format!(",\"{BEFORE}\":"))
+    )
 }
 
 /// A JSON array of names, as the column list of a chunk: compact, escaped as PostgreSQL's `to_json`

@@ -188,7 +188,8 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
     };
     // Entries applied before (by a run cut short) but still in the origin's queue go with the first
     // batch's transaction there; their records, after it commits.
-    let mut applied_earlier: Vec<i64> = recorded?.iter().map(|r| r.get(0)).collect();
+    let mut applied_earlier: Vec<(i64, String)> =
+        recorded?.iter().map(|r| (r.get(0), r.get(1))).collect();
     let mut forgotten: Vec<i64> = Vec::new();
     let mut batch_started = Instant::now();
     while !*stop.borrow() {
@@ -217,7 +218,10 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
             .batch_execute(&format!("{}; COMMIT", state::forget_entries_sql(&seqs)))
             .await
             .map_err(on_node(&from.name, "removing replayed queue entries"))?;
-        forgotten = std::mem::take(&mut applied_earlier);
+        forgotten = std::mem::take(&mut applied_earlier)
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
         forgotten.extend(&seqs);
         tracing::info!(from = %from.name, to = %to.name, entries = done.entries, rows = done.rows, "replayed");
         crate::metrics::replayed(&from.name, &to.name, &done.by_tag);
@@ -250,9 +254,9 @@ type Stop = watch::Receiver<bool>;
 async fn read_batch(
     from: &Listener,
     last: i64,
-    applied_earlier: &[i64],
+    applied_earlier: &[(i64, String)],
 ) -> Result<(Vec<Entry>, bool)> {
-    let begin = format!("BEGIN; {}", state::forget_entries_sql(applied_earlier));
+    let begin = format!("BEGIN; {}", state::forget_replayed_sql(applied_earlier));
     // Sync mode under load: writers queue as fast as they write while the queue holds anything, so a
     // queue drained batch by batch may never empty. Once what is left fits in one batch, the queue is
     // locked against new entries (each writer's flush takes a lock this one excludes before it looks
@@ -385,7 +389,11 @@ fn refusal(e: &anyhow::Error) -> Refusal {
     };
     if code == names::RETRY_UNJOINED_SQLSTATE {
         Refusal::Unjoined
-    } else if code.starts_with("22") || code.starts_with("23") || code == "P0001" || code == "54000"
+    } else if code.starts_with("22")
+        || code.starts_with("23")
+        || code == "P0001"
+        || code == "54000"
+        || code == names::STALE_UPDATE_SQLSTATE
     {
         Refusal::Data(pg_message(pg))
     } else {
@@ -497,10 +505,15 @@ async fn apply_entries(
         .iter()
         .map(|(chunk, joined)| (apply(&chunk.tag), chunk, if *joined { "on" } else { "off" }))
         .collect();
-    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
     let (begin, end) = (
         format!("BEGIN; {}", state::replay_start_sql(&from.name, forgotten)),
-        format!("{}; COMMIT", state::record_replayed_sql(&from.name, &seqs)),
+        format!(
+            "{}; COMMIT",
+            state::record_replayed_sql(
+                &from.name,
+                entries.iter().map(|e| (e.seq, e.changed_at.as_str()))
+            )
+        ),
     );
     // The whole transaction in one round trip, or one per CHUNK_BYTES of changes.
     let mut group: Vec<Statement<'_>> = vec![Box::pin(to.db.batch_execute(&begin))];

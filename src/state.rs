@@ -16,13 +16,14 @@ use crate::sql::names;
 
 /// Numbered migrations; the last number is this binary's state version. Never edit one that shipped:
 /// add the next.
-const MIGRATIONS: [(i32, &str); 6] = [
+const MIGRATIONS: [(i32, &str); 7] = [
     (1, include_str!("sql/templates/state/1.sql")),
     (2, include_str!("sql/templates/state/2.sql")),
     (3, include_str!("sql/templates/state/3.sql")),
     (4, include_str!("sql/templates/state/4.sql")),
     (5, include_str!("sql/templates/state/5.sql")),
     (6, include_str!("sql/templates/state/6.sql")),
+    (7, include_str!("sql/templates/state/7.sql")),
 ];
 
 /// The state version this binary writes and reads.
@@ -562,8 +563,20 @@ pub fn last_queued_sql() -> String {
 /// On the peer: the origin's ($1) entries applied there and maybe not yet deleted from its queue.
 pub fn replayed_from_sql() -> String {
     format!(
-        "SELECT seq FROM {} WHERE origin = $1",
+        "SELECT seq, changed_at::text FROM {} WHERE origin = $1",
         names::replayed_table()
+    )
+}
+
+/// Deletes from the queue the entries the peer recorded as replayed: (seq, changed_at) each, an entry
+/// of that number queued at that time (a number alone for a record from before times were recorded).
+pub fn forget_replayed_sql(records: &[(i64, String)]) -> String {
+    format!(
+        "DELETE FROM {} q USING unnest({}, {}) AS r(seq, changed_at) \
+         WHERE q.seq = r.seq AND (q.changed_at = r.changed_at OR r.changed_at = '-infinity')",
+        names::queue_table(),
+        bigint_array(&records.iter().map(|r| r.0).collect::<Vec<_>>()),
+        timestamptz_array(records.iter().map(|r| r.1.as_str())),
     )
 }
 
@@ -638,13 +651,18 @@ pub fn replay_start_sql(origin: &str, forgotten: &[i64]) -> String {
     )
 }
 
-/// On the peer, last in a replay transaction: records the entries applied.
-pub fn record_replayed_sql(origin: &str, seqs: &[i64]) -> String {
+/// On the peer, last in a replay transaction: records the entries applied, (seq, changed_at) each.
+pub fn record_replayed_sql<'a>(
+    origin: &str,
+    entries: impl Iterator<Item = (i64, &'a str)>,
+) -> String {
+    let (seqs, times): (Vec<i64>, Vec<&str>) = entries.unzip();
     format!(
-        "INSERT INTO {} SELECT {}, unnest({})",
+        "INSERT INTO {} (origin, seq, changed_at) SELECT {}, seq, changed_at FROM unnest({}, {}) AS r(seq, changed_at)",
         names::replayed_table(),
         Literal(origin),
-        bigint_array(seqs)
+        bigint_array(&seqs),
+        timestamptz_array(times.into_iter()),
     )
 }
 
@@ -688,6 +706,17 @@ pub fn heartbeat_sql(state_version: i32, drained: bool, host: &str) -> String {
 }
 
 /// `'{1,2,3}'::bigint[]`, through the literal quoting like every value in SQL text.
+/// `ARRAY[...]::timestamptz[]` of timestamps written as text.
+fn timestamptz_array<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    format!(
+        "ARRAY[{}]::timestamptz[]",
+        values
+            .map(|v| Literal(v).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
 pub fn bigint_array(values: &[i64]) -> String {
     let text = values
         .iter()

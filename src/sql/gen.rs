@@ -511,6 +511,21 @@ fn capture_body(t: &TableInfo, i: &Install) -> String {
             &chunking,
         )
     };
+    let updated_rows = change::chunks_query(
+        change::UPSERT,
+        "pgtwin_columns",
+        "pgtwin_row.pgtwin_json",
+        (
+            &change::key_object(&t.key, "pgtwin_row"),
+            &change::key_text_of(&t.key, "pgtwin_row"),
+        ),
+        (
+            &change::updated_rows_source(&new.to_string(), &old.to_string(), &t.key, "pgtwin_row"),
+            "pgtwin_row",
+        ),
+        &t.key,
+        &chunking,
+    );
     let tag = Literal(&names::table_tag(&t.synced_name)).to_string();
     let send = match options.mode {
         Mode::Async => format!(
@@ -545,6 +560,7 @@ fn capture_body(t: &TableInfo, i: &Install) -> String {
             ("deleted_keys", deletes(format!("{old} o"))),
             ("inserted_rows", new_rows(change::INSERT)),
             ("new_rows", new_rows(change::UPSERT)),
+            ("updated_rows", updated_rows),
         ],
     )
 }
@@ -618,6 +634,36 @@ fn column_filter(t: &TableInfo) -> String {
     }
 }
 
+/// The apply function's query for the first row of an update chunk that this node does not hold as
+/// the version the update replaced on the peer (see apply.sql): the key of that row, as text, or no
+/// row. `rows` is the chunk's rows (json); `defs`, `t_text` and `o_text` are the shipped columns, as
+/// the chunk's definitions, this node's values as text (`t.`) and the old version's (`o.`).
+fn stale_row_query(
+    t: &TableInfo,
+    into: &str,
+    rows: &str,
+    defs: &str,
+    t_text: &str,
+    o_text: &str,
+) -> String {
+    let (key_defs, key_match) = peer_key_reading(t);
+    let peer_key = |k: &Ident| t.column(k).map_or(k.clone(), |c| c.peer_name.clone());
+    let b_keys = comma_list(t.key.iter().map(|k| format!("b.{}", peer_key(k))));
+    format!(
+        "SELECT row({b_keys})::text{into}\n\
+         FROM (SELECT DISTINCT ON ({b_keys}) b.*\n\
+               FROM ROWS FROM (pg_catalog.json_to_recordset({rows}) AS ({key_defs}, {before} pg_catalog.json)) WITH ORDINALITY AS b\n\
+               ORDER BY {b_keys}, b.ordinality) b\n\
+         LEFT JOIN {table} t ON {key_match}\n\
+         LEFT JOIN LATERAL pg_catalog.json_to_record(b.{before}) AS o({defs}) ON true\n\
+         WHERE b.{before} IS NOT NULL AND (t.{first_key} IS NULL OR ({t_text}) IS DISTINCT FROM ({o_text}))\n\
+         LIMIT 1",
+        before = Ident::new(change::BEFORE),
+        table = t.name,
+        first_key = t.key[0],
+    )
+}
+
 /// `ON CONFLICT (key) DO ...` of an upsert: overwrite every non-key column (NOTHING if there is none).
 pub fn upsert_action(t: &TableInfo) -> String {
     let non_key: Vec<&Ident> = t
@@ -659,6 +705,24 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
     // A chunk from the peer names the key columns as the peer does.
     let peer_key = |k: &Ident| t.column(k).map_or(k.clone(), |c| c.peer_name.clone());
     let (key_defs, key_match) = peer_key_reading(t);
+    let defs = comma_list(
+        t.shipped_columns()
+            .map(|c| format!("{} {}", c.peer_name, c.ty)),
+    );
+    // Values compare as text, byte for byte (COLLATE "C"): under a case-insensitive collation, `Kim`
+    // and `KIM` would be equal.
+    let t_text = comma_list(
+        t.shipped_columns()
+            .map(|c| format!("t.{}::text COLLATE \"C\"", c.name)),
+    );
+    let b_text = comma_list(
+        t.shipped_columns()
+            .map(|c| format!("b.{}::text COLLATE \"C\"", c.peer_name)),
+    );
+    let o_text = comma_list(
+        t.shipped_columns()
+            .map(|c| format!("o.{}::text COLLATE \"C\"", c.peer_name)),
+    );
     fill(
         APPLY_TEMPLATE,
         &[
@@ -716,13 +780,7 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 "b_cols",
                 comma_list(t.shipped_columns().map(|c| format!("b.{}", c.peer_name))),
             ),
-            (
-                "defs",
-                comma_list(
-                    t.shipped_columns()
-                        .map(|c| format!("{} {}", c.peer_name, c.ty)),
-                ),
-            ),
+            ("defs", defs.clone()),
             (
                 "names",
                 comma_list(t.shipped_columns().map(|c| &c.peer_name)),
@@ -743,17 +801,6 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
             }),
             ("key_match_text", Literal(&key_match).to_string()),
             (
-                "t_text",
-                comma_list(t.shipped_columns().map(|c| format!("t.{}::text", c.name))),
-            ),
-            (
-                "b_text",
-                comma_list(
-                    t.shipped_columns()
-                        .map(|c| format!("b.{}::text", c.peer_name)),
-                ),
-            ),
-            (
                 "b_keys_text",
                 Literal(&comma_list(
                     t.key.iter().map(|k| format!("b.{}", peer_key(k))),
@@ -761,6 +808,43 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 .to_string(),
             ),
             ("keys_text", Literal(&comma_list(&t.key)).to_string()),
+            (
+                "stale_sqlstate",
+                Literal(names::STALE_UPDATE_SQLSTATE).to_string(),
+            ),
+            (
+                "compared_names",
+                format!(
+                    "ARRAY[{}]::text[]",
+                    comma_list(t.shipped_columns().map(|c| Literal(c.peer_name.as_str())))
+                ),
+            ),
+            (
+                "stale_check",
+                format!(
+                    "{};",
+                    stale_row_query(
+                        t,
+                        " INTO pgtwin_clash",
+                        "pgtwin_rows",
+                        &defs,
+                        &t_text,
+                        &o_text
+                    )
+                )
+                .replace('\n', "\n                "),
+            ),
+            ("stale_check_text", {
+                // For format(): its own text escaped, the column lists left to fill.
+                let marks = ["\u{1}D", "\u{1}T", "\u{1}O"];
+                let query =
+                    stale_row_query(t, "", "$1", marks[0], marks[1], marks[2]).replace('%', "%%");
+                let query = marks.iter().fold(query, |q, m| q.replace(m, "%s"));
+                Literal(&query).to_string()
+            }),
+            ("defs_text", Literal(&defs).to_string()),
+            ("t_text_text", Literal(&t_text).to_string()),
+            ("b_text_text", Literal(&b_text).to_string()),
         ],
     )
 }
@@ -872,6 +956,12 @@ fn common_names() -> Vec<(&'static str, String)> {
         (
             "retry_unjoined",
             Literal(names::RETRY_UNJOINED_SQLSTATE).to_string(),
+        ),
+        // An update's old version in a row of a chunk: the member's name, and how its text begins.
+        ("before", Literal(crate::change::BEFORE).to_string()),
+        (
+            "before_mark",
+            Literal(&format!("\"{}\":", crate::change::BEFORE)).to_string(),
         ),
     ]
 }

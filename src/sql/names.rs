@@ -37,6 +37,9 @@ pub const REPLAY_JOINED_SETTING: &str = "pgtwin.replay_joined";
 /// SQLSTATE the apply trigger raises when a joined chunk meets changes queued on its node: `pgtwin run`
 /// then replays those entries one by one, each with its own time.
 pub const RETRY_UNJOINED_SQLSTATE: &str = "PT409";
+/// SQLSTATE the apply trigger raises for an update written over a version of the row this node does
+/// not hold (it changed here since, or went): the write fails rather than overwrite it in silence.
+pub const STALE_UPDATE_SQLSTATE: &str = "PT412";
 /// SQLSTATE the apply trigger raises when its table lost pgtwin's triggers (dropped, or created again by
 /// a schema load): the write that reached it fails instead of syncing one way.
 pub const NOT_CAPTURED_SQLSTATE: &str = "PT404";

@@ -80,11 +80,18 @@ pub fn servers() -> &'static Servers {
 /// Dumps database `db` of `from` with pg_dump and restores it into database `into` of `to` (which
 /// must exist), as a user would: the whole dump, pgtwin's objects and the peer's user mapping included.
 pub fn copy_database(from: &LocalServer, db: &str, to: &LocalServer, into: &str) {
+    restore_dump(to, into, &dump_database(from, db, &[]));
+}
+
+/// A plain-format pg_dump of database `db` of `server`, as the superuser, with `args` added.
+pub fn dump_database(server: &LocalServer, db: &str, args: &[&str]) -> Vec<u8> {
     let bin = pgtwin::localpg::find_bin_dir().unwrap();
     let dump = Command::new(bin.join("pg_dump"))
         .args(["-h", "127.0.0.1", "-p"])
-        .arg(from.port.to_string())
-        .args(["-U", "postgres", db])
+        .arg(server.port.to_string())
+        .args(["-U", "postgres"])
+        .args(args)
+        .arg(db)
         .output()
         .unwrap();
     assert!(
@@ -92,9 +99,16 @@ pub fn copy_database(from: &LocalServer, db: &str, to: &LocalServer, into: &str)
         "{}",
         String::from_utf8_lossy(&dump.stderr)
     );
+    dump.stdout
+}
+
+/// Runs a plain-format dump into database `into` of `server` with psql, as the superuser, stopping at
+/// the first error.
+pub fn restore_dump(server: &LocalServer, into: &str, dump: &[u8]) {
+    let bin = pgtwin::localpg::find_bin_dir().unwrap();
     let mut restore = Command::new(bin.join("psql"))
         .args(["-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
-        .arg(to.port.to_string())
+        .arg(server.port.to_string())
         .args(["-U", "postgres", "-d", into])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -102,12 +116,7 @@ pub fn copy_database(from: &LocalServer, db: &str, to: &LocalServer, into: &str)
         .spawn()
         .unwrap();
     use std::io::Write;
-    restore
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(&dump.stdout)
-        .unwrap();
+    restore.stdin.take().unwrap().write_all(dump).unwrap();
     let out = restore.wait_with_output().unwrap();
     assert!(
         out.status.success(),

@@ -23,6 +23,9 @@ DECLARE
     pgtwin_t_text text;
     pgtwin_b_text text;
     pgtwin_fast boolean;
+    pgtwin_versioned boolean;
+    pgtwin_t_compared text;
+    pgtwin_o_text text;
     pgtwin_count bigint;
     pgtwin_clash text;
     pgtwin_app_path text;
@@ -77,10 +80,13 @@ BEGIN
             pgtwin_rows := substr(NEW.pgtwin_batch, 2)::json -> 'rows';
         END IF;
         pgtwin_replay_at := nullif(current_setting({{replay_setting}}, true), '')::timestamptz;
+        -- An update's rows that carry the version they replaced on the peer (crate::change::BEFORE).
+        pgtwin_versioned := pgtwin_op = 'U' AND strpos(NEW.pgtwin_batch, {{before_mark}}) > 0;
         -- Changes of this table may wait in the local queue: the peer's version and ours may both have
         -- changed while the nodes were apart. The chunk's rows are locked first, so that a local transaction
-        -- still writing one of them has committed, and queued its change, before the queue is read.
-        IF pgtwin_replay_at IS NOT NULL OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
+        -- still writing one of them has committed, and queued its change, before the queue is read (and
+        -- before an update's rows are compared with the versions they replaced).
+        IF pgtwin_replay_at IS NOT NULL OR pgtwin_versioned OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
             PERFORM FROM {{table}} t, json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}} FOR UPDATE OF t;
             IF EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
                 -- Keep the later change of each key (a replayed chunk carries its commit time; a joined
@@ -107,6 +113,53 @@ BEGIN
         pgtwin_fast := pgtwin_header = {{expected_header}}
            AND (SELECT {{signature}} FROM pg_attribute a
                 WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped) = {{expected_signature}};
+        IF NOT pgtwin_fast THEN
+            -- A migration on either node since `up`: the synced columns are those both sides have now,
+            -- this node's writable columns whose (peer) name the chunk carries, read with this node's types.
+            SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
+                   string_agg(format('b.%I', m.name), ', ' ORDER BY a.attnum),
+                   string_agg(format('%I %s', m.name, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
+                   string_agg(format('%I', m.name), ', ' ORDER BY a.attnum),
+                   string_agg(format('%I = EXCLUDED.%I', a.attname, a.attname), ', ' ORDER BY a.attnum)
+                       FILTER (WHERE NOT a.attname::text = ANY ({{key_names}})),
+                   string_agg(format('t.%I::text COLLATE "C"', a.attname), ', ' ORDER BY a.attnum),
+                   string_agg(format('b.%I::text COLLATE "C"', m.name), ', ' ORDER BY a.attnum),
+                   string_agg(format('t.%I::text COLLATE "C"', a.attname), ', ' ORDER BY a.attnum)
+                       FILTER (WHERE m.name = ANY ({{compared_names}})),
+                   string_agg(format('o.%I::text COLLATE "C"', m.name), ', ' ORDER BY a.attnum)
+                       FILTER (WHERE m.name = ANY ({{compared_names}}))
+            INTO pgtwin_cols, pgtwin_b_cols, pgtwin_defs, pgtwin_names, pgtwin_set, pgtwin_t_text, pgtwin_b_text,
+                 pgtwin_t_compared, pgtwin_o_text
+            FROM pg_attribute a
+            CROSS JOIN LATERAL (SELECT coalesce({{peer_names}}::jsonb ->> a.attname::text, a.attname::text) AS name) m
+            WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+              AND (a.attname::text = ANY ({{key_names}}) OR {{column_filter}})
+              AND m.name IN (SELECT json_array_elements_text(pgtwin_header::json));
+            IF pgtwin_cols IS NULL THEN
+                RAISE EXCEPTION 'pgtwin: no column of a change from node % matches table % on node %', {{peer}}, {{table_text}}, {{local}}
+                    USING ERRCODE = 'undefined_column', HINT = 'the key columns must have the same names on both nodes (or a rename in pgtwin.toml)';
+            END IF;
+        END IF;
+        -- An update's row is written only over the version it replaced on the peer: this node holding
+        -- the key with other values, or not at all, means that row changed here since (or never came:
+        -- a node restored from a backup writes over rows from before it), and the write fails rather
+        -- than overwrite it in silence (a replay sets it aside, with the reason, for `status`). Rows
+        -- the conflict resolution weighed against this node's queued changes carry no old version: the
+        -- later change won. Of a key that comes more than once (a joined replay), the first version.
+        -- Compared are the columns both nodes had at `up`, which made their values equal: a column
+        -- either node added since holds values the other never sent.
+        IF pgtwin_versioned THEN
+            IF pgtwin_fast THEN
+                {{stale_check}}
+            ELSE
+                EXECUTE format({{stale_check_text}}, pgtwin_defs, pgtwin_t_compared, pgtwin_o_text) INTO pgtwin_clash USING pgtwin_rows;
+            END IF;
+            IF pgtwin_clash IS NOT NULL THEN
+                RAISE EXCEPTION 'pgtwin: node % updated key % of table % from a version node % does not hold (the row changed or went since)', {{peer}}, pgtwin_clash, {{table_text}}, {{local}}
+                    USING ERRCODE = {{stale_sqlstate}},
+                          HINT = 'the nodes differ: see pgtwin status (a node restored from a backup writes over rows from before it), then pgtwin repair';
+            END IF;
+        END IF;
         IF pgtwin_fast THEN
             PERFORM set_config('search_path', pgtwin_app_path, true);
             IF pgtwin_replay_at IS NOT NULL THEN
@@ -127,29 +180,10 @@ BEGIN
             IF pgtwin_op <> 'I' OR pgtwin_count >= json_array_length(pgtwin_rows) THEN
                 RETURN NEW;
             END IF;
-        END IF;
-        -- A migration on either node since `up` (or a clash to look into): the synced columns are those
-        -- both sides have now, this node's writable columns whose (peer) name the chunk carries, read
-        -- with this node's types.
-        SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum),
-               string_agg(format('b.%I', m.name), ', ' ORDER BY a.attnum),
-               string_agg(format('%I %s', m.name, format_type(a.atttypid, a.atttypmod)), ', ' ORDER BY a.attnum),
-               string_agg(format('%I', m.name), ', ' ORDER BY a.attnum),
-               string_agg(format('%I = EXCLUDED.%I', a.attname, a.attname), ', ' ORDER BY a.attnum)
-                   FILTER (WHERE NOT a.attname::text = ANY ({{key_names}})),
-               string_agg(format('t.%I::text', a.attname), ', ' ORDER BY a.attnum),
-               string_agg(format('b.%I::text', m.name), ', ' ORDER BY a.attnum)
-        INTO pgtwin_cols, pgtwin_b_cols, pgtwin_defs, pgtwin_names, pgtwin_set, pgtwin_t_text, pgtwin_b_text
-        FROM pg_attribute a
-        CROSS JOIN LATERAL (SELECT coalesce({{peer_names}}::jsonb ->> a.attname::text, a.attname::text) AS name) m
-        WHERE a.attrelid = pgtwin_table AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-          AND (a.attname::text = ANY ({{key_names}}) OR {{column_filter}})
-          AND m.name IN (SELECT json_array_elements_text(pgtwin_header::json));
-        IF pgtwin_cols IS NULL THEN
-            RAISE EXCEPTION 'pgtwin: no column of a change from node % matches table % on node %', {{peer}}, {{table_text}}, {{local}}
-                USING ERRCODE = 'undefined_column', HINT = 'the key columns must have the same names on both nodes (or a rename in pgtwin.toml)';
-        END IF;
-        IF NOT pgtwin_fast THEN
+            pgtwin_defs := {{defs_text}};
+            pgtwin_t_text := {{t_text_text}};
+            pgtwin_b_text := {{b_text_text}};
+        ELSE
             IF pgtwin_replay_at IS NOT NULL THEN
                 pgtwin_sql := format('INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE
                     SELECT DISTINCT ON (%s) %s

@@ -13,6 +13,8 @@ DECLARE
     pgtwin_flush boolean;
     -- The chunk's keys, as comparable text (crate::change::key_text_of).
     pgtwin_keys text[];
+    -- An UPDATE that changed no key.
+    pgtwin_keys_kept boolean := false;
 BEGIN
     -- Writes applied by pgtwin (from the peer, or by repair) carry pgtwin.origin: never ship them back.
     -- Any role can set that, so it counts only in a session of the role that installed pgtwin (this
@@ -50,13 +52,16 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' THEN
-        -- Transition tables do not pair old and new rows. A statement that changed keys travels as the
-        -- deletion of every row it updated, then their new versions: upserted one by one, a new key
+        -- A statement that changed keys travels as the deletion of every row it updated, then their
+        -- new versions (with no old version: a new key has none): upserted one by one, a new key
         -- could meet an old row of the peer still holding a unique value that the origin, updating its
         -- rows in place, never met (UPDATE ... SET id = id + 1 beside a unique column). EXCEPT, not NOT
         -- EXISTS: transition tables have no statistics, and a nested-loop anti-join over two
         -- 100,000-row tables never ends.
-        IF EXISTS ({{keys_changed_away}}) THEN
+        -- Otherwise each row carries the version it replaced (crate::change::BEFORE), and the peer
+        -- writes it only over that version.
+        pgtwin_keys_kept := NOT EXISTS ({{keys_changed_away}});
+        IF NOT pgtwin_keys_kept THEN
             FOR pgtwin_chunk, pgtwin_rows, pgtwin_keys IN {{updated_keys}}
             LOOP
                 {{send}}
@@ -75,6 +80,11 @@ BEGIN
                        WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped);
     IF TG_OP = 'INSERT' THEN
         FOR pgtwin_chunk, pgtwin_rows, pgtwin_keys IN {{inserted_rows}}
+        LOOP
+            {{send}}
+        END LOOP;
+    ELSIF pgtwin_keys_kept THEN
+        FOR pgtwin_chunk, pgtwin_rows, pgtwin_keys IN {{updated_rows}}
         LOOP
             {{send}}
         END LOOP;

@@ -104,6 +104,21 @@ BEGIN
         WHERE q.seq = ANY (pgtwin_unkeyed) AND left(q.batch, 1) = 'I'
           AND EXISTS (SELECT FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p
                       WHERE {{local_key}} = ANY (pgtwin_local_won));
+        -- Nor does the peer hold the versions this node's queued updates of those keys replaced: they
+        -- are written there whatever it holds (their old versions go, see apply.sql).
+        SELECT coalesce(array_agg(seq), '{}') INTO pgtwin_touched
+        FROM {{queue}} q
+        WHERE (q.keys && pgtwin_local_won OR q.seq = ANY (pgtwin_unkeyed)) AND q.table_tag = {{tag}}
+          AND left(q.batch, 1) = 'U' AND strpos(q.batch, {{before_mark}}) > 0;
+        IF cardinality(pgtwin_touched) > 0 THEN
+            PERFORM FROM {{queue}} WHERE seq = ANY (pgtwin_touched) ORDER BY seq FOR UPDATE;
+            UPDATE {{queue}} q SET batch = 'U{"columns":' || ((substr(q.batch, 2)::json)->'columns')::text || ',"rows":'
+                    || (SELECT json_agg(CASE WHEN {{local_key}} = ANY (pgtwin_local_won)
+                                             THEN (SELECT json_object_agg(x.k, x.v) FROM json_each(p) x(k, v) WHERE x.k <> {{before}})
+                                             ELSE p END)
+                        FROM json_array_elements((substr(q.batch, 2)::json)->'rows') p)::text || '}'
+            WHERE q.seq = ANY (pgtwin_touched);
+        END IF;
     END IF;
     IF cardinality(pgtwin_remote_won) > 0 THEN
         -- Every queued change of those keys goes, found through the index on the keys (once: they are
@@ -135,5 +150,10 @@ BEGIN
         WHERE table_tag = {{tag}} AND key = ANY (pgtwin_remote_won) AND seq = ANY (pgtwin_touched);
         DELETE FROM {{queue}} WHERE seq = ANY (pgtwin_emptied);
     END IF;
-    RETURN (SELECT json_agg(b) FROM json_array_elements(pgtwin_rows) b WHERE NOT {{incoming_key}} = ANY (pgtwin_local_won));
+    -- The arriving rows that won over a queued change of theirs overwrite this node's version of
+    -- the key, not the one they replaced on the peer: without their old versions (see apply.sql).
+    RETURN (SELECT json_agg(CASE WHEN {{incoming_key}} = ANY (pgtwin_remote_won)
+                                 THEN (SELECT json_object_agg(x.k, x.v) FROM json_each(b) x(k, v) WHERE x.k <> {{before}})
+                                 ELSE b END)
+            FROM json_array_elements(pgtwin_rows) b WHERE NOT {{incoming_key}} = ANY (pgtwin_local_won));
 END
