@@ -545,3 +545,103 @@ async fn a_truncate_then_a_long_pause_fails_at_commit_and_goes_through_again() {
     assert!(p.rows(0, "orders").await.is_empty());
     assert!(p.rows(1, "orders").await.is_empty());
 }
+
+async fn name_on_b(p: &Pair) -> String {
+    p.admin[1]
+        .query_one("SELECT name FROM people WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// b's DBA adds a trigger that normalizes names on every write, forgetting the rows applied from a (it
+/// does not return early where `pgtwin.origin` is set): a's `kim` is `KIM` on b. The nodes now differ
+/// in that row, and a's next update of it would overwrite b's version: it fails instead (PT412),
+/// naming the key, though b's column compares case-insensitively (the versions compare byte for byte).
+/// A row that does not differ still updates. Once the trigger is fixed and `repair` has made the rows
+/// equal, a's update goes through.
+#[tokio::test]
+async fn an_update_of_a_row_that_differs_between_the_nodes_fails_until_repair() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute("CREATE TABLE people (id int PRIMARY KEY, name text, age int)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "CREATE COLLATION nocase (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+             CREATE TABLE people (age int, name text COLLATE nocase, id int PRIMARY KEY);
+             CREATE FUNCTION normalize_name() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 NEW.name := upper(NEW.name);
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER normalize_name BEFORE INSERT OR UPDATE ON people FOR EACH ROW EXECUTE FUNCTION normalize_name();",
+        )
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"people\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO people VALUES (1, 'kim', 30), (2, 'LEE', 40)")
+        .await
+        .unwrap();
+    assert_eq!(name_on_b(&p).await, "KIM");
+
+    let e = p.owner[0]
+        .batch_execute("UPDATE people SET age = 31 WHERE id = 1")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "PT412", "{db:?}");
+    assert!(
+        db.message()
+            .contains("node a updated key (1) of table \"public\".\"people\" from a version node b does not hold"),
+        "{db:?}"
+    );
+    p.owner[0]
+        .batch_execute("UPDATE people SET age = 41 WHERE id = 2")
+        .await
+        .unwrap();
+    let check = p.pgtwin(&["check"]);
+    assert_eq!(check.code, 1, "{}", check.stdout);
+
+    p.owner[1]
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION normalize_name() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF current_setting('pgtwin.origin', true) <> '' THEN
+                     RETURN NEW;
+                 END IF;
+                 NEW.name := upper(NEW.name);
+                 RETURN NEW;
+             END $$",
+        )
+        .await
+        .unwrap();
+    p.pgtwin(&["repair", "--prefer", "a"]).ok();
+    assert_eq!(name_on_b(&p).await, "kim");
+    p.owner[0]
+        .batch_execute("UPDATE people SET age = 31 WHERE id = 1")
+        .await
+        .unwrap();
+    let ages = "SELECT id, name, age FROM people ORDER BY id";
+    let (a, b) = (
+        p.admin[0].query(ages, &[]).await.unwrap(),
+        p.admin[1].query(ages, &[]).await.unwrap(),
+    );
+    let text = |rows: &[tokio_postgres::Row]| {
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r.get::<_, i32>(0),
+                    r.get::<_, String>(1),
+                    r.get::<_, i32>(2)
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(text(&a), ["1 kim 31", "2 LEE 41"]);
+    assert_eq!(text(&b), text(&a));
+}
