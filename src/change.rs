@@ -115,21 +115,28 @@ pub fn join(first: &str, second: &str) -> Option<String> {
 
 /// The rows of an UPDATE that kept every key, each as `row_to_json` of its new version with `BEFORE`
 /// (its old version) appended: a source for `chunks_query`, aliased `alias`, with the key columns and
-/// the row's text (`pgtwin_json`). Transition tables do not pair old and new rows: they are paired by
-/// key (a hash join: the planner knows their sizes).
+/// the row's text (`pgtwin_json`). Transition tables do not pair old and new rows, and a join of the
+/// two would be planned once, for the first statement's size (PL/pgSQL caches the plan; transition
+/// tables have no statistics): a nested loop over two 100,000-row tables never ends. So both go
+/// through one sort by key, each key's old version just before its new one.
 pub fn updated_rows_source(new: &str, old: &str, key: &[Ident], alias: &str) -> String {
-    let keys = comma_list(key.iter().map(|k| format!("pgtwin_n.{k}")));
-    let pairs = key
-        .iter()
-        .map(|k| format!("pgtwin_n.{k} = pgtwin_o.{k}"))
-        .collect::<Vec<_>>()
-        .join(" AND ");
+    let keys = comma_list(key);
+    let side = |table: &str, version: &str, side: u8| {
+        format!(
+            "SELECT {}, {side} AS pgtwin_side, row_to_json({version}) AS pgtwin_j FROM {table} {version}",
+            comma_list(key.iter().map(|k| format!("{version}.{k}")))
+        )
+    };
     // The aliases are reserved (no user column starts with pgtwin_): a column named like a bare
     // alias would be taken for it.
     format!(
-        "(SELECT {keys}, left(row_to_json(pgtwin_n)::text, -1) || {} || row_to_json(pgtwin_o)::text || '}}' AS pgtwin_json\n                         \
-         FROM {new} pgtwin_n JOIN {old} pgtwin_o ON {pairs}) {alias}",
-        Literal(&format!(",\"{BEFORE}\":"))
+        "(SELECT {keys}, left(pgtwin_j::text, -1) || {} || pgtwin_was::text || '}}' AS pgtwin_json\n                         \
+         FROM (SELECT {keys}, pgtwin_side, pgtwin_j, lag(pgtwin_j) OVER (ORDER BY {keys}, pgtwin_side) AS pgtwin_was\n                               \
+         FROM ({} UNION ALL {}) pgtwin_both) pgtwin_paired\n                         \
+         WHERE pgtwin_side = 1) {alias}",
+        Literal(&format!(",\"{BEFORE}\":")),
+        side(old, "pgtwin_o", 0),
+        side(new, "pgtwin_n", 1),
     )
 }
 

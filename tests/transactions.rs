@@ -645,3 +645,32 @@ async fn an_update_of_a_row_that_differs_between_the_nodes_fails_until_repair() 
     assert_eq!(text(&a), ["1 kim 31", "2 LEE 41"]);
     assert_eq!(text(&b), text(&a));
 }
+
+/// The capture function's plans are cached from the first statement that runs them: a single-row
+/// UPDATE first, then one of 100,000 rows, must not reuse a plan made for one row (a join of the
+/// two transition tables as a nested loop never ends). Bounded by a statement timeout: a regression
+/// fails, it does not hang.
+#[tokio::test]
+async fn a_large_update_after_a_single_row_one_takes_no_plan_made_for_one_row() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE counters (id int PRIMARY KEY, n int)")
+        .await;
+    p.config("[[tables]]\nname = \"counters\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute(
+            "INSERT INTO counters SELECT g, 0 FROM generate_series(1, 100000) g;
+             SET statement_timeout = '60s';
+             UPDATE counters SET n = 1 WHERE id = 1;
+             UPDATE counters SET n = n + 1",
+        )
+        .await
+        .unwrap();
+    let sums = "SELECT sum(n)::bigint FROM counters";
+    for admin in &p.admin {
+        assert_eq!(
+            admin.query_one(sums, &[]).await.unwrap().get::<_, i64>(0),
+            100_001
+        );
+    }
+}
