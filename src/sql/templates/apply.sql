@@ -84,9 +84,11 @@ BEGIN
         pgtwin_versioned := pgtwin_op = 'U' AND strpos(NEW.pgtwin_batch, {{before_mark}}) > 0;
         -- Changes of this table may wait in the local queue: the peer's version and ours may both have
         -- changed while the nodes were apart. The chunk's rows are locked first, so that a local transaction
-        -- still writing one of them has committed, and queued its change, before the queue is read (and
-        -- before an update's rows are compared with the versions they replaced).
-        IF pgtwin_replay_at IS NOT NULL OR pgtwin_versioned OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
+        -- still writing one of them has committed, and queued its change, before the queue is read. (A
+        -- sync-mode writer here that changes a row of this chunk meanwhile holds its lock until its own
+        -- commit reaches the peer, whose transaction holds the row there: the cycle ends at a lock
+        -- timeout, failing one of the two.)
+        IF pgtwin_replay_at IS NOT NULL OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
             PERFORM FROM {{table}} t, json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}} FOR UPDATE OF t;
             IF EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
                 -- Keep the later change of each key (a replayed chunk carries its commit time; a joined
