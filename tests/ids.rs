@@ -296,25 +296,8 @@ async fn a_node_restored_from_a_backup_cannot_overwrite_the_peers_newer_rows() {
     }
 }
 
-/// Node i's items by column name (the nodes order their columns differently).
-async fn items(p: &Pair, i: usize) -> Vec<String> {
-    p.admin[i]
-        .query(
-            "SELECT row(id, name, price)::text FROM items ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-async fn same_items(p: &Pair) -> Vec<String> {
-    let (a, b) = (items(p, 0).await, items(p, 1).await);
-    assert_eq!(a, b, "items differ between the nodes");
-    a
-}
+/// The items by column name (the nodes order their columns differently).
+const ITEMS: &str = "SELECT id, name, price FROM items ORDER BY id";
 
 /// The night's backup of node a is restored in place (pg_dump --clean, run into the live database):
 /// a's rows are last night's again, while b holds the day's changes (an update made on b, one made on
@@ -351,7 +334,7 @@ async fn a_node_restored_in_place_cannot_update_rows_the_peer_changed_since() {
             .await
             .unwrap();
         p.pgtwin(&["run", "--once"]).ok();
-        assert_eq!(same_items(&p).await.len(), 4, "{mode}");
+        assert_eq!(p.assert_same_rows_of(ITEMS).await.len(), 4, "{mode}");
         let server = &common::servers().nodes[0];
         let night = common::dump_database(server, &p.db, &["--clean", "--if-exists"]);
         // The day: b raises the kettle's price, a renames the pot, b sells the last pan.
@@ -367,12 +350,16 @@ async fn a_node_restored_in_place_cannot_update_rows_the_peer_changed_since() {
             .unwrap();
         p.pgtwin(&["run", "--once"]).ok();
         let day = vec!["(1,kettle,12)", "(3,\"big pot\",20)", "(7,lid,40)"];
-        assert_eq!(items(&p, 1).await, day, "{mode}");
-        assert_eq!(same_items(&p).await.len(), 3, "{mode}");
+        assert_eq!(p.rows_of(1, ITEMS).await, day, "{mode}");
+        assert_eq!(p.assert_same_rows_of(ITEMS).await.len(), 3, "{mode}");
 
         common::restore_dump(server, &p.db, &night);
         p.reconnect(0).await;
-        assert_eq!(items(&p, 0).await.len(), 4, "{mode}: last night's rows");
+        assert_eq!(
+            p.rows_of(0, ITEMS).await.len(),
+            4,
+            "{mode}: last night's rows"
+        );
         for (id, what) in [
             (1, "b changed it"),
             (3, "a changed it"),
@@ -428,11 +415,15 @@ async fn a_node_restored_in_place_cannot_update_rows_the_peer_changed_since() {
         }
         let mut after = day.clone();
         after[2] = "(7,lid,41)";
-        assert_eq!(items(&p, 1).await, after, "{mode}: b kept its newer rows");
+        assert_eq!(
+            p.rows_of(1, ITEMS).await,
+            after,
+            "{mode}: b kept its newer rows"
+        );
 
         p.pgtwin(&["repair", "--mirror", "b"]).ok();
         p.pgtwin(&["up"]).ok();
-        assert_eq!(same_items(&p).await.len(), 3, "{mode}");
+        assert_eq!(p.assert_same_rows_of(ITEMS).await.len(), 3, "{mode}");
         // Only b's column of its own remains to say (not synced, by design).
         let status = p.pgtwin(&["status"]);
         assert!(
@@ -445,7 +436,7 @@ async fn a_node_restored_in_place_cannot_update_rows_the_peer_changed_since() {
             .await
             .unwrap();
         p.pgtwin(&["run", "--once"]).ok();
-        assert_eq!(items(&p, 1).await[0], "(1,kettle,13)", "{mode}");
-        assert_eq!(same_items(&p).await.len(), 3, "{mode}");
+        assert_eq!(p.rows_of(1, ITEMS).await[0], "(1,kettle,13)", "{mode}");
+        assert_eq!(p.assert_same_rows_of(ITEMS).await.len(), 3, "{mode}");
     }
 }

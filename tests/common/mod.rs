@@ -300,6 +300,25 @@ impl Pair {
             .collect()
     }
 
+    /// The rows of a query on node i, each as text, in the query's order (a query naming its columns
+    /// compares nodes whose columns are in another order).
+    pub async fn rows_of(&self, i: usize, sql: &str) -> Vec<String> {
+        self.admin[i]
+            .query(&format!("SELECT row_::text FROM ({sql}) row_"), &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// Asserts a query gives the same rows on both nodes; returns them.
+    pub async fn assert_same_rows_of(&self, sql: &str) -> Vec<String> {
+        let (a, b) = (self.rows_of(0, sql).await, self.rows_of(1, sql).await);
+        assert_eq!(a, b, "{sql}: the nodes differ");
+        a
+    }
+
     /// Asserts both nodes hold the same rows; returns them.
     pub async fn assert_same(&self, table: &str) -> Vec<String> {
         let (a, b) = (self.rows(0, table).await, self.rows(1, table).await);
