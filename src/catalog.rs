@@ -40,6 +40,11 @@ pub struct Column {
     pub typed_hash: Option<TypedHash>,
     /// The column's default expression, as the node prints it.
     pub default: Option<String>,
+    /// Whether the peer's column has the same type (set when both nodes are read): only then does a
+    /// value written on one node read back the same on the other, which comparing an update's old
+    /// version with the peer's row needs.
+    #[serde(skip)]
+    pub same_type_as_peer: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -419,6 +424,7 @@ pub async fn table_info(node: &str, db: &Client, table: &Table) -> Result<TableI
             binary_ok: r.get(5),
             typed_hash: r.get::<_, Option<u32>>(6).and_then(TypedHash::of),
             default: r.get(7),
+            same_type_as_peer: false,
         })
         .collect::<Vec<_>>();
     let unique_keys: Vec<(bool, Vec<String>)> = db

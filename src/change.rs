@@ -118,8 +118,16 @@ pub fn join(first: &str, second: &str) -> Option<String> {
 /// the row's text (`pgtwin_json`). Transition tables do not pair old and new rows, and a join of the
 /// two would be planned once, for the first statement's size (PL/pgSQL caches the plan; transition
 /// tables have no statistics): a nested loop over two 100,000-row tables never ends. So both go
-/// through one sort by key, each key's old version just before its new one.
-pub fn updated_rows_source(new: &str, old: &str, key: &[Ident], alias: &str) -> String {
+/// through one sort by key, each key's old version just before its new one. A row whose two versions
+/// together pass `max_row_bytes` travels without its old version (unchecked, as before versions
+/// travelled): it must not be refused where its new version alone would not be.
+pub fn updated_rows_source(
+    new: &str,
+    old: &str,
+    key: &[Ident],
+    max_row_bytes: i64,
+    alias: &str,
+) -> String {
     let keys = comma_list(key);
     let side = |table: &str, version: &str, side: u8| {
         format!(
@@ -130,7 +138,8 @@ pub fn updated_rows_source(new: &str, old: &str, key: &[Ident], alias: &str) -> 
     // The aliases are reserved (no user column starts with pgtwin_): a column named like a bare
     // alias would be taken for it.
     format!(
-        "(SELECT {keys}, left(pgtwin_j::text, -1) || {} || pgtwin_was::text || '}}' AS pgtwin_json\n                         \
+        "(SELECT {keys}, CASE WHEN octet_length(pgtwin_j::text) + octet_length(pgtwin_was::text) > {max_row_bytes} THEN pgtwin_j::text\n                         \
+         ELSE left(pgtwin_j::text, -1) || {} || pgtwin_was::text || '}}' END AS pgtwin_json\n                         \
          FROM (SELECT {keys}, pgtwin_side, pgtwin_j, lag(pgtwin_j) OVER (ORDER BY {keys}, pgtwin_side) AS pgtwin_was\n                               \
          FROM ({} UNION ALL {}) pgtwin_both) pgtwin_paired\n                         \
          WHERE pgtwin_side = 1) {alias}",
@@ -156,6 +165,9 @@ pub struct Chunking<'a> {
     pub refuse_row: &'a str,
     /// The table's name, as a SQL literal, for that error.
     pub table: &'a str,
+    /// A relation with as many rows as the source, cheaper to count (the source of an update's rows
+    /// sorts both transition tables: counting it would sort them twice). None: the source itself.
+    pub counted: Option<&'a str>,
 }
 
 /// A query yielding (chunk text, row count, keys) for every chunk of `rows` (a SQL expression of type
@@ -182,6 +194,7 @@ pub fn chunks_query(
     let prefix = Literal(&format!("{}{COLUMNS_PREFIX}", op as char));
     let mark = Literal(ROWS_MARK);
     let (max, refuse, table) = (c.max_row_bytes, c.refuse_row, c.table);
+    let counted = c.counted.unwrap_or(source);
     let keys = comma_list(key_columns.iter().map(|k| format!("{alias}.{k}")));
     // OFFSET 0 keeps the row's text computed once: pulled up into the outer query, its expression
     // would be evaluated for each of its three uses. The row's key as JSON is built only for a row
@@ -191,7 +204,7 @@ pub fn chunks_query(
          FROM (SELECT CASE WHEN octet_length(pgtwin_r) > {max} THEN {refuse}({table}, ({key})::text, octet_length(pgtwin_r)) ELSE pgtwin_r END AS pgtwin_r, pgtwin_kt,\n                         \
          (sum(octet_length(pgtwin_r) + {per_row}) OVER (ROWS UNBOUNDED PRECEDING) - 1) / {CHUNK_BYTES} AS pgtwin_chunk_no\n                  \
          FROM (SELECT ({row})::text AS pgtwin_r, {keys},\n                               \
-         CASE WHEN (SELECT count(*) <= {KEYED_ROWS} FROM (SELECT FROM {source} LIMIT {KEYED_ROWS} + 1) pgtwin_few) THEN {key_text} END AS pgtwin_kt\n                        \
+         CASE WHEN (SELECT count(*) <= {KEYED_ROWS} FROM (SELECT FROM {counted} LIMIT {KEYED_ROWS} + 1) pgtwin_few) THEN {key_text} END AS pgtwin_kt\n                        \
          FROM {source} OFFSET 0) {alias}) pgtwin_s\n            \
          GROUP BY pgtwin_chunk_no"
     )

@@ -183,13 +183,16 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
                 .map_err(on_node(&to.name, "reading replay progress"))
         }
     );
-    let Some(last) = last?.get::<_, Option<i64>>(0) else {
-        return Ok(total);
-    };
     // Entries applied before (by a run cut short) but still in the origin's queue go with the first
     // batch's transaction there; their records, after it commits.
     let mut applied_earlier: Vec<(i64, String)> =
         recorded?.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let Some(last) = last?.get::<_, Option<i64>>(0) else {
+        // An empty queue holds none of the recorded entries any more.
+        let gone: Vec<i64> = applied_earlier.iter().map(|(seq, _)| *seq).collect();
+        forget_records(from, to, &gone).await;
+        return Ok(total);
+    };
     let mut forgotten: Vec<i64> = Vec::new();
     let mut batch_started = Instant::now();
     while !*stop.borrow() {
@@ -201,7 +204,9 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
             }
         };
         if entries.is_empty() {
-            let _ = from.db.batch_execute("COMMIT").await;
+            if from.db.batch_execute("COMMIT").await.is_ok() {
+                forgotten.extend(applied_earlier.drain(..).map(|(seq, _)| seq));
+            }
             break;
         }
         let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
@@ -239,7 +244,25 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
             break;
         }
     }
+    // The records of what the origin has forgotten by now: the next batch would have taken them
+    // along, but a drain's last batch has no next one, and records left behind pile up.
+    forget_records(from, to, &forgotten).await;
     Ok(total)
+}
+
+/// Deletes `to`'s records of `from`'s entries `seqs`, which `from`'s queue no longer holds. Best
+/// effort: a record left behind matches no entry, and the next drain tries again.
+async fn forget_records(from: &Listener, to: &Listener, seqs: &[i64]) {
+    if seqs.is_empty() {
+        return;
+    }
+    if let Err(e) = to
+        .db
+        .batch_execute(&state::forget_records_sql(&from.name, seqs))
+        .await
+    {
+        tracing::debug!(from = %from.name, to = %to.name, "forgetting replay records: {e}");
+    }
 }
 
 /// Set to true on SIGINT/SIGTERM.

@@ -642,12 +642,20 @@ pub fn close_queue_sql() -> String {
 /// and marks (and locks) the origin's progress row.
 pub fn replay_start_sql(origin: &str, forgotten: &[i64]) -> String {
     format!(
-        "DELETE FROM {replayed} WHERE origin = {origin} AND seq = ANY({forgotten}); \
-         INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now()",
-        replayed = names::replayed_table(),
+        "{}; INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now()",
+        forget_records_sql(origin, forgotten),
         applied = names::applied_table(),
         origin = Literal(origin),
-        forgotten = bigint_array(forgotten),
+    )
+}
+
+/// On the peer: forgets the records of the origin's entries `seqs`, which the origin has deleted.
+pub fn forget_records_sql(origin: &str, seqs: &[i64]) -> String {
+    format!(
+        "DELETE FROM {} WHERE origin = {} AND seq = ANY({})",
+        names::replayed_table(),
+        Literal(origin),
+        bigint_array(seqs),
     )
 }
 

@@ -228,6 +228,7 @@ pub fn pair_tables(na: &str, a: TableInfo, nb: &str, b: TableInfo) -> Result<Tab
             out.push(Column {
                 binary_ok: col.binary_ok && same_type,
                 typed_hash: col.typed_hash.filter(|_| same_type),
+                same_type_as_peer: same_type,
                 peer_name: peer.name.clone(),
                 ..col.clone()
             });

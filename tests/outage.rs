@@ -1328,3 +1328,35 @@ async fn a_key_whose_newest_queued_change_left_is_still_weighed_against_its_olde
         .get(0);
     assert_eq!(winner, "b");
 }
+
+/// The peer's records of replayed entries go once the origin has deleted those entries, also after a
+/// drain's last batch (which has no next one to take them along): a month of `run` must not pile
+/// them up on either node, nor send them all back with every drain.
+#[tokio::test]
+async fn replay_records_do_not_pile_up() {
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    for round in 1..=3 {
+        for (i, owner) in p.owner.iter().enumerate() {
+            owner
+                .batch_execute(&format!(
+                    "INSERT INTO items VALUES ({}, 'round {round}', {round})",
+                    round * 10 + i
+                ))
+                .await
+                .unwrap();
+        }
+        p.pgtwin(&["run", "--once"]).ok();
+        assert_eq!(p.assert_same("items").await.len(), round * 2);
+        for admin in &p.admin {
+            let records: i64 = admin
+                .query_one("SELECT count(*) FROM pgtwin.replayed", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(records, 0, "round {round}");
+        }
+    }
+}

@@ -167,6 +167,8 @@ async fn awkward_names_composite_keys_and_many_tables() {
         CREATE SCHEMA inventory;
         CREATE TABLE inventory.stock (sku text PRIMARY KEY, qty int NOT NULL);
         CREATE TABLE "UPPER" ("ID" int PRIMARY KEY);
+        CREATE TABLE odd_columns ("ordinality" int PRIMARY KEY, "new
+line" text);
     "#).await;
     p.config(
         r#"
@@ -176,6 +178,8 @@ name = '"Sales Data"."Order Items"'
 name = "inventory.stock"
 [[tables]]
 name = '"UPPER"'
+[[tables]]
+name = "odd_columns"
 "#,
     );
     p.pgtwin(&["up"]).ok();
@@ -198,6 +202,24 @@ name = '"UPPER"'
         vec!["(A-1,6)", "(B-2,1)"]
     );
     assert_eq!(p.assert_same(r#""UPPER""#).await, vec!["(11)", "(12)"]);
+    // An update's old version is compared in columns of any name (a newline in one, a key named like
+    // the ordinality column of the comparison's own query).
+    p.owner[0]
+        .batch_execute("INSERT INTO odd_columns VALUES (1, 'x'), (2, 'y')")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("UPDATE odd_columns SET \"new\nline\" = 'changed on b'")
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute("UPDATE odd_columns SET \"new\nline\" = 'and on a' WHERE \"ordinality\" = 1")
+        .await
+        .unwrap();
+    assert_eq!(
+        p.assert_same("odd_columns").await,
+        vec!["(1,\"and on a\")", "(2,\"changed on b\")"]
+    );
 
     // Dropping a table from the config removes its triggers on the next up; the others keep syncing.
     p.config("[[tables]]\nname = \"inventory.stock\"");

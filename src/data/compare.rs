@@ -439,6 +439,7 @@ mod tests {
             binary_ok: true,
             typed_hash,
             default: None,
+            same_type_as_peer: true,
         };
         TableInfo {
             name: crate::sql::ident::QualName::new("public", "t"),

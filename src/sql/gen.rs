@@ -1,7 +1,7 @@
 //! Pure SQL generators: (config, catalog facts) → ordered steps for one node. Nothing here talks to a
 //! server, so every statement can be reviewed by `plan` and tested without one.
 
-use crate::catalog::TableInfo;
+use crate::catalog::{Column, TableInfo};
 use crate::change;
 use crate::config::{Mode, OnPeerDown, Options};
 use crate::db::ConnInfo;
@@ -481,6 +481,7 @@ fn capture_body(t: &TableInfo, i: &Install) -> String {
         max_row_bytes: i64::from(options.max_row_mb) * 1024 * 1024,
         refuse_row: &refuse_row,
         table: &table_name,
+        counted: None,
     };
     let deletes = |source: String| {
         let key = change::key_object(&t.key, "o");
@@ -520,11 +521,20 @@ fn capture_body(t: &TableInfo, i: &Install) -> String {
             &change::key_text_of(&t.key, "pgtwin_row"),
         ),
         (
-            &change::updated_rows_source(&new.to_string(), &old.to_string(), &t.key, "pgtwin_row"),
+            &change::updated_rows_source(
+                &new.to_string(),
+                &old.to_string(),
+                &t.key,
+                chunking.max_row_bytes,
+                "pgtwin_row",
+            ),
             "pgtwin_row",
         ),
         &t.key,
-        &chunking,
+        &change::Chunking {
+            counted: Some(&new.to_string()),
+            ..chunking
+        },
     );
     let tag = Literal(&names::table_tag(&t.synced_name)).to_string();
     let send = match options.mode {
@@ -649,11 +659,12 @@ fn stale_row_query(
     let (key_defs, key_match) = peer_key_reading(t);
     let peer_key = |k: &Ident| t.column(k).map_or(k.clone(), |c| c.peer_name.clone());
     let b_keys = comma_list(t.key.iter().map(|k| format!("b.{}", peer_key(k))));
+    let key_names = comma_list(t.key.iter().map(peer_key));
     format!(
         "SELECT row({b_keys})::text{into}\n\
          FROM (SELECT DISTINCT ON ({b_keys}) b.*\n\
-               FROM ROWS FROM (pg_catalog.json_to_recordset({rows}) AS ({key_defs}, {before} pg_catalog.json)) WITH ORDINALITY AS b\n\
-               ORDER BY {b_keys}, b.ordinality) b\n\
+               FROM ROWS FROM (pg_catalog.json_to_recordset({rows}) AS ({key_defs}, {before} pg_catalog.json)) WITH ORDINALITY AS b({key_names}, {before}, pgtwin_n)\n\
+               ORDER BY {b_keys}, b.pgtwin_n) b\n\
          LEFT JOIN {table} t ON {key_match}\n\
          LEFT JOIN LATERAL pg_catalog.json_to_record(b.{before}) AS o({defs}) ON true\n\
          WHERE b.{before} IS NOT NULL AND (t.{first_key} IS NULL OR ({t_text}) IS DISTINCT FROM ({o_text}))\n\
@@ -719,9 +730,26 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
         t.shipped_columns()
             .map(|c| format!("b.{}::text COLLATE \"C\"", c.peer_name)),
     );
-    let o_text = comma_list(
-        t.shipped_columns()
-            .map(|c| format!("o.{}::text COLLATE \"C\"", c.peer_name)),
+    // An update's old version is compared in the columns that had the same type on both nodes at
+    // `up`: where the types differ, a value need not read back the same (numeric(10,2) rounds what
+    // numeric keeps), and no repair could make the two agree. Never an empty list: a NULL stands in.
+    let compared: Vec<_> = t
+        .shipped_columns()
+        .filter(|c| c.same_type_as_peer)
+        .collect();
+    let compared_list = |side: &str, name: fn(&Column) -> &Ident| {
+        if compared.is_empty() {
+            return "NULL::text".to_string();
+        }
+        comma_list(
+            compared
+                .iter()
+                .map(|c| format!("{side}.{}::text COLLATE \"C\"", name(c))),
+        )
+    };
+    let (t_compared, o_text) = (
+        compared_list("t", |c| &c.name),
+        compared_list("o", |c| &c.peer_name),
     );
     fill(
         APPLY_TEMPLATE,
@@ -816,11 +844,12 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 "compared_names",
                 format!(
                     "ARRAY[{}]::text[]",
-                    comma_list(t.shipped_columns().map(|c| Literal(c.peer_name.as_str())))
+                    comma_list(compared.iter().map(|c| Literal(c.peer_name.as_str())))
                 ),
             ),
             (
                 "stale_check",
+                // Not indented to its place: an identifier may hold a newline.
                 format!(
                     "{};",
                     stale_row_query(
@@ -828,11 +857,10 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                         " INTO pgtwin_clash",
                         "pgtwin_rows",
                         &defs,
-                        &t_text,
+                        &t_compared,
                         &o_text
                     )
-                )
-                .replace('\n', "\n                "),
+                ),
             ),
             ("stale_check_text", {
                 // For format(): its own text escaped, the column lists left to fill.
@@ -1053,7 +1081,7 @@ pub fn uninstall_steps(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{Column, KeySequence};
+    use crate::catalog::KeySequence;
     use crate::sql::ident::SqlType;
 
     fn column(name: &str, ty: &str) -> Column {
@@ -1068,6 +1096,7 @@ mod tests {
             binary_ok: true,
             typed_hash: None,
             default: None,
+            same_type_as_peer: true,
         }
     }
 

@@ -148,18 +148,19 @@ BEGIN
         -- than overwrite it in silence (a replay sets it aside, with the reason, for `status`). Rows
         -- the conflict resolution weighed against this node's queued changes carry no old version: the
         -- later change won. Of a key that comes more than once (a joined replay), the first version.
-        -- Compared are the columns both nodes had at `up`, which made their values equal: a column
-        -- either node added since holds values the other never sent.
+        -- Compared are the columns both nodes had, with the same type, at `up`, which made their
+        -- values equal: a column either node added since holds values the other never sent.
         IF pgtwin_versioned THEN
             IF pgtwin_fast THEN
                 {{stale_check}}
             ELSE
-                EXECUTE format({{stale_check_text}}, pgtwin_defs, pgtwin_t_compared, pgtwin_o_text) INTO pgtwin_clash USING pgtwin_rows;
+                EXECUTE format({{stale_check_text}}, pgtwin_defs, coalesce(pgtwin_t_compared, 'NULL::text'),
+                               coalesce(pgtwin_o_text, 'NULL::text')) INTO pgtwin_clash USING pgtwin_rows;
             END IF;
             IF pgtwin_clash IS NOT NULL THEN
                 RAISE EXCEPTION 'pgtwin: node % updated key % of table % from a version node % does not hold (the row changed or went since)', {{peer}}, pgtwin_clash, {{table_text}}, {{local}}
                     USING ERRCODE = {{stale_sqlstate}},
-                          HINT = 'the nodes differ: see pgtwin status (a node restored from a backup writes over rows from before it), then pgtwin repair';
+                          HINT = 'the nodes differ in that row: pgtwin check lists such rows, pgtwin repair makes them equal (a node restored from a backup: see pgtwin status; a trigger of one node that changes rows applied from the other must return early where pgtwin.origin is set)';
             END IF;
         END IF;
         IF pgtwin_fast THEN
