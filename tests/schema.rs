@@ -6,24 +6,6 @@ mod common;
 
 use common::Pair;
 
-/// The rows of a query on node i, as text, in order: the plain-SQL comparison of shared columns.
-async fn rows(p: &Pair, i: usize, sql: &str) -> Vec<String> {
-    p.admin[i]
-        .query(&format!("SELECT r::text FROM ({sql}) r"), &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// Asserts a query gives the same rows on both nodes; returns them.
-async fn same(p: &Pair, sql: &str) -> Vec<String> {
-    let (a, b) = (rows(p, 0, sql).await, rows(p, 1, sql).await);
-    assert_eq!(a, b, "{sql}");
-    a
-}
-
 async fn exec(p: &Pair, i: usize, sql: &str) {
     p.owner[i]
         .batch_execute(sql)
@@ -70,7 +52,7 @@ async fn columns_in_another_physical_order_sync_by_name() {
     exec(&p, 0, "UPDATE items SET seen = '2025-01-01 00:00:00+00' WHERE id = 3; DELETE FROM items WHERE id = 2").await;
     let shared = "SELECT id, name, sku, seen FROM items ORDER BY id";
     assert_eq!(
-        same(&p, shared).await,
+        p.assert_same_rows_of(shared).await,
         [
             "(1,\"kettle 2\",K-1b,\"2024-01-02 03:04:05.123456+00\")",
             "(3,hat,H-3,\"2025-01-01 00:00:00+00\")"
@@ -78,21 +60,24 @@ async fn columns_in_another_physical_order_sync_by_name() {
     );
     // One-sided columns keep their node's values; rows from the peer get the default.
     assert_eq!(
-        rows(&p, 0, "SELECT id, only_a FROM items ORDER BY id").await,
+        p.rows_of(0, "SELECT id, only_a FROM items ORDER BY id")
+            .await,
         ["(1,70)", "(3,7)"]
     );
     assert_eq!(
-        rows(&p, 1, "SELECT id, only_b FROM items ORDER BY id").await,
+        p.rows_of(1, "SELECT id, only_b FROM items ORDER BY id")
+            .await,
         ["(1,b)", "(3,x)"]
     );
     // A key changed by an UPDATE and a TRUNCATE travel by name too.
     exec(&p, 1, "UPDATE items SET id = 30 WHERE id = 3").await;
     assert_eq!(
-        same(&p, "SELECT id FROM items ORDER BY id").await,
+        p.assert_same_rows_of("SELECT id FROM items ORDER BY id")
+            .await,
         ["(1)", "(30)"]
     );
     exec(&p, 0, "TRUNCATE items").await;
-    assert!(same(&p, shared).await.is_empty());
+    assert!(p.assert_same_rows_of(shared).await.is_empty());
 }
 
 /// A Rails team's year, on one pair of nodes: migrations on the new app's node first, the legacy node
@@ -152,7 +137,8 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
     let shared = "SELECT id, name, qty FROM products ORDER BY id";
     writes(1).await;
     exec(&p, 1, "UPDATE products SET price = 5").await;
-    same(&p, "SELECT id, price FROM products ORDER BY id").await;
+    p.assert_same_rows_of("SELECT id, price FROM products ORDER BY id")
+        .await;
 
     // add_column on the new app: both apps keep writing; the column stays on its node.
     exec(
@@ -162,7 +148,7 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
     )
     .await;
     writes(2).await;
-    same(&p, shared).await;
+    p.assert_same_rows_of(shared).await;
     assert_eq!(p.pgtwin(&["status"]).code, 1);
 
     // The new app fills in its column while legacy has none; then legacy adds the same column, and
@@ -187,12 +173,14 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
     .await;
     let description = "SELECT name, description FROM products ORDER BY id";
     assert_eq!(
-        rows(&p, 1, description).await,
+        p.rows_of(1, description).await,
         ["(r1n1,\"new text\")", "(r2n1,none)"]
     );
     // The rows written before hold different values in it: a plain `up` refuses, naming the key;
     // `up --prefer a` fills legacy's column from the new app's, this once.
-    let key = rows(&p, 0, "SELECT id FROM products WHERE name = 'r2n1'").await;
+    let key = p
+        .rows_of(0, "SELECT id FROM products WHERE name = 'r2n1'")
+        .await;
     p.pgtwin(&["up"]).fails_with(&[
         "products",
         "1 key(s) hold different rows",
@@ -208,7 +196,7 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
         up.stdout
     );
     assert_eq!(
-        same(&p, description).await,
+        p.assert_same_rows_of(description).await,
         ["(r1n1,\"new text\")", "(r2n1,\"typed in the new app\")"]
     );
     p.pgtwin(&["up"]).ok();
@@ -219,7 +207,7 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
     exec(&p, 1, "ALTER TABLE products DROP COLUMN description").await;
     exec(&p, 0, "ALTER TABLE products RENAME COLUMN price TO amount").await;
     writes(3).await;
-    same(&p, shared).await;
+    p.assert_same_rows_of(shared).await;
     let status = p.pgtwin(&["status"]);
     assert_eq!(status.code, 1, "{}", status.stdout);
     for expected in [
@@ -244,9 +232,10 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
         "UPDATE products SET qty = 9000000000 WHERE name = 'r4n1'",
     )
     .await;
-    same(&p, shared).await;
+    p.assert_same_rows_of(shared).await;
     assert_eq!(
-        rows(&p, 0, "SELECT qty FROM products WHERE name = 'r4n1'").await,
+        p.rows_of(0, "SELECT qty FROM products WHERE name = 'r4n1'")
+            .await,
         ["(9000000000)"]
     );
 
@@ -275,13 +264,13 @@ async fn rails_migrations_on_one_node_never_break_either_applications_writes() {
     );
     p.pgtwin(&["up"]).ok();
     writes(5).await;
-    same(&p, shared).await;
+    p.assert_same_rows_of(shared).await;
     // Left: the one-sided columns of the migrations above, which are drift and nothing else.
     let status = p.pgtwin(&["status"]);
     assert_eq!(status.code, 1, "{}", status.stdout);
     assert!(!status.stdout.contains("triggers ("), "{}", status.stdout);
     exec(&p, 1, "TRUNCATE products").await;
-    assert!(same(&p, shared).await.is_empty());
+    assert!(p.assert_same_rows_of(shared).await.is_empty());
 }
 
 /// A unique index on one node only: reported beforehand by `check` and `status`, a synced write that
@@ -320,7 +309,7 @@ async fn a_unique_index_on_one_node_is_reported_and_named_when_it_rejects() {
         assert!(message.contains(needle), "{message}");
     }
     let shared = "SELECT id, email FROM users ORDER BY id";
-    same(&p, shared).await;
+    p.assert_same_rows_of(shared).await;
     // Every write the index does not reject travels both ways.
     exec(
         &p,
@@ -331,14 +320,14 @@ async fn a_unique_index_on_one_node_is_reported_and_named_when_it_rejects() {
     exec(&p, 0, "INSERT INTO users VALUES (6, NULL); UPDATE users SET email = 'lee@example.org' WHERE id = 3; DELETE FROM users WHERE id = 5").await;
     exec(&p, 1, "UPDATE users SET email = 'kim@example.org', id = 10 WHERE id = 1; DELETE FROM users WHERE id = 4").await;
     assert_eq!(
-        same(&p, shared).await,
+        p.assert_same_rows_of(shared).await,
         ["(3,lee@example.org)", "(6,)", "(10,kim@example.org)"]
     );
     exec(&p, 0, "TRUNCATE users").await;
-    assert!(same(&p, shared).await.is_empty());
+    assert!(p.assert_same_rows_of(shared).await.is_empty());
     exec(&p, 0, "INSERT INTO users VALUES (1, 'kim@example.com')").await;
     exec(&p, 1, "TRUNCATE users").await;
-    assert!(same(&p, shared).await.is_empty());
+    assert!(p.assert_same_rows_of(shared).await.is_empty());
 }
 
 /// A synced table dropped on one node and not created again: `status` names it and the node, and the
@@ -380,7 +369,7 @@ async fn a_table_dropped_on_one_node_is_reported_and_stops_the_peers_writes() {
         db.hint().unwrap_or_default().contains("run pgtwin up"),
         "{db:?}"
     );
-    assert!(rows(&p, 0, "SELECT id FROM orders").await.is_empty());
+    assert!(p.rows_of(0, "SELECT id FROM orders").await.is_empty());
 }
 
 /// Chunks are cut by bytes as well as rows: one statement over rows that, as text, far exceed what a
@@ -396,11 +385,8 @@ async fn a_bulk_update_of_large_rows_travels() {
     exec(&p, 0, "INSERT INTO docs SELECT g, false, repeat(md5(g::text), 80000) FROM generate_series(1, 600) g").await;
     exec(&p, 0, "UPDATE docs SET flag = true").await;
     assert_eq!(
-        same(
-            &p,
-            "SELECT count(*) FILTER (WHERE flag), sum(length(body)) FROM docs"
-        )
-        .await,
+        p.assert_same_rows_of("SELECT count(*) FILTER (WHERE flag), sum(length(body)) FROM docs")
+            .await,
         ["(600,1536000000)"]
     );
 }
@@ -439,8 +425,8 @@ async fn a_table_and_a_column_named_differently_per_node_sync_through_the_mappin
     let a = "SELECT id, name, price FROM products ORDER BY id";
     let b = "SELECT id, title, price FROM legacy.legacy_products ORDER BY id";
     let both = |p: &'static Pair| async move {
-        let rows = rows(p, 0, a).await;
-        assert_eq!(rows, self::rows(p, 1, b).await);
+        let rows = p.rows_of(0, a).await;
+        assert_eq!(rows, p.rows_of(1, b).await);
         rows
     };
     assert_eq!(both(p).await, ["(1,kettle,29)", "(2,mug,7)"]);
@@ -456,11 +442,12 @@ async fn a_table_and_a_column_named_differently_per_node_sync_through_the_mappin
     // The private columns keep their own values, never the peer's (a row that arrived from the peer,
     // or whose key changed there, has the default).
     assert_eq!(
-        rows(p, 0, "SELECT cost FROM products ORDER BY id").await,
+        p.rows_of(0, "SELECT cost FROM products ORDER BY id").await,
         ["(10)", "()", "()"]
     );
     assert_eq!(
-        rows(p, 1, "SELECT cost FROM legacy.legacy_products WHERE id = 2").await,
+        p.rows_of(1, "SELECT cost FROM legacy.legacy_products WHERE id = 2")
+            .await,
         ["(1)"]
     );
     exec(p, 0, "INSERT INTO stock VALUES (1, 5), (2, 6), (3, 7)").await;
@@ -481,11 +468,11 @@ async fn a_table_and_a_column_named_differently_per_node_sync_through_the_mappin
         "SELECT id, qty FROM stock ORDER BY id",
         "SELECT product_id, qty FROM stock ORDER BY product_id",
     ];
-    assert_eq!(rows(p, 0, stock[0]).await, ["(20,6)", "(40,9)"]);
-    assert_eq!(rows(p, 1, stock[1]).await, ["(20,6)", "(40,9)"]);
+    assert_eq!(p.rows_of(0, stock[0]).await, ["(20,6)", "(40,9)"]);
+    assert_eq!(p.rows_of(1, stock[1]).await, ["(20,6)", "(40,9)"]);
     p.pgtwin(&["check"]).ok();
     exec(p, 1, "TRUNCATE stock").await;
-    assert!(rows(p, 0, stock[0]).await.is_empty() && rows(p, 1, stock[1]).await.is_empty());
+    assert!(p.rows_of(0, stock[0]).await.is_empty() && p.rows_of(1, stock[1]).await.is_empty());
 
     // Through the queue: async mode, a conflict on one key, `run` replays by the mapping.
     let text = std::fs::read_to_string(p.dir.path().join("pgtwin.toml")).unwrap();
@@ -549,7 +536,11 @@ async fn a_row_too_large_to_travel_is_refused_by_table_and_key() {
         "pgtwin: a row of table \"public\".\"docs\" with key {\"id\" : 3} is 1.9 MB as text, more than max_row_mb allows to travel"
     );
     assert!(db.hint().unwrap().contains("max_row_mb"));
-    assert_eq!(same(&p, "SELECT id FROM docs ORDER BY id").await, ["(1)"]);
+    assert_eq!(
+        p.assert_same_rows_of("SELECT id FROM docs ORDER BY id")
+            .await,
+        ["(1)"]
+    );
     assert_eq!(p.queued(0).await, 0);
 }
 
@@ -571,7 +562,8 @@ async fn a_column_added_later_on_one_node_joins_the_one_that_had_it() {
     exec(&p, 1, "INSERT INTO t VALUES (1, 'x', 'red')").await;
     exec(&p, 0, "INSERT INTO t VALUES (2, 'y', 'blue')").await;
     assert_eq!(
-        same(&p, "SELECT id, v, colour FROM t ORDER BY id").await,
+        p.assert_same_rows_of("SELECT id, v, colour FROM t ORDER BY id")
+            .await,
         ["(1,x,red)", "(2,y,blue)"]
     );
 }
@@ -588,8 +580,13 @@ async fn excluded_columns_and_a_migration_still_upsert_by_key() {
     exec(&p, 0, "ALTER TABLE t ADD COLUMN note text").await;
     exec(&p, 1, "INSERT INTO t (v, secret) VALUES ('x', 'b only')").await;
     exec(&p, 1, "UPDATE t SET v = 'y'").await;
-    assert_eq!(same(&p, "SELECT id, v FROM t ORDER BY id").await.len(), 1);
-    assert_eq!(rows(&p, 0, "SELECT secret FROM t").await, ["()"]);
+    assert_eq!(
+        p.assert_same_rows_of("SELECT id, v FROM t ORDER BY id")
+            .await
+            .len(),
+        1
+    );
+    assert_eq!(p.rows_of(0, "SELECT secret FROM t").await, ["()"]);
 }
 
 /// Every way two tables differ is reported in one run, each with what it means, while the shared
@@ -627,10 +624,13 @@ async fn every_drift_of_a_table_is_listed_in_one_run() {
         "INSERT INTO t (id, n, s, m, g) VALUES (1, 5, 'b', 'ok', 99)",
     )
     .await;
-    assert_eq!(same(&p, "SELECT id, n, s, m FROM t").await, ["(1,5,b,ok)"]);
+    assert_eq!(
+        p.assert_same_rows_of("SELECT id, n, s, m FROM t").await,
+        ["(1,5,b,ok)"]
+    );
     // Generated columns never travel: each node keeps its own.
-    assert_eq!(rows(&p, 0, "SELECT g FROM t").await, ["(10)"]);
-    assert_eq!(rows(&p, 1, "SELECT g FROM t").await, ["(99)"]);
+    assert_eq!(p.rows_of(0, "SELECT g FROM t").await, ["(10)"]);
+    assert_eq!(p.rows_of(1, "SELECT g FROM t").await, ["(99)"]);
 }
 
 /// A column whose types differ between the nodes at `up` (numeric(10,2) on a, numeric on b) is not
@@ -660,9 +660,10 @@ async fn a_column_of_another_type_on_each_node_never_fails_an_update() {
         "INSERT INTO prices (id, name, price) VALUES (1, 'tea', 1.234)",
     )
     .await;
-    assert_eq!(rows(&p, 0, "SELECT price FROM prices").await, ["(1.23)"]);
+    assert_eq!(p.rows_of(0, "SELECT price FROM prices").await, ["(1.23)"]);
     exec(&p, 0, "UPDATE prices SET name = 'green tea' WHERE id = 1").await;
-    same(&p, "SELECT id, name, price FROM prices").await;
+    p.assert_same_rows_of("SELECT id, name, price FROM prices")
+        .await;
 }
 
 /// Rows whose old and new versions together pass `max_row_mb` travel without the old version,
@@ -682,7 +683,8 @@ async fn an_update_of_a_row_over_half_the_row_limit_travels() {
     .await;
     exec(&p, 0, "UPDATE docs SET flag = true").await;
     assert_eq!(
-        same(&p, "SELECT flag, length(body) FROM docs").await,
+        p.assert_same_rows_of("SELECT flag, length(body) FROM docs")
+            .await,
         ["(t,700000)"]
     );
 }
