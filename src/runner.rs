@@ -417,6 +417,7 @@ fn refusal(e: &anyhow::Error) -> Refusal {
         || code == "P0001"
         || code == "54000"
         || code == names::STALE_UPDATE_SQLSTATE
+        || code == names::WENT_BACK_SQLSTATE
     {
         Refusal::Data(pg_message(pg))
     } else {
@@ -649,6 +650,8 @@ pub async fn run_once(cfg: &Config) -> Result<[Drained; 2]> {
             b.name
         );
     }
+    // A node gone back is found before its queue is replayed.
+    advance_marks(&a, &b).await?;
     let (_keep, never) = watch::channel(false);
     let ab = drain(&a, &b, &never).await.context("replaying")?;
     let ba = drain(&b, &a, &never).await.context("replaying")?;
@@ -805,6 +808,66 @@ async fn heartbeat(a: &Listener, b: &Listener, drained: bool) -> Result<()> {
             .await
             .map_err(on_node(&l.name, "writing the heartbeat"))?;
     }
+    advance_marks(a, b).await
+}
+
+/// Moves both nodes' marks forward and records each on the other node. First, a node whose mark is
+/// below what its peer saw of it went back to an earlier state of itself (a backup restored there, or
+/// a failover to a replica that lagged): the peer is told to refuse its changes from now on (they
+/// would undo the peer's newer rows); its queued ones are then set aside like any refused change, and
+/// its writers queue, until a repair.
+async fn advance_marks(a: &Listener, b: &Listener) -> Result<()> {
+    if a.state_version < state::MARKS_VERSION || b.state_version < state::MARKS_VERSION {
+        return Ok(());
+    }
+    let mut seen = [(0i64, 0i64); 2];
+    for (l, seen) in [a, b].into_iter().zip(seen.iter_mut()) {
+        let row =
+            l.db.query_one(&state::marks_sql(), &[])
+                .await
+                .map_err(on_node(&l.name, "reading the marks"))?;
+        *seen = (row.get(0), row.get(1));
+    }
+    for (node, peer, mark, peer_saw) in [(a, b, seen[0].0, seen[1].1), (b, a, seen[1].0, seen[0].1)]
+    {
+        if mark >= peer_saw {
+            continue;
+        }
+        let newly = peer
+            .db
+            .execute(&state::peer_went_back_sql(), &[])
+            .await
+            .map_err(on_node(&peer.name, "recording that its peer went back"))?;
+        if newly > 0 {
+            tracing::error!(
+                "node {} went back to an earlier state of itself (restored from a backup?): node {} saw it further on; node {} refuses its changes until pgtwin repair --mirror {}",
+                node.name,
+                peer.name,
+                peer.name,
+                peer.name
+            );
+        }
+    }
+    let mut marks = [0i64; 2];
+    for (l, mark) in [a, b].into_iter().zip(marks.iter_mut()) {
+        let failed = || on_node(&l.name, "moving its mark forward");
+        l.db.batch_execute(&format!(
+            "BEGIN; SET LOCAL synchronous_commit = on; {}; COMMIT",
+            state::advance_mark_sql()
+        ))
+        .await
+        .map_err(failed())?;
+        *mark =
+            l.db.query_one(&state::marks_sql(), &[])
+                .await
+                .map_err(failed())?
+                .get(0);
+    }
+    for (l, peer_mark) in [(a, marks[1]), (b, marks[0])] {
+        l.db.batch_execute(&state::record_peer_mark_sql(peer_mark))
+            .await
+            .map_err(on_node(&l.name, "recording its peer's mark"))?;
+    }
     Ok(())
 }
 
@@ -825,6 +888,10 @@ impl Replay<'_> {
         let (a, b) = (self.a, self.b);
         let mut last_applied = Instant::now();
         let mut last_heartbeat: Option<Instant> = None;
+        // A node gone back is found before its queue is replayed.
+        if let Err(e) = advance_marks(a, b).await {
+            return Some(format!("{e:#}"));
+        }
         loop {
             let result = async {
                 let ab = drain(a, b, self.stop).await?;

@@ -16,7 +16,7 @@ use crate::sql::names;
 
 /// Numbered migrations; the last number is this binary's state version. Never edit one that shipped:
 /// add the next.
-const MIGRATIONS: [(i32, &str); 7] = [
+const MIGRATIONS: [(i32, &str); 8] = [
     (1, include_str!("sql/templates/state/1.sql")),
     (2, include_str!("sql/templates/state/2.sql")),
     (3, include_str!("sql/templates/state/3.sql")),
@@ -24,6 +24,7 @@ const MIGRATIONS: [(i32, &str); 7] = [
     (5, include_str!("sql/templates/state/5.sql")),
     (6, include_str!("sql/templates/state/6.sql")),
     (7, include_str!("sql/templates/state/7.sql")),
+    (8, include_str!("sql/templates/state/8.sql")),
 ];
 
 /// The state version this binary writes and reads.
@@ -129,6 +130,13 @@ pub struct QueueStatus {
     pub runner_drained_at: Option<String>,
     /// Which process wrote the heartbeat: "HOST pid N, pgtwin VERSION" (what the install records).
     pub runner: Option<String>,
+    /// This node's mark, moved forward by `pgtwin run`, and its peer's as last seen here (see
+    /// runner::advance_marks); None on an install older than the marks.
+    pub mark: Option<i64>,
+    pub peer_mark: Option<i64>,
+    /// When `pgtwin run` found that the peer went back to an earlier state of itself: its changes are
+    /// refused here until a repair.
+    pub peer_went_back_at: Option<String>,
     /// The same figures per table.
     pub by_table: Vec<TableQueue>,
 }
@@ -187,7 +195,23 @@ pub async fn queue_status(node: &str, db: &Client, tables: &[QualName]) -> Resul
         )
         .await
         .ok();
+    // Columns an install older than this binary lacks until its next `up`: read when present.
+    let marks = db
+        .query_one(
+            &format!(
+                "SELECT (to_jsonb(l) ->> 'mark')::bigint, (to_jsonb(l) ->> 'peer_mark')::bigint,
+                        (to_jsonb(l) ->> 'peer_went_back_at')::timestamptz::text
+                 FROM {} l",
+                names::link_table()
+            ),
+            &[],
+        )
+        .await
+        .ok();
     Ok(QueueStatus {
+        mark: marks.as_ref().and_then(|r| r.get(0)),
+        peer_mark: marks.as_ref().and_then(|r| r.get(1)),
+        peer_went_back_at: marks.as_ref().and_then(|r| r.get(2)),
         entries: row.get(0),
         rows: row.get(1),
         oldest_age_s: row.get(2),
@@ -400,6 +424,18 @@ pub async fn repaired(node: &str, db: &Client) -> Result<()> {
     ))
     .await
     .map_err(failed())?;
+    // The peer's rows are equal to this node's again: its changes are taken again, and its mark is
+    // seen afresh (it went back below the one recorded here, which would otherwise read as going back
+    // again).
+    let installed = installed_version(node, db).await?;
+    if installed.is_some_and(|v| v >= MARKS_VERSION) {
+        db.batch_execute(&format!(
+            "UPDATE {} SET peer_went_back_at = NULL, peer_mark = 0",
+            names::link_table()
+        ))
+        .await
+        .map_err(failed())?;
+    }
     // An install made before changes were set aside has no such table until its next `up`.
     let set_aside = names::set_aside_table();
     let exists: bool = db
@@ -684,6 +720,41 @@ pub fn set_aside_sql(seqs: &[i64], reason: &str) -> String {
         Literal(reason),
         names::queue_table(),
         bigint_array(seqs)
+    )
+}
+
+/// The state version from which each node carries a mark that `pgtwin run` moves forward (migration
+/// 8): a node whose mark falls below what its peer saw of it went back to an earlier state of itself.
+pub const MARKS_VERSION: i32 = 8;
+
+/// This node's mark and the peer's mark as last seen here.
+pub fn marks_sql() -> String {
+    format!("SELECT mark, peer_mark FROM {}", names::link_table())
+}
+
+/// Moves this node's mark forward, durably whatever synchronous_commit the server has (a mark lost in a
+/// crash would read as a node gone back), in a transaction of its own.
+pub fn advance_mark_sql() -> String {
+    format!(
+        "UPDATE {} SET mark = mark + 1 RETURNING mark",
+        names::link_table()
+    )
+}
+
+/// Records the peer's mark as seen now.
+pub fn record_peer_mark_sql(mark: i64) -> String {
+    format!(
+        "UPDATE {} SET peer_mark = {}",
+        names::link_table(),
+        Literal(&mark.to_string())
+    )
+}
+
+/// Records that the peer went back: its changes are refused here from now on, until a repair.
+pub fn peer_went_back_sql() -> String {
+    format!(
+        "UPDATE {} SET peer_went_back_at = coalesce(peer_went_back_at, now())",
+        names::link_table()
     )
 }
 

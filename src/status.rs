@@ -490,6 +490,35 @@ pub fn problems(nodes: &[NodeStatus], pair: Option<&PairStatus>) -> Vec<Problem>
             }
         }
     }
+    // A node gone back to an earlier state of itself: recorded by `pgtwin run` on its peer, or seen
+    // here first (its mark below what its peer saw of it).
+    for (i, n) in nodes.iter().enumerate() {
+        let peer = &nodes[1 - i];
+        let (Some(q), Some(pq)) = (&n.queue, &peer.queue) else {
+            continue;
+        };
+        let recorded = pq.peer_went_back_at.is_some();
+        let seen = matches!((q.mark, pq.peer_mark), (Some(m), Some(saw)) if m < saw);
+        if recorded || seen {
+            let refused = match recorded {
+                true => format!(
+                    "node {} refuses its changes (queued, then set aside by pgtwin run)",
+                    peer.node
+                ),
+                false => format!(
+                    "node {} will refuse its changes once pgtwin run sees this",
+                    peer.node
+                ),
+            };
+            add(
+                Severity::Degraded,
+                format!(
+                    "node {} went back to an earlier state of itself (restored from a backup?): node {} saw it further on; {refused} until you run pgtwin repair --mirror {} (rows deleted since the backup must not come back), then pgtwin up",
+                    n.node, peer.node, peer.node
+                ),
+            );
+        }
+    }
     if let Some(pair) = pair {
         for d in &pair.schema_drift {
             add(

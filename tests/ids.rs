@@ -301,13 +301,15 @@ const ITEMS: &str = "SELECT id, name, price FROM items ORDER BY id";
 
 /// The night's backup of node a is restored in place (pg_dump --clean, run into the live database):
 /// a's rows are last night's again, while b holds the day's changes (an update made on b, one made on
-/// a, a row b deleted). a's application then updates those rows: each update fails (sync mode) or is
-/// set aside with the reason (async mode) instead of writing a's stale row over b's newer one, or back
-/// where b deleted it. A row nobody changed since the backup still updates and syncs. The nodes are
-/// built differently (other column order, a dropped column's gap on a, a column b has alone), so
-/// the versions are compared by name. `repair --mirror b` settles it.
+/// a, a row b deleted). `status` tells at once that a went back (its mark is below what b saw of it).
+/// Before a runner has seen it, a's updates of those rows fail (sync mode) or are set aside (async)
+/// instead of writing a's stale row over b's newer one, and a row nobody changed since the backup
+/// still updates and syncs (sync mode). Once `pgtwin run` has seen it, b refuses every change of a,
+/// deletions included: they queue on a and are set aside, listed with the reason. The nodes are built
+/// differently (other column order, a dropped column's gap on a, a column b has alone), so the
+/// versions are compared by name. `repair --mirror b` settles it.
 #[tokio::test]
-async fn a_node_restored_in_place_cannot_update_rows_the_peer_changed_since() {
+async fn a_node_restored_in_place_cannot_undo_the_peers_newer_rows() {
     for mode in ["sync", "async"] {
         let mut p = Pair::new().await;
         p.owner[0]
@@ -360,6 +362,14 @@ async fn a_node_restored_in_place_cannot_update_rows_the_peer_changed_since() {
             4,
             "{mode}: last night's rows"
         );
+        // b saw a further on than a is now: status tells at once, before any runner does.
+        let status = p.pgtwin(&["status"]);
+        assert!(
+            status.stdout.contains("node a went back to an earlier state of itself (restored from a backup?): node b saw it further on; node b will refuse its changes once pgtwin run sees this"),
+            "{mode}: {}",
+            status.stdout
+        );
+        // Until a runner has seen it, each update is written only over the version it replaced.
         for (id, what) in [
             (1, "b changed it"),
             (3, "a changed it"),
@@ -389,32 +399,46 @@ async fn a_node_restored_in_place_cannot_update_rows_the_peer_changed_since() {
             .batch_execute("UPDATE items SET price = 41 WHERE id = 7")
             .await
             .unwrap();
-        if mode == "async" {
-            p.pgtwin(&["run", "--once"]).ok();
-            let listed: serde_json::Value =
-                serde_json::from_str(&p.pgtwin(&["conflicts", "--json"]).ok().stdout).unwrap();
-            let reasons: Vec<&str> = listed["set_aside"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["reason"].as_str().unwrap())
-                .collect();
-            assert_eq!(reasons.len(), 3, "{listed}");
-            assert!(
-                reasons
-                    .iter()
-                    .all(|r| r.contains("from a version node b does not hold")),
-                "{listed}"
-            );
-            let status = p.pgtwin(&["status"]);
-            assert!(
-                status.stdout.contains("node a: 3 change(s) set aside"),
-                "{}",
-                status.stdout
-            );
-        }
         let mut after = day.clone();
-        after[2] = "(7,lid,41)";
+        if mode == "sync" {
+            // A row nobody changed since the backup.
+            after[2] = "(7,lid,41)";
+        }
+        // The runner sees it: b refuses a's changes from now on, deletions included (a deletion
+        // carries no old version to compare). a's writers go on; their changes queue.
+        p.pgtwin(&["run", "--once"]).ok();
+        p.owner[0]
+            .batch_execute("DELETE FROM items WHERE id = 1")
+            .await
+            .unwrap();
+        p.pgtwin(&["run", "--once"]).ok();
+        let listed: serde_json::Value =
+            serde_json::from_str(&p.pgtwin(&["conflicts", "--json"]).ok().stdout).unwrap();
+        let reasons: Vec<&str> = listed["set_aside"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap())
+            .collect();
+        // Async: the three refused updates, the lid's and the deletion, each its own transaction.
+        assert_eq!(
+            reasons.len(),
+            if mode == "sync" { 1 } else { 5 },
+            "{listed}"
+        );
+        assert!(
+            reasons.iter().all(|r| r.contains(
+                "node a went back to an earlier state of itself (restored from a backup?): node b refuses its changes until a repair"
+            )),
+            "{listed}"
+        );
+        let status = p.pgtwin(&["status"]);
+        assert!(
+            status.stdout.contains("node a went back to an earlier state of itself (restored from a backup?): node b saw it further on; node b refuses its changes (queued, then set aside by pgtwin run) until you run pgtwin repair --mirror b")
+                && status.stdout.contains("change(s) set aside"),
+            "{mode}: {}",
+            status.stdout
+        );
         assert_eq!(
             p.rows_of(1, ITEMS).await,
             after,
@@ -427,7 +451,9 @@ async fn a_node_restored_in_place_cannot_update_rows_the_peer_changed_since() {
         // Only b's column of its own remains to say (not synced, by design).
         let status = p.pgtwin(&["status"]);
         assert!(
-            !status.stdout.contains("set aside") && status.stdout.contains("exists on node b only"),
+            !status.stdout.contains("set aside")
+                && !status.stdout.contains("went back")
+                && status.stdout.contains("exists on node b only"),
             "{mode}: {}",
             status.stdout
         );

@@ -770,6 +770,7 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 "not_captured",
                 Literal(names::NOT_CAPTURED_SQLSTATE).to_string(),
             ),
+            ("went_back", Literal(names::WENT_BACK_SQLSTATE).to_string()),
             (
                 "tag",
                 Literal(&names::table_tag(&t.synced_name)).to_string(),
@@ -886,15 +887,17 @@ fn ship_body(t: &TableInfo, options: &Options) -> String {
     let direct = match (options.mode, options.on_peer_down) {
         (Mode::Async, _) => "NULL; -- async mode: every change is queued".to_string(),
         (Mode::Sync, OnPeerDown::Fail) => update,
-        // "Peer unavailable" is: unreachable (class 08), refusing pgtwin's login (class 28), or without
-        // its inbox (42P01: not installed there yet, as after an `up` that committed on one node only).
+        // "Peer unavailable" is: unreachable (class 08), refusing pgtwin's login (class 28), without
+        // its inbox (42P01: not installed there yet, as after an `up` that committed on one node only),
+        // or refusing this node's changes because this node went back (a backup restored here).
         // Anything else (a lock timeout, a constraint on the peer) fails the write, as it must.
         // The subtransaction that catches it costs two round trips (postgres_fdw mirrors it as a
         // savepoint), so it is paid once per transaction: once the peer has taken part, its failure
         // loses the transaction's remote part anyway, and no savepoint could save the transaction.
         (Mode::Sync, OnPeerDown::Queue) => format!(
-            "IF current_setting({reached}, true) = 'on' THEN\n            {update}\n        END IF;\n        BEGIN\n            {marked}\n        EXCEPTION WHEN connection_exception OR invalid_authorization_specification THEN\n            NULL; -- the peer is unavailable: queue this chunk and the rest\n        WHEN undefined_table THEN\n            -- Only a missing inbox means \"not installed there\": a relation missing inside the\n            -- peer's apply (its own trigger's, say) is an error of that write, reported as such.\n            GET STACKED DIAGNOSTICS pgtwin_message = MESSAGE_TEXT;\n            IF strpos(pgtwin_message, {inbox}) = 0 THEN\n                RAISE;\n            END IF;\n        END;",
+            "IF current_setting({reached}, true) = 'on' THEN\n            {update}\n        END IF;\n        BEGIN\n            {marked}\n        EXCEPTION WHEN connection_exception OR invalid_authorization_specification THEN\n            NULL; -- the peer is unavailable: queue this chunk and the rest\n        WHEN SQLSTATE {went_back} THEN\n            NULL; -- this node went back (a backup restored): queued, and set aside by pgtwin run\n        WHEN undefined_table THEN\n            -- Only a missing inbox means \"not installed there\": a relation missing inside the\n            -- peer's apply (its own trigger's, say) is an error of that write, reported as such.\n            GET STACKED DIAGNOSTICS pgtwin_message = MESSAGE_TEXT;\n            IF strpos(pgtwin_message, {inbox}) = 0 THEN\n                RAISE;\n            END IF;\n        END;",
             inbox = Literal(names::inbox(&t.synced_name).name.as_str()),
+            went_back = Literal(names::WENT_BACK_SQLSTATE),
             reached = Literal(names::PEER_REACHED_SETTING),
             update = update.replace('\n', "\n    "),
             marked = update

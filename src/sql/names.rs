@@ -40,6 +40,10 @@ pub const RETRY_UNJOINED_SQLSTATE: &str = "PT409";
 /// SQLSTATE the apply trigger raises for an update written over a version of the row this node does
 /// not hold (it changed here since, or went): the write fails rather than overwrite it in silence.
 pub const STALE_UPDATE_SQLSTATE: &str = "PT412";
+/// SQLSTATE the apply trigger raises for every change of a peer that went back to an earlier state of
+/// itself (restored from a backup): its changes would undo this node's newer rows, so they are
+/// refused (queued there, and set aside by `pgtwin run`) until a repair.
+pub const WENT_BACK_SQLSTATE: &str = "PT410";
 /// SQLSTATE the apply trigger raises when its table lost pgtwin's triggers (dropped, or created again by
 /// a schema load): the write that reached it fails instead of syncing one way.
 pub const NOT_CAPTURED_SQLSTATE: &str = "PT404";

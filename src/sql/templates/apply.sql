@@ -38,6 +38,12 @@ BEGIN
         RAISE EXCEPTION 'pgtwin: table % on node % is missing or was created again without pgtwin''s triggers', {{table_text}}, {{local}}
             USING ERRCODE = {{not_captured}}, HINT = 'run pgtwin up: it merges the rows and installs the triggers again';
     END IF;
+    -- A peer that went back to an earlier state of itself (a backup restored there, found by `pgtwin
+    -- run`) would undo this node's newer rows: its changes wait, set aside, for a repair.
+    IF (SELECT peer_went_back_at FROM {{link}}) IS NOT NULL THEN
+        RAISE EXCEPTION 'pgtwin: node % went back to an earlier state of itself (restored from a backup?): node % refuses its changes until a repair', {{peer}}, {{local}}
+            USING ERRCODE = {{went_back}}, HINT = format('run pgtwin repair --mirror %s (rows deleted since the backup must not come back), then pgtwin up', {{local}});
+    END IF;
     -- The origin's transaction arrives whole, in the order it was made: the deferrable constraints
     -- here are checked at the end of it, as on the origin.
     SET CONSTRAINTS ALL DEFERRED;
