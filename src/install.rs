@@ -416,7 +416,8 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
         || merges
             .iter()
             .any(|m| m.copied_to != [0, 0] || m.deleted_on != [0, 0]);
-    if dry_run || (!merged && plans.iter().all(|pl| pl.fast_path_current)) {
+    // A mirror settles a node gone back (see below): it commits even with nothing else to do.
+    if dry_run || (!merged && !cfg.mirror && plans.iter().all(|pl| pl.fast_path_current)) {
         for n in &p.nodes {
             apply::rollback(&n.db).await;
         }
@@ -436,6 +437,11 @@ async fn up_locked(cfg: &Config, p: &Prepared, dry_run: bool, progress: bool) ->
         // The peer's queue is empty now, so no replay record here refers to a live entry (queue
         // numbers restart with a reinstalled peer).
         crate::state::forget_replay_records(n.name(), &n.db, p.nodes[1 - i].name()).await?;
+        // One node's tables are a copy of the other's now: a node that went back (a dump of itself
+        // restored) is the peer's equal again.
+        if cfg.mirror {
+            crate::state::forget_peer_mark(n.name(), &n.db).await?;
+        }
     }
     // No two-phase commit across servers: if the second commit fails, the first node is installed
     // alone; its triggers queue (the peer has no inbox yet) until `up` is run again.

@@ -820,22 +820,24 @@ async fn advance_marks(a: &Listener, b: &Listener) -> Result<()> {
     if a.state_version < state::MARKS_VERSION || b.state_version < state::MARKS_VERSION {
         return Ok(());
     }
-    let mut seen = [(0i64, 0i64); 2];
-    for (l, seen) in [a, b].into_iter().zip(seen.iter_mut()) {
-        let row =
-            l.db.query_one(&state::marks_sql(), &[])
-                .await
-                .map_err(on_node(&l.name, "reading the marks"))?;
-        *seen = (row.get(0), row.get(1));
-    }
-    for (node, peer, mark, peer_saw) in [(a, b, seen[0].0, seen[1].1), (b, a, seen[1].0, seen[0].1)]
-    {
-        if mark >= peer_saw {
+    // What each node recorded of the other first, then the marks themselves: a mark moved forward
+    // between the two reads (by another runner, for an instant after a takeover) then reads as
+    // ahead, never behind.
+    let saw = [
+        read(a, state::peer_mark_sql(), "reading the marks").await?,
+        read(b, state::peer_mark_sql(), "reading the marks").await?,
+    ];
+    let marks = [
+        read(a, state::mark_sql(), "reading the marks").await?,
+        read(b, state::mark_sql(), "reading the marks").await?,
+    ];
+    for (i, (node, peer)) in [(a, b), (b, a)].into_iter().enumerate() {
+        if marks[i] >= saw[1 - i] {
             continue;
         }
         let newly = peer
             .db
-            .execute(&state::peer_went_back_sql(), &[])
+            .execute(&state::peer_went_back_sql(marks[i]), &[])
             .await
             .map_err(on_node(&peer.name, "recording that its peer went back"))?;
         if newly > 0 {
@@ -848,27 +850,34 @@ async fn advance_marks(a: &Listener, b: &Listener) -> Result<()> {
             );
         }
     }
-    let mut marks = [0i64; 2];
-    for (l, mark) in [a, b].into_iter().zip(marks.iter_mut()) {
-        let failed = || on_node(&l.name, "moving its mark forward");
+    // Moved forward durably whatever synchronous_commit the server has: a mark lost in a crash would
+    // read as a node gone back. (Where a synchronous standby is required and away, this waits for it,
+    // as every commit there does.)
+    let mut moved = [0i64; 2];
+    for (l, mark) in [a, b].into_iter().zip(moved.iter_mut()) {
         l.db.batch_execute(&format!(
             "BEGIN; SET LOCAL synchronous_commit = on; {}; COMMIT",
             state::advance_mark_sql()
         ))
         .await
-        .map_err(failed())?;
-        *mark =
-            l.db.query_one(&state::marks_sql(), &[])
-                .await
-                .map_err(failed())?
-                .get(0);
+        .map_err(on_node(&l.name, "moving its mark forward"))?;
+        *mark = read(l, state::mark_sql(), "moving its mark forward").await?;
     }
-    for (l, peer_mark) in [(a, marks[1]), (b, marks[0])] {
+    for (l, peer_mark) in [(a, moved[1]), (b, moved[0])] {
         l.db.batch_execute(&state::record_peer_mark_sql(peer_mark))
             .await
             .map_err(on_node(&l.name, "recording its peer's mark"))?;
     }
     Ok(())
+}
+
+/// The one bigint a query of pgtwin's state returns.
+async fn read(l: &Listener, sql: String, what: &'static str) -> Result<i64> {
+    let row =
+        l.db.query_one(&sql, &[])
+            .await
+            .map_err(on_node(&l.name, what))?;
+    Ok(row.get(0))
 }
 
 /// A runner replaying, with the lock keys it holds on both nodes.

@@ -131,7 +131,7 @@ pub struct QueueStatus {
     /// Which process wrote the heartbeat: "HOST pid N, pgtwin VERSION" (what the install records).
     pub runner: Option<String>,
     /// This node's mark, moved forward by `pgtwin run`, and its peer's as last seen here (see
-    /// runner::advance_marks); None on an install older than the marks.
+    /// runner::advance_marks); None on an install older than the marks, or with the peer unreachable.
     pub mark: Option<i64>,
     pub peer_mark: Option<i64>,
     /// When `pgtwin run` found that the peer went back to an earlier state of itself: its changes are
@@ -195,13 +195,11 @@ pub async fn queue_status(node: &str, db: &Client, tables: &[QualName]) -> Resul
         )
         .await
         .ok();
-    // Columns an install older than this binary lacks until its next `up`: read when present.
-    let marks = db
+    // A column an install older than this binary lacks until its next `up`: read when present.
+    let went_back = db
         .query_one(
             &format!(
-                "SELECT (to_jsonb(l) ->> 'mark')::bigint, (to_jsonb(l) ->> 'peer_mark')::bigint,
-                        (to_jsonb(l) ->> 'peer_went_back_at')::timestamptz::text
-                 FROM {} l",
+                "SELECT (to_jsonb(l) ->> 'peer_went_back_at')::timestamptz::text FROM {} l",
                 names::link_table()
             ),
             &[],
@@ -209,9 +207,10 @@ pub async fn queue_status(node: &str, db: &Client, tables: &[QualName]) -> Resul
         .await
         .ok();
     Ok(QueueStatus {
-        mark: marks.as_ref().and_then(|r| r.get(0)),
-        peer_mark: marks.as_ref().and_then(|r| r.get(1)),
-        peer_went_back_at: marks.as_ref().and_then(|r| r.get(2)),
+        // Read by `status` with both nodes at hand (status::reread_marks).
+        mark: None,
+        peer_mark: None,
+        peer_went_back_at: went_back.and_then(|r| r.get(0)),
         entries: row.get(0),
         rows: row.get(1),
         oldest_age_s: row.get(2),
@@ -424,18 +423,8 @@ pub async fn repaired(node: &str, db: &Client) -> Result<()> {
     ))
     .await
     .map_err(failed())?;
-    // The peer's rows are equal to this node's again: its changes are taken again, and its mark is
-    // seen afresh (it went back below the one recorded here, which would otherwise read as going back
-    // again).
-    let installed = installed_version(node, db).await?;
-    if installed.is_some_and(|v| v >= MARKS_VERSION) {
-        db.batch_execute(&format!(
-            "UPDATE {} SET peer_went_back_at = NULL, peer_mark = 0",
-            names::link_table()
-        ))
-        .await
-        .map_err(failed())?;
-    }
+    // The peer's rows are equal to this node's again: its changes are taken again.
+    forget_peer_mark(node, db).await?;
     // An install made before changes were set aside has no such table until its next `up`.
     let set_aside = names::set_aside_table();
     let exists: bool = db
@@ -451,6 +440,22 @@ pub async fn repaired(node: &str, db: &Client) -> Result<()> {
             .await
             .map_err(failed())?;
     }
+    Ok(())
+}
+
+/// Once the tables of both nodes are made equal by a policy (a repair, `up --mirror`): the peer's
+/// changes are taken again, and its mark is seen afresh (a peer that went back is below the mark
+/// recorded here, which would read as going back again).
+pub async fn forget_peer_mark(node: &str, db: &Client) -> Result<()> {
+    if installed_version(node, db).await?.unwrap_or(0) < MARKS_VERSION {
+        return Ok(());
+    }
+    db.batch_execute(&format!(
+        "UPDATE {} SET peer_mark = 0, peer_went_back_at = NULL",
+        names::link_table()
+    ))
+    .await
+    .map_err(on_node(node, "forgetting its peer's mark"))?;
     Ok(())
 }
 
@@ -727,16 +732,21 @@ pub fn set_aside_sql(seqs: &[i64], reason: &str) -> String {
 /// 8): a node whose mark falls below what its peer saw of it went back to an earlier state of itself.
 pub const MARKS_VERSION: i32 = 8;
 
-/// This node's mark and the peer's mark as last seen here.
-pub fn marks_sql() -> String {
-    format!("SELECT mark, peer_mark FROM {}", names::link_table())
+/// This node's mark.
+pub fn mark_sql() -> String {
+    format!("SELECT mark FROM {}", names::link_table())
 }
 
-/// Moves this node's mark forward, durably whatever synchronous_commit the server has (a mark lost in a
-/// crash would read as a node gone back), in a transaction of its own.
+/// The peer's mark as last seen here.
+pub fn peer_mark_sql() -> String {
+    format!("SELECT peer_mark FROM {}", names::link_table())
+}
+
+/// Moves this node's mark forward: past the clock's microseconds (see state migration 8), and past
+/// its own last value should the clock step back.
 pub fn advance_mark_sql() -> String {
     format!(
-        "UPDATE {} SET mark = mark + 1 RETURNING mark",
+        "UPDATE {} SET mark = greatest(mark + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint)",
         names::link_table()
     )
 }
@@ -750,11 +760,14 @@ pub fn record_peer_mark_sql(mark: i64) -> String {
     )
 }
 
-/// Records that the peer went back: its changes are refused here from now on, until a repair.
-pub fn peer_went_back_sql() -> String {
+/// Records that the peer went back (its mark, `mark`, is below the one recorded here): its changes
+/// are refused here from now on, until a repair. Only while the record still says so: a repair that
+/// committed meanwhile forgot it.
+pub fn peer_went_back_sql(mark: i64) -> String {
     format!(
-        "UPDATE {} SET peer_went_back_at = coalesce(peer_went_back_at, now())",
-        names::link_table()
+        "UPDATE {} SET peer_went_back_at = now() WHERE peer_went_back_at IS NULL AND peer_mark > {}",
+        names::link_table(),
+        Literal(&mark.to_string())
     )
 }
 

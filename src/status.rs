@@ -115,6 +115,9 @@ pub async fn report(cfg: &Config) -> Report {
     for (node, c) in cfg.nodes.iter().zip(&connected) {
         nodes.push(status_of(cfg, node, c).await);
     }
+    if let [Ok(a), Ok(b)] = &connected {
+        reread_marks(&mut nodes, [a, b]).await;
+    }
     let pair = match connected {
         [Ok(a), Ok(b)] => Some(pair_status(cfg, [a, b]).await),
         _ => None,
@@ -125,6 +128,39 @@ pub async fn report(cfg: &Config) -> Report {
         pair,
         problems,
     }
+}
+
+/// Reads the marks again, both at once at the end: what each node recorded of the other first, then
+/// the marks themselves, so that a runner's heartbeat between the reads makes a mark read as ahead,
+/// never behind (see runner::advance_marks). Best effort: an install older than the marks has none.
+async fn reread_marks(nodes: &mut [NodeStatus], connected: [&twin::Connected; 2]) {
+    let saw = [
+        link_column(connected[0], "peer_mark").await,
+        link_column(connected[1], "peer_mark").await,
+    ];
+    let marks = [
+        link_column(connected[0], "mark").await,
+        link_column(connected[1], "mark").await,
+    ];
+    for (i, n) in nodes.iter_mut().enumerate() {
+        if let Some(q) = &mut n.queue {
+            q.peer_mark = saw[i];
+            q.mark = marks[i];
+        }
+    }
+}
+
+/// One column of a node's link state; None where it has none (an install older than it).
+async fn link_column(n: &twin::Connected, column: &str) -> Option<i64> {
+    let sql = format!(
+        "SELECT (to_jsonb(l) ->> {})::bigint FROM {} l",
+        crate::sql::ident::Literal(column),
+        names::link_table()
+    );
+    n.db.query_one(&sql, &[])
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<i64>>(0))
 }
 
 /// Each node's key sequences of one table that are behind the largest id of their residue on the

@@ -610,6 +610,8 @@ async fn an_acknowledged_delete_queued_while_half_installed_survives_the_next_up
         )
         .await
         .unwrap();
+    // A runner has seen both nodes: each recorded the other's mark.
+    p.pgtwin(&["run", "--once"]).ok();
     let good = std::fs::read_to_string(p.dir.path().join("pgtwin.toml")).unwrap();
     let closed = pgtwin::localpg::free_port().unwrap();
     let b_port = common::servers().nodes[1].port;
@@ -648,4 +650,15 @@ async fn an_acknowledged_delete_queued_while_half_installed_survives_the_next_up
     );
     assert_eq!(p.queued(1).await, 0);
     p.pgtwin(&["check"]).ok();
+    // a, installed anew, starts its mark again at 0, below what b saw of it before: that is no node
+    // gone back, and a's writes still reach b.
+    p.pgtwin(&["run", "--once"]).ok();
+    let status = p.pgtwin(&["status"]);
+    assert!(!status.stdout.contains("went back"), "{}", status.stdout);
+    p.owner[0]
+        .batch_execute("UPDATE products SET name = 'after up' WHERE id = 1")
+        .await
+        .unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    p.assert_same("products").await;
 }
