@@ -410,9 +410,15 @@ fn refusal(e: &anyhow::Error) -> Refusal {
     let Some(code) = pg.code().map(|c| c.code()) else {
         return Refusal::Other;
     };
+    let refused_by_its_table = pg
+        .as_db_error()
+        .is_some_and(|db| db.message().contains(APPLY_REFUSED));
     if code == names::RETRY_UNJOINED_SQLSTATE {
         Refusal::Unjoined
-    } else if code.starts_with("22")
+    } else if transient(code) {
+        Refusal::Other
+    } else if refused_by_its_table
+        || code.starts_with("22")
         || code.starts_with("23")
         || code == "P0001"
         || code == "54000"
@@ -423,6 +429,20 @@ fn refusal(e: &anyhow::Error) -> Refusal {
     } else {
         Refusal::Other
     }
+}
+
+/// What the apply trigger says of any error its table raised while applying a change (its constraint,
+/// its trigger's exception whatever the SQLSTATE, a relation missing in that trigger): see apply.sql.
+/// An error outside that (the inbox missing, pgtwin's own table gone) is pgtwin's, and waits for `up`.
+const APPLY_REFUSED: &str = " refused a change of table ";
+
+/// Errors that pass: a connection lost, a serialization failure or deadlock, resources short, a lock
+/// or statement timeout, a server shutting down, an I/O error.
+fn transient(code: &str) -> bool {
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || code == "55P03"
 }
 
 fn describe(e: &anyhow::Error) -> String {
@@ -993,6 +1013,12 @@ mod tests {
             changed_at: at.into(),
             xid: None,
         }
+    }
+
+    #[test]
+    fn the_apply_names_its_refusals_as_the_runner_reads_them() {
+        let apply = include_str!("sql/templates/apply.sql");
+        assert!(apply.contains(&format!("'pgtwin: node %{APPLY_REFUSED}% from node %: %'")));
     }
 
     #[test]

@@ -976,8 +976,21 @@ async fn a_change_the_peer_refuses_is_set_aside_and_never_blocks_the_others() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
     p.owner[0].batch_execute(ITEMS).await.unwrap();
+    // b's own trigger refuses two values with errors of its own kind: a failed ASSERT (P0004), and a
+    // table it names that b lacks (42P01, which outside the apply means "pgtwin not installed").
     p.owner[1]
-        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text, n int CHECK (n >= 0))")
+        .batch_execute(
+            "CREATE TABLE items (id int PRIMARY KEY, v text, n int CHECK (n >= 0));
+             CREATE FUNCTION b_rules() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 ASSERT NEW.v <> 'asserted', 'no asserted rows here';
+                 IF NEW.v = 'audited' THEN
+                     INSERT INTO audit_log VALUES (NEW.id);
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER b_rules BEFORE INSERT OR UPDATE ON items FOR EACH ROW EXECUTE FUNCTION b_rules()",
+        )
         .await
         .unwrap();
     p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
@@ -985,6 +998,8 @@ async fn a_change_the_peer_refuses_is_set_aside_and_never_blocks_the_others() {
     for sql in [
         "INSERT INTO items VALUES (1, 'fine', 1)",
         "INSERT INTO items VALUES (2, 'poison', -1)",
+        "INSERT INTO items VALUES (4, 'asserted', 4)",
+        "INSERT INTO items VALUES (5, 'audited', 5)",
         "INSERT INTO items VALUES (3, 'after', 3)",
         "UPDATE items SET v = 'later' WHERE id = 1",
     ] {
@@ -996,7 +1011,7 @@ async fn a_change_the_peer_refuses_is_set_aside_and_never_blocks_the_others() {
     let status = p.pgtwin(&["status"]);
     assert_eq!(status.code, 1, "{}", status.stdout);
     assert!(
-        status.stdout.contains("node a: 1 change(s) set aside"),
+        status.stdout.contains("node a: 3 change(s) set aside"),
         "{}",
         status.stdout
     );
@@ -1012,6 +1027,17 @@ async fn a_change_the_peer_refuses_is_set_aside_and_never_blocks_the_others() {
         "{listed}"
     );
     assert_eq!(entry["change"]["rows"][0]["v"], "poison", "{listed}");
+    let reasons: Vec<&str> = listed["set_aside"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons[1].contains("no asserted rows here")
+            && reasons[2].contains("relation \"audit_log\" does not exist"),
+        "{listed}"
+    );
     // The nodes differ in that row until a repair settles it (b's table is the one to keep).
     p.pgtwin(&["repair", "--mirror", "b"]).ok();
     p.assert_same("items").await;

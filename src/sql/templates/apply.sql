@@ -232,8 +232,9 @@ BEGIN
         END IF;
         RETURN NEW;
     -- An error of this node (its constraint, its trigger, a value its column cannot take) reaches the
-    -- writer, or the runner, as what it is, with its SQLSTATE, naming the node and the table.
-    EXCEPTION WHEN OTHERS THEN
+    -- writer, or the runner, as what it is, with its SQLSTATE, naming the node and the table. (OTHERS
+    -- leaves out a failed ASSERT, which a trigger raises as well.)
+    EXCEPTION WHEN OTHERS OR assert_failure THEN
         DECLARE
             pgtwin_message text;
             pgtwin_detail text;
