@@ -207,6 +207,47 @@ async fn prepare_transaction_is_refused_clearly_in_sync_mode() {
     assert!(p.rows(1, "items").await.is_empty());
 }
 
+/// Where a transaction is queued (async mode here), two-phase commit depends on the queue: the
+/// transaction that finds it empty notifies `pgtwin run`, and PostgreSQL refuses to prepare it; one
+/// queued behind another entry prepares, and is shipped once COMMIT PREPARED has committed it. As the
+/// README says: not supported.
+#[tokio::test]
+async fn prepare_transaction_where_changes_queue_depends_on_the_queue() {
+    let p = Pair::new().await;
+    p.both("CREATE TABLE items (id int PRIMARY KEY)").await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    let refused = p.owner[0]
+        .batch_execute(
+            "BEGIN; INSERT INTO items VALUES (1); PREPARE TRANSACTION 'pgtwin-2pc-first'",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}")
+            .contains("cannot PREPARE a transaction that has executed LISTEN, UNLISTEN, or NOTIFY"),
+        "{refused:?}"
+    );
+    let _ = p.owner[0].batch_execute("ROLLBACK").await;
+    assert_eq!(p.queued(0).await, 0);
+    p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (2)")
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute(
+            "BEGIN; INSERT INTO items VALUES (3); PREPARE TRANSACTION 'pgtwin-2pc-behind'",
+        )
+        .await
+        .unwrap();
+    p.owner[0]
+        .batch_execute("COMMIT PREPARED 'pgtwin-2pc-behind'")
+        .await
+        .unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.assert_same("items").await, vec!["(2)", "(3)"]);
+}
+
 /// In async mode a writer's transaction of 150 changes, the order before its customer and another
 /// transaction's changes interleaved, replays whole: the peer's deferred key holds, nothing is set
 /// aside, and the nodes agree. A replay that cut it at its batch size (100 entries) would commit

@@ -48,7 +48,13 @@ pub fn servers() -> &'static Servers {
                 } else {
                     "shared_preload_libraries = 'pg_stat_statements'"
                 };
-                let mut settings = vec!["fsync = off", "max_connections = 300", preload];
+                // Prepared transactions on, for the test that tries two-phase commit on synced tables.
+                let mut settings = vec![
+                    "fsync = off",
+                    "max_connections = 300",
+                    "max_prepared_transactions = 10",
+                    preload,
+                ];
                 settings.extend(tls.iter().map(String::as_str));
                 let s = LocalServer::start(&dir.path().join(name), &settings)
                     .expect("start test server (are PostgreSQL server binaries installed? run ./scripts/test)");
