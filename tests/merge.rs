@@ -650,8 +650,8 @@ async fn an_acknowledged_delete_queued_while_half_installed_survives_the_next_up
     );
     assert_eq!(p.queued(1).await, 0);
     p.pgtwin(&["check"]).ok();
-    // a, installed anew, starts its mark again at 0, below what b saw of it before: that is no node
-    // gone back, and a's writes still reach b.
+    // a, installed anew, starts a new mark, which must not read as below what b saw of the old one
+    // (a mark starting from 0 would): that is no node gone back, and a's writes still reach b.
     p.pgtwin(&["run", "--once"]).ok();
     let status = p.pgtwin(&["status"]);
     assert!(!status.stdout.contains("went back"), "{}", status.stdout);

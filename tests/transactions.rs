@@ -687,6 +687,63 @@ async fn an_update_of_a_row_that_differs_between_the_nodes_fails_until_repair() 
     assert_eq!(text(&b), text(&a));
 }
 
+/// The same rows apart in async mode: `run` sets a's update of the row that differs aside, with the
+/// reason, and with it the rest of its transaction (the other row that transaction updated is not sent
+/// either); an update of the other row in a transaction of its own arrives.
+#[tokio::test]
+async fn in_async_mode_an_update_of_a_row_that_differs_is_set_aside_with_its_transaction() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute("CREATE TABLE people (id int PRIMARY KEY, name text, age int)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "CREATE TABLE people (age int, name text, id int PRIMARY KEY);
+             CREATE FUNCTION normalize_name() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 NEW.name := upper(NEW.name);
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER normalize_name BEFORE INSERT OR UPDATE ON people FOR EACH ROW EXECUTE FUNCTION normalize_name();",
+        )
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"people\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("INSERT INTO people VALUES (1, 'kim', 30), (2, 'LEE', 40), (3, 'PAT', 50)")
+        .await
+        .unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(name_on_b(&p).await, "KIM");
+    p.owner[0]
+        .batch_execute(
+            "BEGIN; UPDATE people SET age = 31 WHERE id = 1; UPDATE people SET age = 41 WHERE id = 2; COMMIT;
+             UPDATE people SET age = 51 WHERE id = 3",
+        )
+        .await
+        .unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    let listed: serde_json::Value =
+        serde_json::from_str(&p.pgtwin(&["conflicts", "--json"]).ok().stdout).unwrap();
+    let set_aside = listed["set_aside"].as_array().unwrap();
+    // The transaction's two entries, with the reason.
+    assert_eq!(set_aside.len(), 2, "{listed}");
+    assert!(
+        set_aside.iter().all(|e| e["reason"]
+            .as_str()
+            .unwrap()
+            .contains("node a updated key (1) of table \"public\".\"people\" from a version node b does not hold")),
+        "{listed}"
+    );
+    assert_eq!(
+        p.rows_of(1, "SELECT id, name, age FROM people ORDER BY id")
+            .await,
+        ["(1,KIM,30)", "(2,LEE,40)", "(3,PAT,51)"]
+    );
+}
+
 /// The capture function's plans are cached from the first statement that runs them: a single-row
 /// UPDATE first, then one of 100,000 rows, must not reuse a plan made for one row (a join of the
 /// two transition tables as a nested loop never ends). Bounded by a statement timeout: a regression
