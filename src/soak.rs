@@ -66,8 +66,9 @@ pub struct Report {
     pub longest_statement_ms: u64,
     /// Changes the peer refused, set aside (each would be a difference `repair` settles).
     pub set_aside: i64,
-    /// How long the queues took to drain once the faults stopped.
+    /// How long the queues took to drain once the faults stopped, and the entries they held then.
     pub drain_s: f64,
+    pub queued_when_faults_stopped: i64,
 }
 
 impl Report {
@@ -486,6 +487,7 @@ async fn soak(opts: &Options, servers: &[Arc<LocalServer>; 2]) -> Result<Report>
         runner = Runner::start(opts, &config)?;
     }
     let clients = [connect(&servers[0]).await?, connect(&servers[1]).await?];
+    let mut first = true;
     loop {
         let mut queued = 0i64;
         for c in &clients {
@@ -493,6 +495,10 @@ async fn soak(opts: &Options, servers: &[Arc<LocalServer>; 2]) -> Result<Report>
                 .query_one("SELECT count(*) FROM pgtwin.queue", &[])
                 .await?
                 .get::<_, i64>(0);
+        }
+        if first {
+            report.queued_when_faults_stopped = queued;
+            first = false;
         }
         if queued == 0 {
             break;
@@ -516,8 +522,9 @@ async fn soak(opts: &Options, servers: &[Arc<LocalServer>; 2]) -> Result<Report>
                 }
             }
             bail!(
-                "the queues did not drain within {:?} of the faults stopping ({queued} entries left); pgtwin run's last lines:\n{}\nsessions:\n{sessions}",
+                "the queues did not drain within {:?} of the faults stopping ({queued} entries left of {}); pgtwin run's last lines:\n{}\nsessions:\n{sessions}",
                 opts.drain_limit,
+                report.queued_when_faults_stopped,
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }

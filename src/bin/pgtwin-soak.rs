@@ -104,8 +104,8 @@ fn main() -> Result<ExitCode> {
             report.set_aside
         );
         println!(
-            "  queues drained {:.1} s after the faults stopped",
-            report.drain_s
+            "  queues drained {:.1} s after the faults stopped ({} entries then)",
+            report.drain_s, report.queued_when_faults_stopped
         );
         for l in report.lost_writes.iter().take(10) {
             println!("  lost: {l}");
