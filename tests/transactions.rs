@@ -249,9 +249,10 @@ async fn prepare_transaction_where_changes_queue_depends_on_the_queue() {
 }
 
 /// In async mode a writer's transaction of 150 changes, the order before its customer and another
-/// transaction's changes interleaved, replays whole: the peer's deferred key holds, nothing is set
-/// aside, and the nodes agree. A replay that cut it at its batch size (100 entries) would commit
-/// orders without their customer on the peer.
+/// transaction's changes interleaved, replays whole: the peer's key holds, nothing is set aside, and
+/// the nodes agree. A replay that cut it at its batch size (100 entries) would commit orders without
+/// their customer on the peer. The peer's key is deferrable but checked at once unless a transaction
+/// defers it: the replay defers it, as the origin did.
 #[tokio::test]
 async fn a_transaction_queued_in_async_mode_replays_whole() {
     let p = Pair::new().await;
@@ -260,7 +261,7 @@ async fn a_transaction_queued_in_async_mode_replays_whole() {
         .batch_execute(
             "CREATE TABLE customers (id int PRIMARY KEY, dropped int, name text);
              ALTER TABLE customers DROP COLUMN dropped;
-             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY DEFERRED, total int)",
+             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY IMMEDIATE, total int)",
         )
         .await
         .unwrap();
@@ -386,46 +387,57 @@ async fn a_serializable_transaction_cancelled_at_commit_leaves_nothing_on_the_pe
 }
 
 /// `UPDATE slots SET id = id + 1`, valid on the origin (its rows updated from the highest id down),
-/// beside a second unique column: the peer takes it too. Sent as upserts in the origin's row order,
-/// the new row 6 would meet the peer's row 5, still holding code c5.
+/// beside a second unique column: the peer takes it too, shipped at commit (sync mode) or replayed
+/// from the queue (async). Sent as upserts in the origin's row order, the new row 6 would meet the
+/// peer's row 5, still holding code c5.
 #[tokio::test]
 async fn an_update_that_shifts_keys_beside_a_unique_column_applies_on_the_peer() {
-    let p = Pair::new().await;
-    p.owner[0]
-        .batch_execute("CREATE TABLE slots (id int PRIMARY KEY, code text UNIQUE)")
-        .await
-        .unwrap();
-    p.owner[1]
-        .batch_execute("CREATE TABLE slots (code text NOT NULL, id int PRIMARY KEY); CREATE UNIQUE INDEX ON slots (code)")
-        .await
-        .unwrap();
-    p.owner[0]
-        .batch_execute("INSERT INTO slots SELECT g, 'c' || g FROM generate_series(5, 1, -1) g")
-        .await
-        .unwrap();
-    p.owner[1]
-        .batch_execute("INSERT INTO slots SELECT 'c' || g, g FROM generate_series(1, 5) g")
-        .await
-        .unwrap();
-    p.config("[[tables]]\nname = \"slots\"");
-    p.pgtwin(&["up"]).ok();
-    p.owner[0]
-        .batch_execute("UPDATE slots SET id = id + 1")
-        .await
-        .unwrap();
-    assert_eq!(
-        p.rows(1, "slots").await,
-        vec!["(c1,2)", "(c2,3)", "(c3,4)", "(c4,5)", "(c5,6)"]
-    );
-    // And in a transaction with other changes around it, both ways.
-    p.owner[1]
-        .batch_execute("BEGIN; INSERT INTO slots VALUES ('c0', 1); UPDATE slots SET code = code || 'x' WHERE id > 3; COMMIT")
-        .await
-        .unwrap();
-    assert_eq!(
-        p.rows(0, "slots").await,
-        vec!["(1,c0)", "(2,c1)", "(3,c2)", "(4,c3x)", "(5,c4x)", "(6,c5x)"]
-    );
+    for mode in ["sync", "async"] {
+        let p = Pair::new().await;
+        p.owner[0]
+            .batch_execute("CREATE TABLE slots (id int PRIMARY KEY, code text UNIQUE)")
+            .await
+            .unwrap();
+        p.owner[1]
+            .batch_execute("CREATE TABLE slots (code text NOT NULL, id int PRIMARY KEY); CREATE UNIQUE INDEX ON slots (code)")
+            .await
+            .unwrap();
+        p.owner[0]
+            .batch_execute("INSERT INTO slots SELECT g, 'c' || g FROM generate_series(5, 1, -1) g")
+            .await
+            .unwrap();
+        p.owner[1]
+            .batch_execute("INSERT INTO slots SELECT 'c' || g, g FROM generate_series(1, 5) g")
+            .await
+            .unwrap();
+        p.config(&format!(
+            "[[tables]]\nname = \"slots\"\n[options]\nmode = \"{mode}\""
+        ));
+        p.pgtwin(&["up"]).ok();
+        p.owner[0]
+            .batch_execute("UPDATE slots SET id = id + 1")
+            .await
+            .unwrap();
+        p.pgtwin(&["run", "--once"]).ok();
+        assert_eq!(
+            p.rows(1, "slots").await,
+            vec!["(c1,2)", "(c2,3)", "(c3,4)", "(c4,5)", "(c5,6)"],
+            "{mode}"
+        );
+        // And in a transaction with other changes around it, both ways.
+        p.owner[1]
+            .batch_execute("BEGIN; INSERT INTO slots VALUES ('c0', 1); UPDATE slots SET code = code || 'x' WHERE id > 3; COMMIT")
+            .await
+            .unwrap();
+        p.pgtwin(&["run", "--once"]).ok();
+        assert_eq!(
+            p.rows(0, "slots").await,
+            vec!["(1,c0)", "(2,c1)", "(3,c2)", "(4,c3x)", "(5,c4x)", "(6,c5x)"],
+            "{mode}"
+        );
+        let status = p.pgtwin(&["status"]).stdout;
+        assert!(!status.contains("set aside"), "{mode}: {status}");
+    }
 }
 
 /// The peer's own triggers fire on the changes applied there, under the search_path an application's
