@@ -416,14 +416,7 @@ async fn a_node_restored_in_place_cannot_undo_the_peers_newer_rows() {
             .await
             .unwrap();
         p.pgtwin(&["run", "--once"]).ok();
-        let listed: serde_json::Value =
-            serde_json::from_str(&p.pgtwin(&["conflicts", "--json"]).ok().stdout).unwrap();
-        let reasons: Vec<&str> = listed["set_aside"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["reason"].as_str().unwrap())
-            .collect();
+        let (listed, reasons) = p.set_aside();
         // Async: the three refused updates, the lid's and the deletion, each its own transaction.
         assert_eq!(
             reasons.len(),

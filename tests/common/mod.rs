@@ -292,6 +292,22 @@ impl Pair {
         pgtwin(&self.dir.path().join("pgtwin.toml"), args)
     }
 
+    /// `pgtwin conflicts --json`, and the reasons of the changes set aside, oldest first.
+    pub fn set_aside(&self) -> (serde_json::Value, Vec<String>) {
+        let listed: serde_json::Value =
+            serde_json::from_str(&self.pgtwin(&["conflicts", "--json"]).ok().stdout).unwrap();
+        let reasons = listed["set_aside"]
+            .as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (listed, reasons)
+    }
+
     /// Every row of a table on node i, as text, sorted: what "identical" means in these tests.
     pub async fn rows(&self, i: usize, table: &str) -> Vec<String> {
         self.admin[i]

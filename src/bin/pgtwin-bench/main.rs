@@ -180,7 +180,7 @@ impl Workload {
             Workload::W3BulkInsert | Workload::W4BulkUpdate => "<=2.5x / -",
             Workload::W5BulkDelete => "<=4.0x / -",
             Workload::DrainRate => ">=0.5",
-            Workload::LagP99 => "async < 6.3 ms",
+            Workload::LagP99 => "async < pglogical",
             _ => "",
         }
     }

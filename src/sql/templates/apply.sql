@@ -28,6 +28,7 @@ DECLARE
     pgtwin_o_text text;
     pgtwin_count bigint;
     pgtwin_clash text;
+    pgtwin_try integer;
     pgtwin_app_path text;
     pgtwin_sql text;
 BEGIN
@@ -156,13 +157,23 @@ BEGIN
         -- later change won. Of a key that comes more than once (a joined replay), the first version.
         -- Compared are the columns both nodes had, with the same type, at `up`, which made their
         -- values equal: a column either node added since holds values the other never sent.
+        -- A row found different may be one a concurrent transaction is changing (the peer's own
+        -- transaction commits its part here first, and itself a moment later): the chunk's rows are
+        -- then locked, which waits for that transaction, and compared again. A write committed after
+        -- this transaction's snapshot fails it with a serialization failure, retryable, as the upsert
+        -- below would (postgres_fdw's transactions here are REPEATABLE READ); only a row that still
+        -- differs fails the write as stale.
         IF pgtwin_versioned THEN
-            IF pgtwin_fast THEN
-                {{stale_check}}
-            ELSE
-                EXECUTE format({{stale_check_text}}, pgtwin_defs, coalesce(pgtwin_t_compared, 'NULL::text'),
-                               coalesce(pgtwin_o_text, 'NULL::text')) INTO pgtwin_clash USING pgtwin_rows;
-            END IF;
+            FOR pgtwin_try IN 1..2 LOOP
+                IF pgtwin_fast THEN
+                    {{stale_check}}
+                ELSE
+                    EXECUTE format({{stale_check_text}}, pgtwin_defs, coalesce(pgtwin_t_compared, 'NULL::text'),
+                                   coalesce(pgtwin_o_text, 'NULL::text')) INTO pgtwin_clash USING pgtwin_rows;
+                END IF;
+                EXIT WHEN pgtwin_clash IS NULL OR pgtwin_try = 2;
+                PERFORM FROM {{table}} t, json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}} FOR UPDATE OF t;
+            END LOOP;
             IF pgtwin_clash IS NOT NULL THEN
                 RAISE EXCEPTION 'pgtwin: node % updated key % of table % from a version node % does not hold (the row changed or went since)', {{peer}}, pgtwin_clash, {{table_text}}, {{local}}
                     USING ERRCODE = {{stale_sqlstate}},
