@@ -16,7 +16,7 @@ use crate::sql::names;
 
 /// Numbered migrations; the last number is this binary's state version. Never edit one that shipped:
 /// add the next.
-const MIGRATIONS: [(i32, &str); 8] = [
+const MIGRATIONS: [(i32, &str); 9] = [
     (1, include_str!("sql/templates/state/1.sql")),
     (2, include_str!("sql/templates/state/2.sql")),
     (3, include_str!("sql/templates/state/3.sql")),
@@ -25,6 +25,7 @@ const MIGRATIONS: [(i32, &str); 8] = [
     (6, include_str!("sql/templates/state/6.sql")),
     (7, include_str!("sql/templates/state/7.sql")),
     (8, include_str!("sql/templates/state/8.sql")),
+    (9, include_str!("sql/templates/state/9.sql")),
 ];
 
 /// The state version this binary writes and reads.

@@ -455,7 +455,8 @@ async fn an_update_that_shifts_keys_beside_a_unique_column_applies_on_the_peer()
 /// session has: b's audit trigger, naming its table without a schema, records a's writes too. A
 /// trigger that derives synced data (stock from orders) returns early where `pgtwin.origin` is set,
 /// as the README says, since the derived row arrives from the origin: the stock goes down once. An
-/// error of the peer's trigger reaches the writer as what it is, naming the node and the table.
+/// error of the peer's trigger reaches the writer as what it is, naming the node and the table. An
+/// UPDATE arrives as an UPDATE: the peer's insert triggers do not fire for it.
 #[tokio::test]
 async fn the_peers_own_triggers_fire_as_for_an_application() {
     let p = Pair::new().await;
@@ -490,7 +491,14 @@ async fn the_peers_own_triggers_fire_as_for_an_application() {
                  INSERT INTO audit_log (what) VALUES ('order ' || NEW.id);
                  RETURN NULL;
              END $$;
-             CREATE TRIGGER audit AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit();"
+             CREATE TRIGGER audit AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION audit();
+             CREATE TABLE op_log (n serial, what text);
+             CREATE FUNCTION log_op() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO op_log (what) VALUES (TG_OP || ' ' || NEW.id);
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER log_op BEFORE INSERT OR UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION log_op();"
         ))
         .await
         .unwrap();
@@ -527,6 +535,19 @@ async fn the_peers_own_triggers_fire_as_for_an_application() {
     }
     assert_eq!(p.rows(0, "orders").await.len(), 2);
     assert_eq!(p.rows(0, "products").await, vec!["(1,7)"]);
+    p.owner[0]
+        .batch_execute("UPDATE orders SET qty = qty + 1")
+        .await
+        .unwrap();
+    assert_eq!(p.rows(1, "orders").await, vec!["(2,1,1)", "(3,2,1)"]);
+    let ops: Vec<String> = p.admin[1]
+        .query("SELECT what FROM op_log ORDER BY what", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ops, ["INSERT 1", "INSERT 2", "UPDATE 1", "UPDATE 2"]);
 }
 
 const LINKED_A: &str = "CREATE TABLE customers (id int PRIMARY KEY, name text);

@@ -44,6 +44,10 @@ pub const STALE_UPDATE_SQLSTATE: &str = "PT412";
 /// itself (restored from a backup): its changes would undo this node's newer rows, so they are
 /// refused (queued there, and set aside by `pgtwin run`) until a repair.
 pub const WENT_BACK_SQLSTATE: &str = "PT410";
+/// SQLSTATE the apply trigger raises, and catches, to undo its one-pass write of an update whose rows
+/// did not all find the version they replaced (it then applies the chunk the careful way); never
+/// reaches a writer.
+pub const UNDONE_SQLSTATE: &str = "PT399";
 /// SQLSTATE the apply trigger raises when its table lost pgtwin's triggers (dropped, or created again by
 /// a schema load): the write that reached it fails instead of syncing one way.
 pub const NOT_CAPTURED_SQLSTATE: &str = "PT404";
