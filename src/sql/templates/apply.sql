@@ -202,10 +202,10 @@ BEGIN
                           HINT = 'the nodes differ in that row: pgtwin check lists such rows, pgtwin repair makes them equal (a node restored from a backup: see pgtwin status; a trigger of one node that changes rows applied from the other must return early where pgtwin.origin is set)';
             END IF;
         END IF;
-        -- An insert (not joined by `pgtwin run`): a plain INSERT, unless it meets a key this node holds;
+        -- An insert: a plain INSERT, unless it meets a key this node holds (or holds one key twice);
         -- then the upsert below, which tells an insert seen before from a clash. (ON CONFLICT costs a
         -- bulk insert a quarter of its time.)
-        IF pgtwin_fast AND pgtwin_op = 'I' AND pgtwin_unjoined THEN
+        IF pgtwin_fast AND pgtwin_op = 'I' THEN
             BEGIN
                 PERFORM set_config('search_path', pgtwin_app_path, true);
                 INSERT INTO {{table}} ({{cols}}) OVERRIDING SYSTEM VALUE
