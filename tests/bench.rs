@@ -31,6 +31,15 @@ fn quick_benchmark_runs_and_syncs() {
         assert_eq!(row.matches("s)").count(), 5, "{w} lacks a figure: {row}");
     }
     assert!(stdout.contains("all 100 found: yes"), "{stdout}");
+    // The async lag's reference: measured where pglogical is installed, a note where it is not.
+    let reference = stdout
+        .lines()
+        .find(|l| l.starts_with("two-way pglogical"))
+        .unwrap_or_else(|| panic!("pglogical line missing:\n{stdout}"));
+    assert!(
+        reference.contains("not installed") || reference.contains(" ms; pgtwin async's p99 is"),
+        "{reference}"
+    );
     // The load section, in both modes: the backlog of an outage drains while the writers go on.
     for mode in ["async", "sync"] {
         let section = stdout

@@ -9,6 +9,7 @@
 //! and whether both nodes ended with identical rows. `--quick` uses small sizes (correctness, not timing).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -18,6 +19,7 @@ use pgtwin::localpg::LocalServer;
 use tokio_postgres::{Client, NoTls};
 
 mod load;
+mod pglogical;
 
 #[derive(Parser)]
 #[command(about = "Benchmark pgtwin's write path against the unsynced table")]
@@ -360,52 +362,9 @@ impl Bench {
         let runner = tokio::spawn(async move { pgtwin::runner::run_forever(&cfg).await });
         let c = connect(&self.servers[0], db).await?;
         let b = connect(&self.servers[1], db).await?;
-        // One write first, measured once it arrived: the runner is connected and listening.
-        let warm: i64 = c
-            .query_one(
-                "INSERT INTO items (name, price) VALUES ('warm up', 0) RETURNING id",
-                &[],
-            )
-            .await?
-            .get(0);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while commit_times(&b, &[warm]).await?.is_empty() {
-            anyhow::ensure!(Instant::now() < deadline, "the runner never started");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let writes = (self.singles / 4).max(50);
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        let mut ids = Vec::new();
-        for i in 0..writes {
-            tick.tick().await;
-            let row = c
-                .query_one(
-                    "INSERT INTO items (name, price) VALUES ('lag', $1) RETURNING id",
-                    &[&(i as i32)],
-                )
-                .await?;
-            ids.push(row.get::<_, i64>(0));
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let on_b = loop {
-            let on_b = commit_times(&b, &ids).await?;
-            if on_b.len() == ids.len() {
-                break on_b;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "async changes did not arrive within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let lag = stream_lag(&c, &b, (self.singles / 4).max(50), COMMIT_TIMES).await;
         runner.abort();
-        let on_a = commit_times(&c, &ids).await?;
-        let mut lags: Vec<Duration> = ids
-            .iter()
-            .map(|id| Duration::from_secs_f64((on_b[id] - on_a[id]).max(0.0)))
-            .collect();
-        lags.sort();
-        Ok((percentile(&lags, 0.5), percentile(&lags, 0.99)))
+        lag
     }
 
     async fn run(&self, variant: Variant, rep: usize) -> Result<(BTreeMap<Workload, f64>, bool)> {
@@ -718,12 +677,77 @@ async fn single_inserts(c: &Client, n: usize, label: &str) -> Result<(f64, Durat
 }
 
 /// Commit time (seconds since the epoch) of each row with one of these ids.
+/// The lag from commit on node a to arrival on node b of a steady stream of `writes` single-row
+/// INSERTs at 200 a second, p50 and p99, in seconds: whatever carries them (pgtwin's runner, or
+/// pglogical) is running. `arrivals` reads, on b, when each row of `ids = ANY($1)` arrived (epoch
+/// seconds).
+pub(crate) async fn stream_lag(
+    c: &Client,
+    b: &Client,
+    writes: usize,
+    arrivals: &str,
+) -> Result<(f64, f64)> {
+    let arrived = |ids: Vec<i64>| async move {
+        Ok::<BTreeMap<i64, f64>, anyhow::Error>(
+            b.query(arrivals, &[&ids])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect(),
+        )
+    };
+    // One write first, measured once it arrived: the replication is connected and listening.
+    let warm: i64 = c
+        .query_one(
+            "INSERT INTO items (name, price) VALUES ('warm up', 0) RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while arrived(vec![warm]).await?.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "the replication never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    let mut ids = Vec::new();
+    for i in 0..writes {
+        tick.tick().await;
+        let row = c
+            .query_one(
+                "INSERT INTO items (name, price) VALUES ('lag', $1) RETURNING id",
+                &[&(i as i32)],
+            )
+            .await?;
+        ids.push(row.get::<_, i64>(0));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let on_b = loop {
+        let on_b = arrived(ids.clone()).await?;
+        if on_b.len() == ids.len() {
+            break on_b;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "async changes did not arrive within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let on_a = commit_times(c, &ids).await?;
+    let mut lags: Vec<Duration> = ids
+        .iter()
+        .map(|id| Duration::from_secs_f64((on_b[id] - on_a[id]).max(0.0)))
+        .collect();
+    lags.sort();
+    Ok((percentile(&lags, 0.5), percentile(&lags, 0.99)))
+}
+
+/// When each row of `items` with `id = ANY($1)` committed (epoch seconds).
+const COMMIT_TIMES: &str = "SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 FROM items WHERE id = ANY($1)";
+
 async fn commit_times(client: &Client, ids: &[i64]) -> Result<BTreeMap<i64, f64>> {
     Ok(client
-        .query(
-            "SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 FROM items WHERE id = ANY($1)",
-            &[&ids],
-        )
+        .query(COMMIT_TIMES, &[&ids])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -781,13 +805,13 @@ async fn main() -> Result<()> {
         .data_rows
         .unwrap_or(if args.quick { 20_000 } else { 1_000_000 });
     if matches!(args.only, Section::All | Section::Writes) {
-        write_section(&bench, reps).await?;
+        write_section(&bench, reps, dir.path()).await?;
     }
     if matches!(args.only, Section::All | Section::Data) {
         data_section(&bench, reps, data_rows).await?;
     }
     if args.only == Section::Lag {
-        lag_section(&bench, reps).await?;
+        lag_section(&bench, reps, dir.path()).await?;
     }
     if args.only == Section::Live {
         live_section(&bench, reps).await?;
@@ -815,7 +839,7 @@ async fn main() -> Result<()> {
 }
 
 /// Async lag at 200 writes/s, as the writes section measures it, without the rest of that section.
-async fn lag_section(bench: &Bench, reps: usize) -> Result<()> {
+async fn lag_section(bench: &Bench, reps: usize, dir: &Path) -> Result<()> {
     let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
     for rep in 0..reps {
         let db = bench
@@ -831,10 +855,34 @@ async fn lag_section(bench: &Bench, reps: usize) -> Result<()> {
         p50s.push(p50);
         p99s.push(p99);
     }
+    let p99 = median(p99s);
     println!(
         "async lag at 200 writes/s, medians of {reps}: p50 {:.2} ms, p99 {:.2} ms",
         median(p50s) * 1e3,
-        median(p99s) * 1e3
+        p99 * 1e3
+    );
+    pglogical_line(bench, reps, dir, Some(p99)).await
+}
+
+/// The lag of two-way pglogical for the same stream, the target's reference, and whether pgtwin
+/// async's p99 (measured in this run) is below it; a note where pglogical is not installed.
+async fn pglogical_line(bench: &Bench, reps: usize, dir: &Path, p99: Option<f64>) -> Result<()> {
+    if !pglogical::installed()? {
+        println!("two-way pglogical, the async lag's reference: not installed, left out (Debian: apt-get install postgresql-15-pglogical)");
+        return Ok(());
+    }
+    eprintln!("  two-way pglogical: {reps} repetition(s)");
+    let lags = pglogical::lags(dir, reps, (bench.singles / 4).max(50)).await?;
+    let reference = median(lags.iter().map(|l| l.1).collect());
+    let verdict = match p99 {
+        Some(p99) if p99 < reference => "pgtwin async's p99 is below it",
+        Some(_) => "pgtwin async's p99 is NOT below it",
+        None => "",
+    };
+    println!(
+        "two-way pglogical, the same stream on two servers of its own, medians of {reps}: p50 {:.2} ms, p99 {:.2} ms; {verdict}",
+        median(lags.iter().map(|l| l.0).collect()) * 1e3,
+        reference * 1e3
     );
     Ok(())
 }
@@ -873,7 +921,7 @@ async fn live_section(bench: &Bench, reps: usize) -> Result<()> {
     Ok(())
 }
 
-async fn write_section(bench: &Bench, reps: usize) -> Result<()> {
+async fn write_section(bench: &Bench, reps: usize, dir: &Path) -> Result<()> {
     let (rows, singles) = (bench.rows, bench.singles);
     eprintln!("pgtwin-bench: {reps} repetition(s), N = {rows} rows, {singles} single-row statements; variants interleaved");
     let mut results: BTreeMap<(Variant, Workload), Vec<f64>> = BTreeMap::new();
@@ -949,6 +997,7 @@ async fn write_section(bench: &Bench, reps: usize) -> Result<()> {
         print!("{cell:>22}");
     }
     println!("{:>18}", "<=1.5x / -");
+    pglogical_line(bench, reps, dir, med(Variant::Async, Workload::LagP99)).await?;
     for v in [Variant::Sync, Variant::Async, Variant::Queueing] {
         anyhow::ensure!(identical[&v], "{} left the nodes different", v.label());
     }
