@@ -677,31 +677,30 @@ fn stale_row_query(
 
 /// The one-pass write of an update's chunk (apply.sql): each row overwrites the row with its key where
 /// that row still holds the version the peer replaced (`o_text` against `t_text`), or where the row
-/// carries none. Its row count tells whether every row found its version.
-fn versioned_update(t: &TableInfo, defs: &str, t_text: &str, o_text: &str) -> String {
+/// carries none. Its row count tells whether every row found its version. None for a table of key
+/// columns alone: it has nothing to set (and an identity key could not be set to itself).
+fn versioned_update(t: &TableInfo, defs: &str, t_text: &str, o_text: &str) -> Option<String> {
     let (_, key_match) = peer_key_reading(t);
     let non_key: Vec<&Column> = t
         .shipped_columns()
         .filter(|c| !t.key.contains(&c.name))
         .collect();
-    // A table of key columns alone still writes each row, as the origin's UPDATE did.
-    let set = if non_key.is_empty() {
-        format!("{k} = t.{k}", k = t.key[0])
-    } else {
-        comma_list(
-            non_key
-                .iter()
-                .map(|c| format!("{} = b.{}", c.name, c.peer_name)),
-        )
-    };
-    format!(
+    if non_key.is_empty() {
+        return None;
+    }
+    let set = comma_list(
+        non_key
+            .iter()
+            .map(|c| format!("{} = b.{}", c.name, c.peer_name)),
+    );
+    Some(format!(
         "UPDATE {table} AS t SET {set}\n\
          FROM pg_catalog.json_to_recordset(pgtwin_rows) AS b({defs}, {before} pg_catalog.json)\n\
          LEFT JOIN LATERAL pg_catalog.json_to_record(b.{before}) AS o({defs}) ON true\n\
          WHERE {key_match} AND (b.{before} IS NULL OR ({t_text}) IS NOT DISTINCT FROM ({o_text}));",
         table = t.name,
         before = Ident::new(change::BEFORE),
-    )
+    ))
 }
 
 /// `ON CONFLICT (key) DO ...` of an upsert: overwrite every non-key column (NOTHING if there is none).
@@ -901,9 +900,15 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 Literal(&query).to_string()
             }),
             (
+                "one_pass",
+                versioned_update(t, &defs, &t_compared, &o_text)
+                    .is_some()
+                    .to_string(),
+            ),
+            (
                 "versioned_update",
                 // Not indented to its place: an identifier may hold a newline.
-                versioned_update(t, &defs, &t_compared, &o_text),
+                versioned_update(t, &defs, &t_compared, &o_text).unwrap_or("NULL;".into()),
             ),
             (
                 "joined_setting",

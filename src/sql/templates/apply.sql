@@ -169,9 +169,10 @@ BEGIN
         -- this node holds its key with the version it replaced (or where the row carries none: the
         -- later change of a key weighed against this node's queue): one reading of the chunk instead
         -- of three. Should any row find no such row to write over (it changed or went here), that pass
-        -- is undone and the chunk applied below, row versions compared first.
+        -- is undone and the chunk applied below, row versions compared first. (A table of key columns
+        -- alone has nothing to set: it takes the path below.)
         pgtwin_unjoined := coalesce(current_setting({{joined_setting}}, true), '') <> 'on';
-        IF pgtwin_versioned AND pgtwin_fast AND pgtwin_unjoined THEN
+        IF {{one_pass}} AND pgtwin_versioned AND pgtwin_fast AND pgtwin_unjoined THEN
             BEGIN
                 PERFORM set_config('search_path', pgtwin_app_path, true);
                 {{versioned_update}}
