@@ -9,7 +9,7 @@ use std::time::Duration;
 #[test]
 fn quick_benchmark_runs_and_syncs() {
     let mut bench = Command::new(env!("CARGO_BIN_EXE_pgtwin-bench"));
-    bench.args(["--quick", "--rows", "500", "--singles", "40"]);
+    bench.args(["--quick", "--reps", "2", "--rows", "500", "--singles", "40"]);
     let out = common::run_with_timeout(bench, Duration::from_secs(400));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -31,6 +31,16 @@ fn quick_benchmark_runs_and_syncs() {
         assert_eq!(row.matches("s)").count(), 5, "{w} lacks a figure: {row}");
     }
     assert!(stdout.contains("all 100 found: yes"), "{stdout}");
+    // The spread behind each median: a min-max row per workload.
+    let ranges = stdout
+        .split("min-max over the 2 repetitions")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no min-max block:\n{stdout}"));
+    let w3 = ranges
+        .lines()
+        .find(|l| l.starts_with("W3"))
+        .unwrap_or_else(|| panic!("W3 missing from the min-max block:\n{ranges}"));
+    assert_eq!(w3.matches("x-").count(), 5, "{w3}");
     // The async lag's reference: measured where pglogical is installed, a note where it is not.
     let reference = stdout
         .lines()
@@ -47,6 +57,10 @@ fn quick_benchmark_runs_and_syncs() {
             .nth(1)
             .unwrap_or_else(|| panic!("load, {mode} mode missing:\n{stdout}"));
         assert!(section.contains("backlog drained in"), "{mode}: {section}");
+        assert!(
+            section.contains("the oldest queued change had waited at most"),
+            "{mode}: {section}"
+        );
         assert!(
             section.contains("both nodes identical: yes"),
             "{mode}: {section}"

@@ -409,6 +409,31 @@ async fn killing_the_runner_mid_drain_loses_and_repeats_nothing() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     runner.kill();
+    // SIGTERM mid-drain: the runner ends the batch in hand and stops at once (a runner once ignored
+    // it for over 20 s in a long replay).
+    let count = || async {
+        p.admin[1]
+            .query_one("SELECT count(*) FROM items", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let at_kill = count().await;
+    let runner = Runner::start(&p, &["run"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count().await == at_kill {
+        assert!(
+            Instant::now() < deadline,
+            "the second runner applied nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = runner.terminate(Duration::from_secs(5));
+    assert!(status.success(), "run did not stop on SIGTERM: {status:?}");
+    assert!(
+        p.queued(0).await > 0,
+        "the drain finished before SIGTERM: make it longer"
+    );
     p.pgtwin(&["run", "--once"]).ok();
     let rows = p.assert_same("items").await;
     assert_eq!(rows.len(), 12000);
@@ -1380,4 +1405,90 @@ async fn replay_records_do_not_pile_up() {
             assert_eq!(records, 0, "round {round}");
         }
     }
+}
+
+/// A replay that waits on a row lock held on the peer ends with its lock timeout, a transient error:
+/// the change is kept in the queue, not set aside, and arrives once the lock is gone.
+#[tokio::test]
+async fn a_lock_held_on_the_peer_delays_the_replay_and_sets_nothing_aside() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute("CREATE TABLE items (v text, id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    p.both("INSERT INTO items (id, v) VALUES (1, 'old')").await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    p.owner[0]
+        .batch_execute("UPDATE items SET v = 'new' WHERE id = 1")
+        .await
+        .unwrap();
+    let holder = p.owner_connection(1).await;
+    holder
+        .batch_execute("BEGIN; SELECT FROM items WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let run = p.pgtwin(&["run", "--once"]);
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(run.stderr.contains("lock timeout"), "{}", run.stderr);
+    assert_eq!(p.queued(0).await, 1);
+    assert!(p.set_aside().1.is_empty());
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.rows(1, "items").await, vec!["(new,1)"]);
+    assert_eq!(p.queued(0).await, 0);
+}
+
+/// Sync mode through an outage: a transaction that inserts an order before its customer, under a key
+/// it deferred with SET CONSTRAINTS (DEFERRABLE INITIALLY IMMEDIATE on both nodes, declared in another
+/// column order on b), queues whole while the peer is away and replays whole: the peer's key holds
+/// only because the replay defers it too. Nothing is set aside.
+#[tokio::test]
+async fn a_deferred_key_holds_through_an_outage_in_sync_mode() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute(
+            "CREATE TABLE customers (id int PRIMARY KEY, name text);
+             CREATE TABLE orders (id int PRIMARY KEY, customer_id int REFERENCES customers DEFERRABLE INITIALLY IMMEDIATE, total int)",
+        )
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "CREATE TABLE customers (name text, id int PRIMARY KEY);
+             CREATE TABLE orders (total int, customer_id int REFERENCES customers DEFERRABLE INITIALLY IMMEDIATE, id int PRIMARY KEY)",
+        )
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"customers\"\n[[tables]]\nname = \"orders\"");
+    p.pgtwin(&["up"]).ok();
+    let closed = pgtwin::localpg::free_port().unwrap();
+    set_peer_port(&p, 0, closed).await;
+    p.owner[0]
+        .batch_execute(
+            "BEGIN; SET CONSTRAINTS ALL DEFERRED;
+             INSERT INTO orders VALUES (1, 1, 10);
+             INSERT INTO customers VALUES (1, 'kim');
+             COMMIT",
+        )
+        .await
+        .unwrap();
+    assert_eq!(p.queued(0).await, 2);
+    set_peer_port(&p, 0, common::servers().nodes[1].port).await;
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.queued(0).await, 0);
+    assert!(p.set_aside().1.is_empty());
+    assert_eq!(
+        p.assert_same_rows_of(
+            "SELECT o.id, c.name, o.total FROM orders o JOIN customers c ON c.id = o.customer_id"
+        )
+        .await,
+        ["(1,kim,10)"]
+    );
 }

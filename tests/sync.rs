@@ -461,8 +461,30 @@ async fn a_single_row_write_costs_one_statement_on_the_peer() {
     )
     .await;
     assert_eq!(statements.len(), 5, "{}", statements.join("\n"));
-    // Upserts are not joined (a key written twice must keep its last version), and the savepoint is
-    // paid once per transaction: a second chunk goes without it.
+    // Updates of different keys join too: five statements, one chunk.
+    let updates: Vec<String> = (2..7)
+        .map(|i| format!("UPDATE t SET v = 'updated' WHERE id = {i}"))
+        .collect();
+    let statements = peer_statements_for(
+        "on_peer_down = \"queue\"",
+        &format!(
+            "BEGIN; INSERT INTO t SELECT g, 'five' FROM generate_series(2, 6) g; {}; COMMIT",
+            updates.join("; ")
+        ),
+    )
+    .await;
+    assert_eq!(statements.len(), 6, "{}", statements.join("\n"));
+    assert_eq!(
+        statements
+            .iter()
+            .filter(|s| s.contains("UPDATE pgtwin.inbox_"))
+            .count(),
+        2,
+        "{}",
+        statements.join("\n")
+    );
+    // A key updated twice is not joined (it must keep its last version, applied after the first),
+    // and the savepoint is paid once per transaction: a second chunk goes without it.
     let statements = peer_statements_for(
         "on_peer_down = \"queue\"",
         "BEGIN; INSERT INTO t VALUES (2, 'one'); UPDATE t SET v = 'two' WHERE id = 2; UPDATE t SET v = 'three' WHERE id = 2; COMMIT",

@@ -39,12 +39,18 @@ async fn retried(c: &Client, statements: &str, pause: Duration) -> Vec<String> {
 /// COMMIT; should that fail, the whole transaction again until it commits. Returns the failed tries.
 async fn finish_or_retry(c: &Client, add: i32, rows: [i32; 2], pause: Duration) -> usize {
     let update = |id: i32| format!("UPDATE accounts SET balance = balance + {add} WHERE id = {id}");
-    if c.batch_execute(&format!("{}; COMMIT", update(rows[1])))
+    let Err(e) = c
+        .batch_execute(&format!("{}; COMMIT", update(rows[1])))
         .await
-        .is_ok()
-    {
+    else {
         return 0;
-    }
+    };
+    // The cycle itself ends in an error the application retries, as any lock conflict.
+    let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+    assert!(
+        ["55P03", "40P01", "40001"].contains(&code.as_str()),
+        "the cycle ended in an error that is not retryable: {e:?}"
+    );
     c.batch_execute("ROLLBACK").await.unwrap();
     let whole = format!("{}; {}", update(rows[0]), update(rows[1]));
     retried(c, &whole, pause).await.len() + 1
@@ -898,4 +904,41 @@ async fn an_update_of_a_table_of_key_columns_alone_applies() {
             .await,
         ["(blue)", "(red)"]
     );
+}
+
+/// In sync mode, a peer's trigger that names a table the peer lacks fails the writer's commit with
+/// that error (42P01, naming node b and the table), and queues nothing: only a missing inbox means
+/// "pgtwin is not installed there".
+#[tokio::test]
+async fn a_missing_table_inside_the_peers_trigger_fails_the_write_and_queues_nothing() {
+    let p = Pair::new().await;
+    p.owner[0]
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    p.owner[1]
+        .batch_execute(
+            "CREATE TABLE items (v text, id int PRIMARY KEY);
+             CREATE FUNCTION log_item() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO item_log VALUES (NEW.id);
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER log_item AFTER INSERT ON items FOR EACH ROW EXECUTE FUNCTION log_item();",
+        )
+        .await
+        .unwrap();
+    p.config("[[tables]]\nname = \"items\"");
+    p.pgtwin(&["up"]).ok();
+    let e = p.owner[0]
+        .batch_execute("INSERT INTO items VALUES (1, 'logged')")
+        .await
+        .unwrap_err();
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "42P01", "{db:?}");
+    for needle in ["node b", "items", "item_log"] {
+        assert!(db.message().contains(needle), "{db:?}");
+    }
+    assert_eq!(p.queued(0).await, 0);
+    assert!(p.rows(0, "items").await.is_empty());
 }

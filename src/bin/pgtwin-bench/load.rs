@@ -27,6 +27,8 @@ struct Report {
     mode: &'static str,
     steady_rates: [f64; 2],
     steady_depth_max: [i64; 2],
+    /// The longest any queued change had waited, at the once-a-second samples (seconds).
+    steady_oldest_max: [f64; 2],
     backlog: [i64; 2],
     drained_after: Option<Duration>,
     draining_rates: [f64; 2],
@@ -105,6 +107,21 @@ async fn start_writers(
     Ok(Writers { tasks, ..w })
 }
 
+/// How long the oldest change queued on this node has waited, in seconds (0 with the queue empty):
+/// while `run` replays, the lag of that node's changes is below it.
+async fn oldest_age(c: &tokio_postgres::Client) -> f64 {
+    match c
+        .query_one(
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(changed_at)), 0)::float8 FROM pgtwin.queue",
+            &[],
+        )
+        .await
+    {
+        Ok(r) => r.get(0),
+        Err(_) => -1.0,
+    }
+}
+
 async fn depth(c: &tokio_postgres::Client) -> i64 {
     match c.query_one("SELECT count(*) FROM pgtwin.queue", &[]).await {
         Ok(r) => r.get(0),
@@ -148,10 +165,14 @@ async fn run_mode(bench: &Bench, mode: &'static str, plan: &Plan) -> Result<Repo
     let before = counts(&writers);
     let phase_start = Instant::now();
     let mut steady_depth_max = [0i64; 2];
+    let mut steady_oldest_max = [0f64; 2];
     while phase_start.elapsed() < plan.steady {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (a, b) = sample(&watch, started, "steady", &mut samples).await;
         steady_depth_max = [steady_depth_max[0].max(a), steady_depth_max[1].max(b)];
+        for (max, c) in steady_oldest_max.iter_mut().zip(&watch) {
+            *max = max.max(oldest_age(c).await);
+        }
     }
     let after = counts(&writers);
     let secs = phase_start.elapsed().as_secs_f64();
@@ -238,6 +259,7 @@ async fn run_mode(bench: &Bench, mode: &'static str, plan: &Plan) -> Result<Repo
         mode,
         steady_rates,
         steady_depth_max,
+        steady_oldest_max,
         backlog,
         drained_after,
         draining_rates,
@@ -266,6 +288,11 @@ pub async fn load_section(bench: &Bench, plan: &Plan) -> Result<()> {
         println!(
             "  steady, pgtwin run live: {:.0}/s on a, {:.0}/s on b; queue depth at most {} on a, {} on b",
             r.steady_rates[0], r.steady_rates[1], r.steady_depth_max[0], r.steady_depth_max[1]
+        );
+        println!(
+            "  steady: the oldest queued change had waited at most {:.0} ms on a, {:.0} ms on b (sampled each second)",
+            r.steady_oldest_max[0] * 1000.0,
+            r.steady_oldest_max[1] * 1000.0
         );
         println!(
             "  outage of {} s ({}): backlog {} on a, {} on b",

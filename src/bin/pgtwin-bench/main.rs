@@ -864,6 +864,50 @@ async fn lag_section(bench: &Bench, reps: usize, dir: &Path) -> Result<()> {
     pglogical_line(bench, reps, dir, Some(p99)).await
 }
 
+/// The spread behind the medians: for each ratio, its lowest and highest over the repetitions, each
+/// repetition's figure against the unsynced table of the same repetition (the variants run
+/// interleaved, so a slow moment of the machine weighs on both).
+fn print_ranges(results: &BTreeMap<(Variant, Workload), Vec<f64>>, reps: usize) {
+    if reps < 2 {
+        return;
+    }
+    println!(
+        "
+min-max over the {reps} repetitions, ratio to the same repetition's unsynced table
+"
+    );
+    for w in Workload::ALL {
+        if w.is_absolute() || w == Workload::DrainRate {
+            continue;
+        }
+        let base_of = if w == Workload::W1LiveTps {
+            Workload::W1InsertTps
+        } else {
+            w
+        };
+        let Some(base) = results.get(&(Variant::Unsynced, base_of)) else {
+            continue;
+        };
+        print!("{:<42}", w.label());
+        for v in Variant::ALL {
+            let ratios: Vec<f64> = results
+                .get(&(v, w))
+                .map(|xs| xs.iter().zip(base).map(|(x, b)| x / b).collect())
+                .unwrap_or_default();
+            let cell = match (
+                ratios.iter().copied().reduce(f64::min),
+                ratios.iter().copied().reduce(f64::max),
+            ) {
+                (Some(lo), Some(hi)) if w.is_throughput() => format!("{lo:.2}-{hi:.2}"),
+                (Some(lo), Some(hi)) => format!("{lo:.1}x-{hi:.1}x"),
+                _ => "-".into(),
+            };
+            print!("{cell:>22}");
+        }
+        println!();
+    }
+}
+
 /// The lag of two-way pglogical for the same stream, the target's reference, and whether pgtwin
 /// async's p99 (measured in this run) is below it; a note where pglogical is not installed.
 async fn pglogical_line(bench: &Bench, reps: usize, dir: &Path, p99: Option<f64>) -> Result<()> {
@@ -1003,6 +1047,7 @@ async fn write_section(bench: &Bench, reps: usize, dir: &Path) -> Result<()> {
         print!("{cell:>22}");
     }
     println!("{:>18}", "<=1.5x / -");
+    print_ranges(&results, reps);
     pglogical_line(bench, reps, dir, med(Variant::Async, Workload::LagP99)).await?;
     for v in [Variant::Sync, Variant::Async, Variant::Queueing] {
         anyhow::ensure!(identical[&v], "{} left the nodes different", v.label());

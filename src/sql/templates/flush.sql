@@ -5,9 +5,10 @@
 -- two servers ends at the peer's lock_timeout.
 --
 -- Consecutive chunks travel as one where they can: tables truncated one after the other as one
--- TRUNCATE (foreign keys between them allow no other way), consecutive inserts, or deletions, of one
--- table with the same columns as one chunk (one round trip for a transaction of many small
--- statements). Upserts are not joined: a key written twice must arrive with its last version.
+-- TRUNCATE (foreign keys between them allow no other way), consecutive inserts, deletions, or
+-- updates of one table with the same columns as one chunk (one round trip for a transaction of many
+-- small statements). Updates join only while their keys are known and none comes twice: a key written
+-- twice must arrive with its last version, applied after the first.
 DECLARE
     r record;
     pgtwin_queue boolean;
@@ -45,14 +46,15 @@ BEGIN
             CONTINUE;
         END IF;
         pgtwin_next_header := NULL;
-        IF left(r.batch, 1) IN ('I', 'D') THEN
+        IF left(r.batch, 1) IN ('I', 'D') OR (left(r.batch, 1) = 'U' AND r.keys IS NOT NULL) THEN
             pgtwin_mark := strpos(r.batch, {{rows_mark}});
             IF pgtwin_mark > 0 THEN
                 pgtwin_next_header := left(r.batch, pgtwin_mark + {{rows_mark_length}} - 1);
             END IF;
         END IF;
         IF pgtwin_next_header = pgtwin_header AND r.table_tag = pgtwin_tag
-           AND pgtwin_rows + r.rows <= {{joined_rows}} AND pgtwin_bytes + length(r.batch) <= {{chunk_bytes}} THEN
+           AND pgtwin_rows + r.rows <= {{joined_rows}} AND pgtwin_bytes + length(r.batch) <= {{chunk_bytes}}
+           AND (left(r.batch, 1) <> 'U' OR (pgtwin_keys IS NOT NULL AND NOT (pgtwin_keys && r.keys))) THEN
             pgtwin_more := pgtwin_more || substr(r.batch, pgtwin_mark + {{rows_mark_length}},
                                                  length(r.batch) - pgtwin_mark - {{rows_mark_length}} - 1);
             pgtwin_rows := pgtwin_rows + r.rows;
