@@ -479,6 +479,22 @@ async fn apply_one_by_one(
                         describe(&e)
                     );
                 };
+                // A foreign key that refused the order of a queued TRUNCATE's deletions: once more,
+                // with the tables the other way round.
+                if sqlstate(&e) == Some("23503") {
+                    if let Some(reversed) = deletions_reversed(&transaction) {
+                        match apply_entries(from, to, &reversed, forgotten, false).await {
+                            Ok(d) => {
+                                done.add(d);
+                                forgotten = &[];
+                                continue;
+                            }
+                            Err(_) => {
+                                let _ = to.db.batch_execute("ROLLBACK").await;
+                            }
+                        }
+                    }
+                }
                 let reason = format!("node {} refused it: {reason}", to.name);
                 let seqs: Vec<i64> = transaction.iter().map(|e| e.seq).collect();
                 tracing::warn!(from = %from.name, ?seqs, "change set aside: {reason}");
@@ -490,6 +506,48 @@ async fn apply_one_by_one(
         }
     }
     Ok(done)
+}
+
+/// The SQLSTATE of a server's error.
+fn sqlstate(e: &anyhow::Error) -> Option<&str> {
+    e.downcast_ref::<tokio_postgres::Error>()
+        .and_then(|pg| pg.code())
+        .map(|c| c.code())
+}
+
+/// A writer's transaction with each run of consecutive deletions of several tables in the reverse
+/// order of its tables (each table's entries keeping theirs), or None if it has no such run. A
+/// TRUNCATE queued key by key deletes its tables in the order the statement reached them, so a
+/// parent named first, or reached first by CASCADE (which adds the tables referencing each table
+/// after it), comes before the tables that reference it: a peer key that is neither deferrable nor
+/// ON DELETE CASCADE refuses that order, and accepts the reverse.
+fn deletions_reversed(transaction: &[Entry]) -> Option<Vec<Entry>> {
+    let mut out: Vec<Entry> = Vec::with_capacity(transaction.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < transaction.len() {
+        let run_end = transaction[i..]
+            .iter()
+            .position(|e| !e.batch.starts_with('D'))
+            .map_or(transaction.len(), |n| i + n);
+        if run_end == i {
+            out.push(transaction[i].clone());
+            i += 1;
+            continue;
+        }
+        // The run's entries by table, in the order the tables first come.
+        let mut blocks: Vec<Vec<Entry>> = Vec::new();
+        for e in &transaction[i..run_end] {
+            match blocks.iter_mut().find(|b| b[0].tag == e.tag) {
+                Some(block) => block.push(e.clone()),
+                None => blocks.push(vec![e.clone()]),
+            }
+        }
+        changed |= blocks.len() > 1;
+        out.extend(blocks.into_iter().rev().flatten());
+        i = run_end;
+    }
+    changed.then_some(out)
 }
 
 /// The entries of each writer's transaction (an entry queued before transactions were recorded is
@@ -1042,6 +1100,31 @@ mod tests {
             .map(|g| g.iter().map(|e| e.seq).collect())
             .collect();
         assert_eq!(groups, vec![vec![2], vec![1, 3], vec![4], vec![5, 6]]);
+    }
+
+    #[test]
+    fn a_run_of_deletions_of_several_tables_is_reversed_table_by_table() {
+        let e = |seq: i64, tag: &str, batch: &str| Entry {
+            seq,
+            ..entry(tag, 1, batch, "")
+        };
+        let transaction = [
+            e(1, "customers", "U{}"),
+            e(2, "customers", "D{}"),
+            e(3, "customers", "D{}"),
+            e(4, "orders", "D{}"),
+            e(5, "lines", "D{}"),
+            e(6, "orders", "I{}"),
+            e(7, "orders", "D{}"),
+        ];
+        let order: Vec<i64> = deletions_reversed(&transaction)
+            .expect("a run of several tables")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(order, [1, 5, 4, 2, 3, 6, 7]);
+        // Deletions of one table alone: nothing to reverse.
+        assert!(deletions_reversed(&transaction[..3]).is_none());
     }
 
     fn up(ids: &[i64]) -> String {

@@ -612,6 +612,30 @@ async fn a_queued_truncate_of_linked_tables_replays_in_the_order_named() {
     assert_eq!(p.queued(0).await, 0);
 }
 
+/// Queued, a TRUNCATE that reaches the parent first (by CASCADE, or naming it first) deletes its
+/// tables' keys parent first; the peer's foreign key, neither deferrable nor ON DELETE CASCADE, refuses
+/// that order, and the replay applies the transaction again with its tables' deletions the other way
+/// round: both tables empty on the peer, nothing set aside.
+#[tokio::test]
+async fn a_queued_truncate_that_reaches_the_parent_first_replays_children_first() {
+    let p = Pair::new().await;
+    p.owner[0].batch_execute(LINKED_A).await.unwrap();
+    p.owner[1].batch_execute(LINKED_B).await.unwrap();
+    p.config("[[tables]]\nname = \"customers\"\n[[tables]]\nname = \"orders\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    for truncate in ["TRUNCATE customers CASCADE", "TRUNCATE customers, orders"] {
+        p.owner[0].batch_execute(LINKED_ROWS).await.unwrap();
+        p.pgtwin(&["run", "--once"]).ok();
+        assert_eq!(p.rows(1, "orders").await.len(), 2, "{truncate}");
+        p.owner[0].batch_execute(truncate).await.unwrap();
+        p.pgtwin(&["run", "--once"]).ok();
+        assert!(p.rows(1, "customers").await.is_empty(), "{truncate}");
+        assert!(p.rows(1, "orders").await.is_empty(), "{truncate}");
+        assert!(p.set_aside().1.is_empty(), "{truncate}");
+        assert_eq!(p.queued(0).await, 0, "{truncate}");
+    }
+}
+
 /// A TRUNCATE opens the peer's transaction at once (it must know whether the peer is there while the
 /// rows still are): a transaction that then idles longer than peer_idle_timeout_s loses that session
 /// and fails at COMMIT, changing nothing, as the README says; run again, it goes through.

@@ -779,6 +779,7 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
         compared_list("t", |c| &c.name),
         compared_list("o", |c| &c.peer_name),
     );
+    let one_pass = versioned_update(t, &defs, &t_compared, &o_text);
     fill(
         APPLY_TEMPLATE,
         &[
@@ -899,16 +900,11 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 let query = marks.iter().fold(query, |q, m| q.replace(m, "%s"));
                 Literal(&query).to_string()
             }),
-            (
-                "one_pass",
-                versioned_update(t, &defs, &t_compared, &o_text)
-                    .is_some()
-                    .to_string(),
-            ),
+            ("one_pass", one_pass.is_some().to_string()),
             (
                 "versioned_update",
                 // Not indented to its place: an identifier may hold a newline.
-                versioned_update(t, &defs, &t_compared, &o_text).unwrap_or("NULL;".into()),
+                one_pass.unwrap_or("NULL;".into()),
             ),
             (
                 "joined_setting",

@@ -686,15 +686,6 @@ pub(crate) async fn stream_lag(
     writes: usize,
     arrivals: &str,
 ) -> Result<(f64, f64)> {
-    let arrived = |ids: Vec<i64>| async move {
-        Ok::<BTreeMap<i64, f64>, anyhow::Error>(
-            b.query(arrivals, &[&ids])
-                .await?
-                .iter()
-                .map(|r| (r.get(0), r.get(1)))
-                .collect(),
-        )
-    };
     // One write first, measured once it arrived: the replication is connected and listening.
     let warm: i64 = c
         .query_one(
@@ -704,7 +695,7 @@ pub(crate) async fn stream_lag(
         .await?
         .get(0);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while arrived(vec![warm]).await?.is_empty() {
+    while times(b, arrivals, &[warm]).await?.is_empty() {
         anyhow::ensure!(Instant::now() < deadline, "the replication never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -722,7 +713,7 @@ pub(crate) async fn stream_lag(
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     let on_b = loop {
-        let on_b = arrived(ids.clone()).await?;
+        let on_b = times(b, arrivals, &ids).await?;
         if on_b.len() == ids.len() {
             break on_b;
         }
@@ -732,7 +723,7 @@ pub(crate) async fn stream_lag(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let on_a = commit_times(c, &ids).await?;
+    let on_a = times(c, COMMIT_TIMES, &ids).await?;
     let mut lags: Vec<Duration> = ids
         .iter()
         .map(|id| Duration::from_secs_f64((on_b[id] - on_a[id]).max(0.0)))
@@ -744,10 +735,10 @@ pub(crate) async fn stream_lag(
 /// When each row of `items` with `id = ANY($1)` committed (epoch seconds).
 const COMMIT_TIMES: &str = "SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin))::float8 FROM items WHERE id = ANY($1)";
 
-/// Commit time (seconds since the epoch) of each row with one of these ids.
-async fn commit_times(client: &Client, ids: &[i64]) -> Result<BTreeMap<i64, f64>> {
+/// The time (seconds since the epoch) `sql` gives each row with one of these ids (`id = ANY($1)`).
+async fn times(client: &Client, sql: &str, ids: &[i64]) -> Result<BTreeMap<i64, f64>> {
     Ok(client
-        .query(COMMIT_TIMES, &[&ids])
+        .query(sql, &[&ids])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))

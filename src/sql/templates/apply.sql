@@ -158,12 +158,6 @@ BEGIN
         -- later change won. Of a key that comes more than once (a joined replay), the first version.
         -- Compared are the columns both nodes had, with the same type, at `up`, which made their
         -- values equal: a column either node added since holds values the other never sent.
-        -- A row found different may be one a concurrent transaction is changing (the peer's own
-        -- transaction commits its part here first, and itself a moment later): the chunk's rows are
-        -- then locked, which waits for that transaction, and compared again. A write committed after
-        -- this transaction's snapshot fails it with a serialization failure, retryable, as the upsert
-        -- below would (postgres_fdw's transactions here are REPEATABLE READ); only a row that still
-        -- differs fails the write as stale.
         -- Unless `pgtwin run` joined it from several entries (a key may then come more than once), an
         -- update's rows are written in one pass, as the UPDATE they were on the origin, each only where
         -- this node holds its key with the version it replaced (or where the row carries none: the
@@ -186,6 +180,12 @@ BEGIN
                 NULL;
             END;
         END IF;
+        -- The careful way, versions compared first. A row found different may be one a concurrent
+        -- transaction is changing (the peer's own transaction commits its part here first, and itself
+        -- a moment later): the chunk's rows are then locked, which waits for that transaction, and
+        -- compared again. A write committed after this transaction's snapshot fails it with a
+        -- serialization failure, retryable, as the upsert below would (postgres_fdw's transactions
+        -- here are REPEATABLE READ); only a row that still differs fails the write as stale.
         IF pgtwin_versioned THEN
             FOR pgtwin_try IN 1..2 LOOP
                 IF pgtwin_fast THEN
@@ -203,8 +203,8 @@ BEGIN
                           HINT = 'the nodes differ in that row: pgtwin check lists such rows, pgtwin repair makes them equal (a node restored from a backup: see pgtwin status; a trigger of one node that changes rows applied from the other must return early where pgtwin.origin is set)';
             END IF;
         END IF;
-        -- An insert: a plain INSERT, unless it meets a key this node holds (or holds one key twice);
-        -- then the upsert below, which tells an insert seen before from a clash. (ON CONFLICT costs a
+        -- An insert: a plain INSERT, unless it meets a key this node holds (or the chunk holds one key
+        -- twice); then the upsert below, which tells an insert seen before from a clash. (ON CONFLICT costs a
         -- bulk insert a quarter of its time.)
         IF pgtwin_fast AND pgtwin_op = 'I' THEN
             BEGIN
