@@ -37,6 +37,9 @@ const GATHER: Duration = Duration::from_millis(2);
 const IDLE_POLL: Duration = Duration::from_secs(1);
 /// Queue entries replayed per transaction on the peer.
 const ENTRIES_PER_TRANSACTION: i64 = 100;
+/// Rows deleted from a node's queue tables (its queue, and its records of the peer's entries) between
+/// two vacuums of them by the runner (see Listener::tidy).
+const VACUUM_EVERY: u64 = 10_000;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Drained {
@@ -72,6 +75,8 @@ struct Listener {
     /// Sync mode: the node's writers queue while its queue holds anything, so its last entries are
     /// replayed with the queue closed to new ones (read_batch), and its writers ship directly again.
     closes_queue: bool,
+    /// Rows the runner deleted from this node's queue tables since it last vacuumed them.
+    deleted_since_vacuum: std::sync::atomic::AtomicU64,
 }
 
 async fn connect_listening(
@@ -124,10 +129,28 @@ async fn connect_listening(
         db,
         state_version: info.state_version.unwrap_or(crate::state::UNRECORDED),
         closes_queue: cfg.options.mode == crate::config::Mode::Sync,
+        deleted_since_vacuum: Default::default(),
     })
 }
 
 impl Listener {
+    /// Vacuums this node's queue tables once `deleted` more rows make VACUUM_EVERY since the last time.
+    /// Entries leave the queue from its head, and until a vacuum every scan that starts there (the
+    /// planner's choice for "is there an entry of this table?") walks all those deleted since:
+    /// autovacuum looks at most once a minute, a drain deletes thousands of rows a second, and each of
+    /// its batches then cost more than the one before. Best effort, and it never waits: SKIP_LOCKED
+    /// passes a table another vacuum holds, and without TRUNCATE no lock stops the writers' inserts.
+    async fn tidy(&self, deleted: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.deleted_since_vacuum.fetch_add(deleted, Relaxed) + deleted < VACUUM_EVERY {
+            return;
+        }
+        self.deleted_since_vacuum.store(0, Relaxed);
+        if let Err(e) = self.db.batch_execute(&state::vacuum_queue_sql()).await {
+            tracing::debug!(node = %self.name, "vacuuming the queue: {e}");
+        }
+    }
+
     /// Takes the runner lock of this node, unless another runner holds it (crate::locks); returns
     /// the key held.
     async fn try_lock(&self) -> Result<Option<i64>> {
@@ -223,6 +246,9 @@ async fn drain(from: &Listener, to: &Listener, stop: &Stop) -> Result<Drained> {
             .batch_execute(&format!("{}; COMMIT", state::forget_entries_sql(&seqs)))
             .await
             .map_err(on_node(&from.name, "removing replayed queue entries"))?;
+        // The origin deleted its entries; the peer deletes its records of them with its next batch.
+        from.tidy(seqs.len() as u64).await;
+        to.tidy(seqs.len() as u64).await;
         forgotten = std::mem::take(&mut applied_earlier)
             .into_iter()
             .map(|(seq, _)| seq)
@@ -279,7 +305,11 @@ async fn read_batch(
     last: i64,
     applied_earlier: &[(i64, String)],
 ) -> Result<(Vec<Entry>, bool)> {
-    let begin = format!("BEGIN; {}", state::forget_replayed_sql(applied_earlier));
+    let begin = if applied_earlier.is_empty() {
+        "BEGIN".to_string()
+    } else {
+        format!("BEGIN; {}", state::forget_replayed_sql(applied_earlier))
+    };
     // Sync mode under load: writers queue as fast as they write while the queue holds anything, so a
     // queue drained batch by batch may never empty. Once what is left fits in one batch, the queue is
     // locked against new entries (each writer's flush takes a lock this one excludes before it looks

@@ -16,7 +16,7 @@ use crate::sql::names;
 
 /// Numbered migrations; the last number is this binary's state version. Never edit one that shipped:
 /// add the next.
-const MIGRATIONS: [(i32, &str); 9] = [
+const MIGRATIONS: [(i32, &str); 10] = [
     (1, include_str!("sql/templates/state/1.sql")),
     (2, include_str!("sql/templates/state/2.sql")),
     (3, include_str!("sql/templates/state/3.sql")),
@@ -26,6 +26,7 @@ const MIGRATIONS: [(i32, &str); 9] = [
     (7, include_str!("sql/templates/state/7.sql")),
     (8, include_str!("sql/templates/state/8.sql")),
     (9, include_str!("sql/templates/state/9.sql")),
+    (10, include_str!("sql/templates/state/10.sql")),
 ];
 
 /// The state version this binary writes and reads.
@@ -636,11 +637,16 @@ pub fn forget_entries_sql(seqs: &[i64]) -> String {
 /// cut at `last`), in order, locked: (seq, table_tag, rows, batch, changed_at, xid). More than `limit`
 /// rows means the batch grew, and the entries it took in may belong to further transactions
 /// (rest_of_transactions_sql).
+///
+/// Bounded on both sides: the planner, knowing neither bound, then guesses a narrow range and walks
+/// the queue's key from the head. With the upper bound alone it guesses a third of the queue, and past
+/// a few hundred thousand entries it scanned and sorted the whole queue for each batch.
 pub fn read_entries_sql(last: i64, limit: i64) -> String {
     format!(
         "WITH head AS (SELECT seq, xid FROM {queue} WHERE seq <= {last} ORDER BY seq LIMIT {limit}) \
-         SELECT {ENTRY_COLUMNS} FROM {queue} WHERE seq <= greatest((SELECT max(seq) FROM head), \
-             (SELECT max(q.seq) FROM {queue} q WHERE q.xid IN (SELECT xid FROM head))) \
+         SELECT {ENTRY_COLUMNS} FROM {queue} WHERE seq BETWEEN (SELECT min(seq) FROM head) AND \
+             greatest((SELECT max(seq) FROM head), \
+                      (SELECT max(q.seq) FROM {queue} q WHERE q.xid IN (SELECT xid FROM head))) \
          ORDER BY seq FOR UPDATE",
         queue = names::queue_table(),
         last = Literal(&last.to_string()),
@@ -667,7 +673,7 @@ const ENTRY_COLUMNS: &str = "seq, table_tag, rows, batch, changed_at, xid";
 /// Whether the queue holds at most `n` entries (reading no more than n + 1).
 pub fn queue_holds_at_most_sql(n: i64) -> String {
     format!(
-        "SELECT count(*) <= {n} FROM (SELECT FROM {} LIMIT {n} + 1) q",
+        "SELECT count(*) <= {n} FROM (SELECT FROM {} ORDER BY seq LIMIT {n} + 1) q",
         names::queue_table(),
         n = Literal(&n.to_string())
     )
@@ -684,10 +690,25 @@ pub fn close_queue_sql() -> String {
 /// and marks (and locks) the origin's progress row.
 pub fn replay_start_sql(origin: &str, forgotten: &[i64]) -> String {
     format!(
-        "{}; INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now()",
-        forget_records_sql(origin, forgotten),
+        "{}INSERT INTO {applied} VALUES ({origin}, now()) ON CONFLICT (origin) DO UPDATE SET applied_at = now()",
+        if forgotten.is_empty() {
+            String::new()
+        } else {
+            forget_records_sql(origin, forgotten) + "; "
+        },
         applied = names::applied_table(),
         origin = Literal(origin),
+    )
+}
+
+/// Vacuums the tables rows leave as fast as they come: the queue, its key records, the records of the
+/// peer's entries replayed here (crate::runner's Listener::tidy says why, and why these options).
+pub fn vacuum_queue_sql() -> String {
+    format!(
+        "VACUUM (SKIP_LOCKED, TRUNCATE false) {}, {}, {}",
+        names::queue_table(),
+        names::queue_latest_table(),
+        names::replayed_table()
     )
 }
 

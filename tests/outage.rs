@@ -1407,6 +1407,88 @@ async fn replay_records_do_not_pile_up() {
     }
 }
 
+/// A long replay vacuums what it deletes: the origin's queue and the peer's records of it. Autovacuum
+/// looks at most once a minute, and until a vacuum every scan from the queue's head walks each entry
+/// deleted since (runner.rs, Listener::tidy).
+#[tokio::test]
+async fn the_runner_vacuums_the_queue_tables_it_drains() {
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    // 12,000 single-row transactions in one round trip: 12,000 queue entries.
+    let writes: String = (1..=12_000)
+        .map(|i| format!("BEGIN; INSERT INTO items VALUES ({i}, 'bulk', {i}); COMMIT;"))
+        .collect();
+    p.owner[0]
+        .batch_execute(&format!("SET synchronous_commit = off; {writes}"))
+        .await
+        .unwrap();
+    let vacuums = |i: usize, table: &'static str| {
+        let admin = &p.admin[i];
+        async move {
+            admin
+                .query_one(
+                    "SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = $1::text::regclass",
+                    &[&format!("pgtwin.{table}")],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let before = [vacuums(0, "queue").await, vacuums(1, "replayed").await];
+    p.pgtwin(&["run", "--once"]).ok();
+    assert_eq!(p.assert_same("items").await.len(), 12_000);
+    assert!(
+        vacuums(0, "queue").await > before[0],
+        "a's queue was not vacuumed"
+    );
+    assert!(
+        vacuums(1, "replayed").await > before[1],
+        "b's replay records were not vacuumed"
+    );
+}
+
+/// The runner reads each batch from the queue's head through its key, however long the queue: with a
+/// bound the planner guessed at a third of the queue, a backlog of a few hundred thousand entries was
+/// scanned and sorted whole for every batch of 100, and replay fell to the writers' pace.
+#[tokio::test]
+async fn a_batch_is_read_from_the_head_of_a_long_queue() {
+    let p = Pair::new().await;
+    p.both(ITEMS).await;
+    p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
+    p.pgtwin(&["up"]).ok();
+    let admin = &p.admin[0];
+    admin
+        .batch_execute(
+            // A backlog of single-row writes (one writer's transaction each) that was three times
+            // as long: its entries lie on disk in no order of their own (freed space is reused
+            // wherever it is), among the space of those replayed.
+            "INSERT INTO pgtwin.queue (seq, table_tag, rows, batch, xid) OVERRIDING SYSTEM VALUE \
+             SELECT g, 't', 1, 'I{\"columns\":[],\"rows\":[]}', g::text::xid8 \
+             FROM generate_series(1, 300000) g ORDER BY random(); \
+             DELETE FROM pgtwin.queue WHERE seq % 3 <> 0",
+        )
+        .await
+        .unwrap();
+    admin
+        .batch_execute("VACUUM ANALYZE pgtwin.queue")
+        .await
+        .unwrap();
+    let plan: String = admin
+        .query(
+            &format!("EXPLAIN {}", pgtwin::state::read_entries_sql(i64::MAX, 100)),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0) + "\n")
+        .collect();
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
+
 /// A replay that waits on a row lock held on the peer ends with its lock timeout, a transient error:
 /// the change is kept in the queue, not set aside, and arrives once the lock is gone.
 #[tokio::test]

@@ -804,6 +804,17 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 "tag",
                 Literal(&names::table_tag(&t.synced_name)).to_string(),
             ),
+            // Whether this node's queue holds a change of this table: the first one, through the
+            // queue's index by table (a scan of the queue walks every entry deleted since its last
+            // vacuum, and every entry of other tables).
+            (
+                "queued_here",
+                format!(
+                    "((SELECT seq FROM {} WHERE table_tag = {} ORDER BY table_tag, seq LIMIT 1) IS NOT NULL)",
+                    names::queue_table(),
+                    Literal(&names::table_tag(&t.synced_name))
+                ),
+            ),
             (
                 "resolve",
                 names::resolve_function(&t.synced_name).to_string(),
@@ -1001,6 +1012,16 @@ fn common_names() -> Vec<(&'static str, String)> {
         ("sequences", names::sequences_table().to_string()),
         ("queue", names::queue_table().to_string()),
         ("queue_latest", names::queue_latest_table().to_string()),
+        // Whether the queue holds anything, through its key from the head: entries leave from there,
+        // and a scan of the table (what the planner picks for EXISTS) walks every entry deleted since
+        // the last vacuum before it finds one still there.
+        (
+            "queue_holds_any",
+            format!(
+                "((SELECT seq FROM {} ORDER BY seq LIMIT 1) IS NOT NULL)",
+                names::queue_table()
+            ),
+        ),
         ("pending", names::pending_table().to_string()),
         (
             "app_path_setting",

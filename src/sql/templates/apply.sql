@@ -96,9 +96,9 @@ BEGIN
         -- sync-mode writer here that changes a row of this chunk meanwhile holds its lock until its own
         -- commit reaches the peer, whose transaction holds the row there: the cycle ends at a lock
         -- timeout, failing one of the two.)
-        IF pgtwin_replay_at IS NOT NULL OR EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
+        IF pgtwin_replay_at IS NOT NULL OR {{queued_here}} THEN
             PERFORM FROM {{table}} t, json_to_recordset(pgtwin_rows) AS b({{key_defs}}) WHERE {{key_match}} FOR UPDATE OF t;
-            IF EXISTS (SELECT FROM {{queue}} WHERE table_tag = {{tag}}) THEN
+            IF {{queued_here}} THEN
                 -- Keep the later change of each key (a replayed chunk carries its commit time; a joined
                 -- one, which lost its entries' separate times, is refused where a key meets one here).
                 pgtwin_rows := {{resolve}}(pgtwin_op, pgtwin_rows, coalesce(pgtwin_replay_at, transaction_timestamp()));

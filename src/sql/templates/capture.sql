@@ -36,7 +36,7 @@ BEGIN
         -- is queued as the deletion of every key it removes, so that the replay weighs it key by key
         -- against the peer's own changes made meanwhile (a queued TRUNCATE would wipe those too).
         IF NOT ({{always_queue}} OR current_setting('transaction_isolation') = 'serializable'
-                OR EXISTS (SELECT FROM {{queue}}) OR {{ship}}({{probe}}, 1, false, NULL)) THEN
+                OR {{queue_holds_any}} OR {{ship}}({{probe}}, 1, false, NULL)) THEN
             pgtwin_chunk := 'T';
             pgtwin_rows := 1;
             pgtwin_keys := NULL;

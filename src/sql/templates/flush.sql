@@ -34,7 +34,7 @@ BEGIN
     -- queue's last entries with it closed (crate::state::close_queue_sql), this waits, then finds the
     -- queue empty and ships directly, so that a queue drained under load empties for good.
     LOCK TABLE {{queue}} IN ROW EXCLUSIVE MODE;
-    pgtwin_queue := current_setting('transaction_isolation') = 'serializable' OR EXISTS (SELECT FROM {{queue}});
+    pgtwin_queue := current_setting('transaction_isolation') = 'serializable' OR {{queue_holds_any}};
     -- The transaction's chunks in order, then an empty row that ends the last run.
     FOR r IN SELECT table_tag, batch, rows, keys FROM (
                  SELECT seq, table_tag, batch, rows, keys FROM {{pending}} WHERE xid = pg_current_xact_id()

@@ -6,7 +6,12 @@
 DECLARE
     r record;
 BEGIN
-    IF NOT EXISTS (SELECT FROM {{queue}}) THEN
+    IF NOT EXISTS (SELECT FROM pgtwin_gone) THEN
+        RETURN NULL;
+    END IF;
+    -- Through the queue's key, oldest first: entries leave from the head, and a scan of the table would
+    -- walk every one deleted since the last vacuum before it finds one still there.
+    IF NOT {{queue_holds_any}} THEN
         DELETE FROM {{queue_latest}} WHERE ctid = ANY (ARRAY(
             SELECT ctid FROM {{queue_latest}} FOR UPDATE SKIP LOCKED));
         RETURN NULL;
