@@ -1412,6 +1412,7 @@ async fn replay_records_do_not_pile_up() {
 /// deleted since (runner.rs, Listener::tidy).
 #[tokio::test]
 async fn the_runner_vacuums_the_queue_tables_it_drains() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
     p.both(ITEMS).await;
     p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");
@@ -1455,6 +1456,7 @@ async fn the_runner_vacuums_the_queue_tables_it_drains() {
 /// scanned and sorted whole for every batch of 100, and replay fell to the writers' pace.
 #[tokio::test]
 async fn a_batch_is_read_from_the_head_of_a_long_queue() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let p = Pair::new().await;
     p.both(ITEMS).await;
     p.config("[[tables]]\nname = \"items\"\n[options]\nmode = \"async\"");

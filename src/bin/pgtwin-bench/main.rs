@@ -768,6 +768,20 @@ async fn main() -> Result<()> {
         .with_ansi(false)
         .with_max_level(tracing::Level::WARN)
         .init();
+    // The runners started in-process catch SIGINT and SIGTERM to stop between two transactions, which
+    // takes the signals' default action away from the whole process: without this, Ctrl-C would stop
+    // a runner and leave the benchmark going. Its servers stop once it is gone (crate::localpg).
+    tokio::spawn(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            return;
+        };
+        let code = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 130,
+            _ = term.recv() => 143,
+        };
+        std::process::exit(code);
+    });
     let (reps, rows, singles) = if args.quick {
         (1, 2_000, 200)
     } else {
