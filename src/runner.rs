@@ -75,8 +75,35 @@ struct Listener {
     /// Sync mode: the node's writers queue while its queue holds anything, so its last entries are
     /// replayed with the queue closed to new ones (read_batch), and its writers ship directly again.
     closes_queue: bool,
-    /// Rows the runner deleted from this node's queue tables since it last vacuumed them.
-    deleted_since_vacuum: std::sync::atomic::AtomicU64,
+    /// When the runner vacuums this node's queue tables next (see Listener::tidy).
+    vacuum: std::sync::Mutex<VacuumPace>,
+}
+
+/// When to vacuum a node's queue tables: after VACUUM_EVERY rows deleted there, and no sooner than nine
+/// times the last vacuum's duration after it. A vacuum reads each index of the queue whole, so with a
+/// long queue it takes longer and comes less often: at most a tenth of the runner's time, however long
+/// the backlog.
+#[derive(Debug, Default)]
+struct VacuumPace {
+    deleted: u64,
+    not_before: Option<Instant>,
+}
+
+impl VacuumPace {
+    /// Counts `deleted` rows; true when a vacuum is due (the count starts again).
+    fn due(&mut self, deleted: u64, now: Instant) -> bool {
+        self.deleted += deleted;
+        if self.deleted < VACUUM_EVERY || self.not_before.is_some_and(|t| now < t) {
+            return false;
+        }
+        self.deleted = 0;
+        true
+    }
+
+    /// A vacuum that started at `started` ended at `now`.
+    fn done(&mut self, started: Instant, now: Instant) {
+        self.not_before = Some(now + now.saturating_duration_since(started) * 9);
+    }
 }
 
 async fn connect_listening(
@@ -129,25 +156,33 @@ async fn connect_listening(
         db,
         state_version: info.state_version.unwrap_or(crate::state::UNRECORDED),
         closes_queue: cfg.options.mode == crate::config::Mode::Sync,
-        deleted_since_vacuum: Default::default(),
+        vacuum: Default::default(),
     })
 }
 
 impl Listener {
-    /// Vacuums this node's queue tables once `deleted` more rows make VACUUM_EVERY since the last time.
-    /// Entries leave the queue from its head, and until a vacuum every scan that starts there (the
-    /// planner's choice for "is there an entry of this table?") walks all those deleted since:
-    /// autovacuum looks at most once a minute, a drain deletes thousands of rows a second, and each of
-    /// its batches then cost more than the one before. Best effort, and it never waits: SKIP_LOCKED
-    /// passes a table another vacuum holds, and without TRUNCATE no lock stops the writers' inserts.
+    /// Counts `deleted` rows gone from this node's queue tables, and vacuums them when that is due
+    /// (VacuumPace). Entries leave the queue from its head, and until a vacuum every scan that starts
+    /// there walks all those deleted since: autovacuum looks at most once a minute, a drain deletes
+    /// thousands of rows a second. Best effort, and it never waits: SKIP_LOCKED passes a table another
+    /// vacuum holds, and without TRUNCATE it takes no lock that conflicts with the writers' inserts.
+    /// Never inside a transaction: both callers run it after their node's commit.
     async fn tidy(&self, deleted: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.deleted_since_vacuum.fetch_add(deleted, Relaxed) + deleted < VACUUM_EVERY {
+        let due = self
+            .vacuum
+            .lock()
+            .is_ok_and(|mut pace| pace.due(deleted, Instant::now()));
+        if !due {
             return;
         }
-        self.deleted_since_vacuum.store(0, Relaxed);
-        if let Err(e) = self.db.batch_execute(&state::vacuum_queue_sql()).await {
-            tracing::debug!(node = %self.name, "vacuuming the queue: {e}");
+        let started = Instant::now();
+        for sql in state::vacuum_queue_sql() {
+            if let Err(e) = self.db.batch_execute(&sql).await {
+                tracing::debug!(node = %self.name, "vacuuming the queue: {e}");
+            }
+        }
+        if let Ok(mut pace) = self.vacuum.lock() {
+            pace.done(started, Instant::now());
         }
     }
 
@@ -1101,6 +1136,20 @@ mod tests {
             changed_at: at.into(),
             xid: None,
         }
+    }
+
+    #[test]
+    fn the_queue_is_vacuumed_every_so_many_rows_and_at_most_a_tenth_of_the_time() {
+        let mut pace = VacuumPace::default();
+        let t0 = Instant::now();
+        assert!(!pace.due(VACUUM_EVERY - 1, t0));
+        assert!(pace.due(1, t0));
+        // The count starts again.
+        assert!(!pace.due(VACUUM_EVERY - 1, t0));
+        // A vacuum of 1 s: the next one waits 9 s more, however many rows left meanwhile.
+        pace.done(t0, t0 + Duration::from_secs(1));
+        assert!(!pace.due(10 * VACUUM_EVERY, t0 + Duration::from_secs(9)));
+        assert!(pace.due(0, t0 + Duration::from_secs(10)));
     }
 
     #[test]

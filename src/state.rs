@@ -670,6 +670,16 @@ pub fn rest_of_transactions_sql(after: i64, xids: &[&str]) -> String {
 
 const ENTRY_COLUMNS: &str = "seq, table_tag, rows, batch, changed_at, xid";
 
+/// The sequence number of the first entry of table `tag` in the queue (none when it holds none of that
+/// table): one probe of the queue's index by table, however many entries of other tables come first.
+pub fn first_queued_of_table_sql(tag: &str) -> String {
+    format!(
+        "SELECT seq FROM {} WHERE table_tag = {} ORDER BY table_tag, seq LIMIT 1",
+        names::queue_table(),
+        Literal(tag)
+    )
+}
+
 /// Whether the queue holds at most `n` entries (reading no more than n + 1).
 pub fn queue_holds_at_most_sql(n: i64) -> String {
     format!(
@@ -702,14 +712,18 @@ pub fn replay_start_sql(origin: &str, forgotten: &[i64]) -> String {
 }
 
 /// Vacuums the tables rows leave as fast as they come: the queue, its key records, the records of the
-/// peer's entries replayed here (crate::runner's Listener::tidy says why, and why these options).
-pub fn vacuum_queue_sql() -> String {
-    format!(
-        "VACUUM (SKIP_LOCKED, TRUNCATE false) {}, {}, {}",
+/// peer's entries replayed here (crate::runner's Listener::tidy says why, and why these options). One
+/// statement each: a node installed by an older version may lack one (its runner replays until `up`
+/// upgrades it), and a VACUUM of several tables fails whole.
+pub fn vacuum_queue_sql() -> Vec<String> {
+    [
         names::queue_table(),
         names::queue_latest_table(),
-        names::replayed_table()
-    )
+        names::replayed_table(),
+    ]
+    .iter()
+    .map(|t| format!("VACUUM (SKIP_LOCKED, TRUNCATE false) {t}"))
+    .collect()
 }
 
 /// On the peer: forgets the records of the origin's entries `seqs`, which the origin has deleted.

@@ -69,13 +69,16 @@ fn quick_benchmark_runs_and_syncs() {
 }
 
 /// Ctrl-C stops the benchmark at once, in the middle of a section whose runner (started in-process,
-/// and catching SIGINT to stop between two transactions) is replaying.
+/// and catching SIGINT to stop between two transactions) is replaying, and its servers' temporary
+/// directory goes with it.
 #[test]
 fn ctrl_c_stops_the_benchmark_while_its_runner_replays() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgtwin-bench"))
         .args(["--only", "load", "--quick", "--load-mode", "async"])
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -111,4 +114,9 @@ fn ctrl_c_stops_the_benchmark_while_its_runner_replays() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(130));
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -107,6 +107,9 @@ fn main() -> Result<ExitCode> {
             "  queues drained {:.1} s after the faults stopped ({} entries then)",
             report.drain_s, report.queued_when_faults_stopped
         );
+        for d in report.in_doubt_rows.iter().take(10) {
+            println!("  in doubt (a node died in the commit window): {d}");
+        }
         for l in report.lost_writes.iter().take(10) {
             println!("  lost: {l}");
         }

@@ -804,15 +804,13 @@ fn apply_body(t: &TableInfo, i: &Install) -> String {
                 "tag",
                 Literal(&names::table_tag(&t.synced_name)).to_string(),
             ),
-            // Whether this node's queue holds a change of this table: the first one, through the
-            // queue's index by table (a scan of the queue walks every entry deleted since its last
-            // vacuum, and every entry of other tables).
+            // Whether this node's queue holds a change of this table (a scan of the queue, the
+            // planner's choice for EXISTS, walks every entry deleted since its last vacuum).
             (
                 "queued_here",
                 format!(
-                    "((SELECT seq FROM {} WHERE table_tag = {} ORDER BY table_tag, seq LIMIT 1) IS NOT NULL)",
-                    names::queue_table(),
-                    Literal(&names::table_tag(&t.synced_name))
+                    "(({}) IS NOT NULL)",
+                    crate::state::first_queued_of_table_sql(&names::table_tag(&t.synced_name))
                 ),
             ),
             (

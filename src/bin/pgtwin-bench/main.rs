@@ -770,18 +770,31 @@ async fn main() -> Result<()> {
         .init();
     // The runners started in-process catch SIGINT and SIGTERM to stop between two transactions, which
     // takes the signals' default action away from the whole process: without this, Ctrl-C would stop
-    // a runner and leave the benchmark going. Its servers stop once it is gone (crate::localpg).
-    tokio::spawn(async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return;
-        };
-        let code = tokio::select! {
-            _ = tokio::signal::ctrl_c() => 130,
-            _ = term.recv() => 143,
-        };
-        std::process::exit(code);
-    });
+    // a runner and leave the benchmark going. The benchmark is dropped first, and with it its servers'
+    // temporary directory (the servers stop once this process is gone: crate::localpg).
+    let code = tokio::select! {
+        done = benchmark(args) => return done,
+        code = stop_signal() => code,
+    };
+    std::process::exit(code);
+}
+
+/// The exit code of the signal that asks the benchmark to stop: SIGINT (Ctrl-C) or SIGTERM.
+async fn stop_signal() -> i32 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => term.recv().await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => 130,
+        _ = term => 143,
+    }
+}
+
+async fn benchmark(args: Args) -> Result<()> {
     let (reps, rows, singles) = if args.quick {
         (1, 2_000, 200)
     } else {

@@ -1,6 +1,6 @@
 -- Statement trigger after a deletion from the queue (replayed, set aside, lost a conflict, emptied):
--- clears the records of keys whose newest queued change left, and every record once the queue is
--- empty. Without waiting: a record a writer's transaction holds (it is queueing a newer change of the
+-- clears the records of keys whose newest queued change left, and every record once a deletion of
+-- entries leaves the queue empty (one that deleted nothing does nothing). Without waiting: a record a writer's transaction holds (it is queueing a newer change of the
 -- key) is left to that writer. A record left naming an entry gone only costs the conflict resolution
 -- an index lookup (resolve.sql), so none is ever wrong, only stale.
 DECLARE
