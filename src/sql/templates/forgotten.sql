@@ -1,16 +1,15 @@
 -- Statement trigger after a deletion from the queue (replayed, set aside, lost a conflict, emptied):
 -- clears the records of keys whose newest queued change left, and every record once a deletion of
--- entries leaves the queue empty (one that deleted nothing does nothing). Without waiting: a record a writer's transaction holds (it is queueing a newer change of the
--- key) is left to that writer. A record left naming an entry gone only costs the conflict resolution
--- an index lookup (resolve.sql), so none is ever wrong, only stale.
+-- entries leaves the queue empty (one that deleted nothing does nothing). Without waiting: a record a
+-- writer's transaction holds (it is queueing a newer change of the key) is left to that writer. A
+-- record left naming an entry gone only costs the conflict resolution an index lookup (resolve.sql),
+-- so none is ever wrong, only stale.
 DECLARE
     r record;
 BEGIN
     IF NOT EXISTS (SELECT FROM pgtwin_gone) THEN
         RETURN NULL;
     END IF;
-    -- Through the queue's key, oldest first: entries leave from the head, and a scan of the table would
-    -- walk every one deleted since the last vacuum before it finds one still there.
     IF NOT {{queue_holds_any}} THEN
         DELETE FROM {{queue_latest}} WHERE ctid = ANY (ARRAY(
             SELECT ctid FROM {{queue_latest}} FOR UPDATE SKIP LOCKED));
